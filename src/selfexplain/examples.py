@@ -1,0 +1,122 @@
+"""The shared explainer-example schema: one row per question, stored as parquet."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+SCHEMA: dict[str, pl.DataType] = {
+    "id": pl.String(),
+    "task": pl.String(),
+    "target": pl.String(),
+    "split": pl.String(),
+    "question": pl.String(),
+    "answer": pl.String(),
+    "vector": pl.List(pl.Float32()),
+    "meta": pl.String(),
+}
+
+
+@dataclass
+class ExplainerExample:
+    """One question about the target's internals with its ground-truth answer."""
+
+    id: str
+    task: str
+    target: str
+    split: str
+    question: str
+    answer: str
+    vector: list[float] | None = None
+    meta: dict = field(default_factory=dict)
+
+
+def to_frame(examples: Iterable[ExplainerExample]) -> pl.DataFrame:
+    """Examples as a polars frame in the shared schema (meta serialised as JSON)."""
+    rows = []
+    for ex in examples:
+        row = asdict(ex)
+        row["meta"] = json.dumps(ex.meta, sort_keys=True)
+        rows.append(row)
+    return pl.DataFrame(rows, schema=SCHEMA)
+
+
+def write_parquet(df: pl.DataFrame, path: str | Path) -> None:
+    """Write a frame atomically (temp file + rename) so no half-written file is ever consumed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    df.write_parquet(tmp)
+    os.replace(tmp, path)
+
+
+def read_parquet(path: str | Path) -> pl.DataFrame:
+    """Read a parquet file produced by an earlier step; a corrupt file names itself and the fix."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file; run the rule that produces it first")
+    try:
+        return pl.read_parquet(path)
+    except Exception as err:  # polars raises several error types for damaged files
+        raise ValueError(
+            f"{path}: not a readable parquet file ({type(err).__name__}: {err}). "
+            "It is probably truncated or corrupt: delete it and re-run snakemake to rebuild it."
+        ) from err
+
+
+def read_examples(path: str | Path) -> pl.DataFrame:
+    """Read an examples parquet and check it has the shared schema's columns."""
+    df = read_parquet(path)
+    missing = [c for c in SCHEMA if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing}; expected {list(SCHEMA)}")
+    return df
+
+
+def meta(df: pl.DataFrame) -> list[dict]:
+    """The decoded meta dicts of a frame's rows."""
+    return [json.loads(m) for m in df["meta"]]
+
+
+def split_of(key: str, test_fraction: float, seed: int) -> str:
+    """Deterministic train/test assignment of a held-out key (prompt id, layer, ...)."""
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    return "test" if u < test_fraction else "train"
+
+
+def subsample(
+    df: pl.DataFrame, n: int | None, seed: int, stratify: str | None = None
+) -> pl.DataFrame:
+    """At most n rows, chosen by seed; with stratify, classes of that meta key are balanced."""
+    if n is None or len(df) <= n:
+        return df.sample(fraction=1.0, shuffle=True, seed=seed)
+    if stratify is None:
+        return df.sample(n=n, shuffle=True, seed=seed)
+    keyed = df.with_columns(
+        pl.Series("_cls", [str(m.get(stratify)) for m in meta(df)], dtype=pl.String)
+    )
+    groups = keyed.partition_by("_cls", maintain_order=True)
+    groups.sort(key=len)
+    parts: list[pl.DataFrame] = []
+    left = n
+    for i, g in enumerate(groups):
+        take = min(len(g), left // (len(groups) - i))
+        parts.append(g.sample(n=take, shuffle=True, seed=seed))
+        left -= take
+    out = pl.concat(parts).drop("_cls")
+    return out.sample(fraction=1.0, shuffle=True, seed=seed)
+
+
+def select(df: pl.DataFrame, split: str, ids: Sequence[str] | None = None) -> pl.DataFrame:
+    """Rows of one split (optionally restricted to ids)."""
+    out = df.filter(pl.col("split") == split)
+    if ids is not None:
+        out = out.filter(pl.col("id").is_in(list(ids)))
+    return out

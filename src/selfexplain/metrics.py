@@ -1,0 +1,128 @@
+"""Parse explainer answers and score them: exact match, has-changed macro F1, content match."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+UNCHANGED = "unchanged"
+_CHANGED_RE = re.compile(r'^changes to ("(?:[^"\\]|\\.)*")')
+
+
+def change_answer(changed: bool, new_token: str | None) -> str:
+    """The fixed answer template for 'does the output change, and to what'."""
+    if not changed:
+        return UNCHANGED
+    return f"changes to {json.dumps(new_token)}"
+
+
+@dataclass(frozen=True)
+class ParsedChange:
+    """A parsed change answer; valid is False when the text follows no template."""
+
+    valid: bool
+    changed: bool | None
+    new_token: str | None
+
+
+def parse_change(text: str) -> ParsedChange:
+    """Parse an answer written in the change_answer template (leading whitespace ignored)."""
+    text = text.strip()
+    if text.startswith(UNCHANGED):
+        return ParsedChange(True, False, None)
+    m = _CHANGED_RE.match(text)
+    if m:
+        try:
+            return ParsedChange(True, True, json.loads(m.group(1)))
+        except json.JSONDecodeError:
+            pass
+    if text.startswith("changes to"):
+        return ParsedChange(True, True, None)
+    return ParsedChange(False, None, None)
+
+
+def macro_f1(gold: Sequence[bool], pred: Sequence[bool | None]) -> float:
+    """Macro F1 over the classes changed/unchanged; an unparseable prediction (None) is wrong."""
+    scores = []
+    for cls in (True, False):
+        tp = sum(1 for g, p in zip(gold, pred, strict=True) if g == cls and p == cls)
+        n_pred = sum(1 for p in pred if p == cls)
+        n_gold = sum(1 for g in gold if g == cls)
+        if n_gold == 0 and n_pred == 0:
+            continue
+        precision = tp / n_pred if n_pred else 0.0
+        recall = tp / n_gold if n_gold else 0.0
+        scores.append(0.0 if tp == 0 else 2 * precision * recall / (precision + recall))
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def score_change_rows(gold_answers: Sequence[str], predictions: Sequence[str]) -> pl.DataFrame:
+    """Per-example columns: exact_match, gold/pred changed flags, content_match (changed only)."""
+    rows = []
+    for gold_text, pred_text in zip(gold_answers, predictions, strict=True):
+        gold = parse_change(gold_text)
+        pred = parse_change(pred_text)
+        content = None
+        if gold.changed:
+            content = bool(pred.changed and pred.new_token == gold.new_token)
+        rows.append(
+            {
+                "exact_match": pred_text.strip() == gold_text.strip(),
+                "valid": pred.valid,
+                "gold_changed": bool(gold.changed),
+                "pred_changed": pred.changed,
+                "gold_new_token": gold.new_token,
+                "pred_new_token": pred.new_token,
+                "content_match": content,
+            }
+        )
+    return pl.DataFrame(
+        rows,
+        schema={
+            "exact_match": pl.Boolean,
+            "valid": pl.Boolean,
+            "gold_changed": pl.Boolean,
+            "pred_changed": pl.Boolean,
+            "gold_new_token": pl.String,
+            "pred_new_token": pl.String,
+            "content_match": pl.Boolean,
+        },
+    )
+
+
+def change_metrics(rows: pl.DataFrame) -> dict[str, float]:
+    """Aggregate metrics of per-example rows from score_change_rows."""
+    changed = rows.filter(pl.col("gold_changed"))
+    return {
+        "exact_match": float(rows["exact_match"].mean()) if len(rows) else float("nan"),
+        "has_changed_f1": macro_f1(rows["gold_changed"].to_list(), rows["pred_changed"].to_list()),
+        "content_match": float(changed["content_match"].mean()) if len(changed) else float("nan"),
+        "valid": float(rows["valid"].mean()) if len(rows) else float("nan"),
+    }
+
+
+def bootstrap_ci(
+    rows: pl.DataFrame,
+    statistic: Callable[[pl.DataFrame], dict[str, float]],
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap CI of each statistic, resampling rows with replacement."""
+    rng = np.random.default_rng(seed)
+    n = len(rows)
+    draws: dict[str, list[float]] = {}
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, size=n)
+        for k, v in statistic(rows[idx]).items():
+            draws.setdefault(k, []).append(v)
+    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+    return {
+        k: (float(np.nanpercentile(v, lo)), float(np.nanpercentile(v, hi)))
+        for k, v in draws.items()
+    }

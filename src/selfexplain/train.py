@@ -1,0 +1,158 @@
+"""Explainer fine-tuning: HF Trainer + peft LoRA, loss on the answer tokens only, resumable."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import polars as pl
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import Trainer, TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from selfexplain.models import load
+
+IGNORE = -100
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one explainer fine-tuning run."""
+
+    epochs: float = 2.0
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 3e-4
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    target_modules: list[str] | str = "all-linear"
+    max_length: int = 256
+    save_steps: int = 20
+    logging_steps: int = 5
+    seed: int = 0
+    deepspeed: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def format_prompt(question: str) -> str:
+    """The text the explainer sees before its answer (shared by training and evaluation)."""
+    return f"{question}\nAnswer: "
+
+
+def encode_example(tokenizer, question: str, answer: str, max_length: int) -> dict[str, list[int]]:
+    """Token ids of prompt + answer + EOS, with labels only on the answer and EOS."""
+    prompt_ids = tokenizer(format_prompt(question))["input_ids"]
+    answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    prompt_ids = prompt_ids[-(max_length - len(answer_ids)) :]
+    ids = prompt_ids + answer_ids
+    return {
+        "input_ids": ids,
+        "attention_mask": [1] * len(ids),
+        "labels": [IGNORE] * len(prompt_ids) + answer_ids,
+    }
+
+
+class RightPadCollator:
+    """Pad a batch of encoded examples on the right (labels padded with -100)."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, batch: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        width = max(len(b["input_ids"]) for b in batch)
+        out = {}
+        for key, fill in (("input_ids", self.pad_id), ("attention_mask", 0), ("labels", IGNORE)):
+            out[key] = torch.tensor([b[key] + [fill] * (width - len(b[key])) for b in batch])
+        return out
+
+
+def lora_model(model, cfg: TrainConfig):
+    """Wrap a causal LM with a LoRA adapter."""
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+def train_explainer(
+    model_path: str | Path,
+    examples: pl.DataFrame,
+    out_dir: str | Path,
+    cfg: TrainConfig,
+    checkpoint_dir: str | Path | None = None,
+) -> dict:
+    """Fine-tune a LoRA explainer on (question, answer) rows; resume from the last checkpoint."""
+    out_dir = Path(out_dir)
+    checkpoint_dir = Path(checkpoint_dir or out_dir / "checkpoints")
+    set_seed(cfg.seed)
+    model, tokenizer = load(model_path)
+    model.train()
+    model = lora_model(model, cfg)
+    data = [
+        encode_example(tokenizer, q, a, cfg.max_length)
+        for q, a in zip(examples["question"], examples["answer"], strict=True)
+    ]
+    if not data:
+        raise ValueError("no training examples: check the task's labels and n_train in config")
+    use_cuda = torch.cuda.is_available()
+    args = TrainingArguments(
+        output_dir=str(checkpoint_dir),
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        num_train_epochs=cfg.epochs,
+        learning_rate=cfg.lr,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=2,
+        report_to=[],
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        use_cpu=not use_cuda,
+        bf16=use_cuda and torch.cuda.is_bf16_supported(),
+        deepspeed=cfg.deepspeed,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+        **cfg.extra,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=data,
+        data_collator=RightPadCollator(tokenizer.pad_token_id),
+    )
+    last = get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.exists() else None
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=last)
+    seconds = time.perf_counter() - start
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    model.save_pretrained(tmp)
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    summary = {
+        "n_examples": len(data),
+        "n_tokens": sum(len(d["input_ids"]) for d in data),
+        "steps": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "final_logged_loss": losses[-1] if losses else None,
+        "seconds": seconds,
+        "resumed_from": last,
+        "config": asdict(cfg),
+        "log_history": trainer.state.log_history,
+    }
+    (tmp / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for f in tmp.iterdir():
+        os.replace(f, out_dir / f.name)
+    tmp.rmdir()
+    return summary

@@ -1,0 +1,68 @@
+import json
+
+import polars as pl
+import torch
+
+from selfexplain.evaluate import evaluate_change_task, generate_answers, load_explainer
+from selfexplain.examples import ExplainerExample, to_frame
+from selfexplain.models import resolve
+from selfexplain.train import IGNORE, TrainConfig, encode_example, format_prompt, train_explainer
+
+
+def _examples(n=16):
+    rows = []
+    for i in range(n):
+        changed = i % 2 == 0
+        rows.append(
+            ExplainerExample(
+                id=f"e{i}",
+                task="ablation",
+                target="tiny",
+                split="train",
+                question=f"Prompt {i}: the {'red' if changed else 'blue'} one. Does it change?",
+                answer='changes to " B"' if changed else "unchanged",
+                meta={"changed": changed},
+            )
+        )
+    return to_frame(rows)
+
+
+def test_loss_only_on_answer_tokens(tiny_llama):
+    _, tok = tiny_llama
+    enc = encode_example(tok, "Why?", "unchanged", max_length=64)
+    n_prompt = len(tok(format_prompt("Why?"))["input_ids"])
+    assert enc["labels"][:n_prompt] == [IGNORE] * n_prompt
+    assert enc["labels"][n_prompt:] == enc["input_ids"][n_prompt:]
+    assert enc["labels"][-1] == tok.eos_token_id
+
+
+def test_training_learns_and_resumes(tmp_path):
+    model_dir = resolve("tiny-random-llama", tmp_path / "model")
+    examples = _examples()
+    cfg = TrainConfig(epochs=6, batch_size=4, lr=1e-2, save_steps=8, logging_steps=2, seed=0)
+    out = tmp_path / "adapter"
+    summary = train_explainer(model_dir, examples, out, cfg, tmp_path / "ckpt")
+    assert (out / "adapter_model.safetensors").exists()
+    losses = [e["loss"] for e in summary["log_history"] if "loss" in e]
+    assert losses[-1] < losses[0] * 0.5  # it learns the two answers
+    assert json.loads((out / "train_summary.json").read_text())["steps"] == 24
+
+    model, tok = load_explainer(model_dir, out)
+    rows = evaluate_change_task(
+        model, tok, examples, labels={"variant": "trained"}, max_new_tokens=16, batch_size=8
+    )
+    assert isinstance(rows, pl.DataFrame) and len(rows) == len(examples)
+    assert rows["exact_match"].mean() >= 0.75
+
+    # A second call with the finished checkpoints resumes at the last step instead of retraining.
+    again = train_explainer(model_dir, examples, tmp_path / "adapter2", cfg, tmp_path / "ckpt")
+    assert again["resumed_from"].endswith("checkpoint-24")
+
+
+def test_batched_generation_matches_one_at_a_time(tiny_llama):
+    model, tok = tiny_llama
+    questions = ["short?", "a much longer question about the tokens here?", "mid length one?"]
+    batched = generate_answers(model, tok, questions, max_new_tokens=6, batch_size=3)
+    single = [generate_answers(model, tok, [q], max_new_tokens=6)[0] for q in questions]
+    assert batched == single
+    assert torch.get_num_threads() >= 1

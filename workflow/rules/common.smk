@@ -1,0 +1,83 @@
+import os
+
+from snakemake.utils import validate
+
+from selfexplain.config import check_config
+
+# Readable errors first (naming key, value, allowed values), then snakemake fills defaults.
+check_config(config, workflow.source_path("../schemas/config.schema.yaml"))
+validate(config, schema="../schemas/config.schema.yaml")
+
+if config.get("offline", True):
+    # Never reach for a model hub; jobs inherit this environment.
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+MODELS = sorted(config["models"])
+TASKS = config["tasks"]
+SEEDS = config["seeds"]
+TRAINED_VARIANTS = [v for v in config["variants"] if v != "untrained"]
+
+
+wildcard_constraints:
+    model="|".join(MODELS),
+    target="|".join(config["targets"]),
+    explainer="|".join(config["explainers"]),
+    task="|".join(TASKS),
+    variant="trained|untrained",
+    seed=r"\d+",
+
+
+def model_marker(name):
+    return f"resources/models/{name}/selfexplain_model.json"
+
+
+def labels_input(wildcards):
+    return {
+        "model": model_marker(wildcards.target),
+        "prompts": f"results/prompts/{wildcards.task}.jsonl",
+    }
+
+
+def train_input(wildcards):
+    return {
+        "labels": f"results/labels/{wildcards.task}/{wildcards.target}.parquet",
+        "model": model_marker(wildcards.explainer),
+    }
+
+
+def adapter_path(task, target, explainer, variant, seed):
+    return f"results/explainers/{task}/{target}/{explainer}/{variant}/s{seed}/adapter_model.safetensors"
+
+
+def evaluate_input(wildcards):
+    inputs = train_input(wildcards)
+    if wildcards.variant != "untrained":
+        inputs["adapter"] = adapter_path(
+            wildcards.task, wildcards.target, wildcards.explainer, wildcards.variant, wildcards.seed
+        )
+    return inputs
+
+
+def eval_runs():
+    """(task, target, explainer, variant, seed) of every evaluation in the experiment."""
+    runs = []
+    for task in TASKS:
+        for target in config["targets"]:
+            for explainer in config["explainers"]:
+                for variant in config["variants"]:
+                    seeds = SEEDS if variant != "untrained" else SEEDS[:1]
+                    runs.extend((task, target, explainer, variant, s) for s in seeds)
+    return runs
+
+
+def eval_files():
+    return [f"results/eval/{t}/{tg}/{e}/{v}/s{s}.parquet" for t, tg, e, v, s in eval_runs()]
+
+
+def all_outputs():
+    return [
+        "results/tables/metrics.parquet",
+        "results/tables/metrics.csv",
+        *[f"results/figures/{task}_metrics.png" for task in TASKS],
+    ]

@@ -1,0 +1,15 @@
+rule evaluate:
+    input:
+        unpack(evaluate_input),
+    output:
+        "results/eval/{task}/{target}/{explainer}/{variant}/s{seed}.parquet",
+    params:
+        settings=config["evaluate"],
+        n_train=config["train"]["n_train"],
+    log:
+        "logs/evaluate/{task}/{target}/{explainer}/{variant}/s{seed}.log",
+    benchmark:
+        "results/benchmarks/evaluate/{task}/{target}/{explainer}/{variant}/s{seed}.tsv"
+    threads: 2
+    script:
+        "../scripts/evaluate.py"

@@ -1,0 +1,12 @@
+rule get_model:
+    output:
+        marker="resources/models/{model}/selfexplain_model.json",
+    params:
+        spec=lambda wildcards: config["models"][wildcards.model],
+    log:
+        "logs/get_model/{model}.log",
+    benchmark:
+        "results/benchmarks/get_model/{model}.tsv"
+    threads: 2
+    script:
+        "../scripts/get_model.py"

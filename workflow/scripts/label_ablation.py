@@ -1,0 +1,27 @@
+"""Input-ablation labels of one target model, as explainer examples (parquet)."""
+
+import sys
+from pathlib import Path
+
+import torch
+from selfexplain.prompts import read_prompts_jsonl
+
+from selfexplain.examples import to_frame, write_parquet
+from selfexplain.models import load
+from selfexplain.tasks.ablation import ablation_examples, ablation_labels
+
+sys.stderr = sys.stdout = open(snakemake.log[0], "w")
+torch.set_num_threads(snakemake.threads)
+
+settings = snakemake.params.settings
+model, tokenizer = load(Path(snakemake.input.model).parent)
+prompts = read_prompts_jsonl(snakemake.input.prompts)
+rows = ablation_labels(
+    model, tokenizer, prompts, batch_size=settings["batch_size"], captum=settings["captum"]
+)
+examples = ablation_examples(
+    rows,
+    snakemake.wildcards.target,
+    test_fraction=settings["test_fraction"],
+)
+write_parquet(to_frame(examples), snakemake.output[0])

@@ -1,0 +1,15 @@
+"""Write the ablation prompts: the user's file (validated) or the built-in generators."""
+
+import sys
+
+from selfexplain.prompts import ablation_prompts, read_prompts_jsonl, write_prompts_jsonl
+
+sys.stderr = sys.stdout = open(snakemake.log[0], "w")
+
+settings = snakemake.params.settings
+if settings.get("prompts_file"):
+    prompts = read_prompts_jsonl(settings["prompts_file"])
+else:
+    prompts = ablation_prompts(n_per_kind=settings["n_per_kind"], kinds=settings["kinds"])
+write_prompts_jsonl(prompts, snakemake.output[0])
+print(f"{len(prompts)} prompts -> {snakemake.output[0]}")

@@ -1,0 +1,14 @@
+"""Bar chart of one task's metrics per (explainer, variant) with 95% CIs."""
+
+import sys
+
+import polars as pl
+
+from selfexplain.examples import read_parquet
+from selfexplain.plots import metric_bars
+
+sys.stderr = sys.stdout = open(snakemake.log[0], "w")
+
+task = snakemake.wildcards.task
+table = read_parquet(snakemake.input[0]).filter(pl.col("task") == task)
+metric_bars(table, snakemake.output[0], title=f"{task}: explainer metrics (95% CI)")

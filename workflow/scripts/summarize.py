@@ -1,0 +1,13 @@
+"""Collect every evaluation into one tidy metric table with bootstrap CIs."""
+
+import sys
+
+from selfexplain.examples import read_parquet
+from selfexplain.plots import summarize, write_table
+
+sys.stderr = sys.stdout = open(snakemake.log[0], "w")
+
+evals = [read_parquet(p) for p in snakemake.input]
+table = summarize(evals, n_boot=snakemake.params.n_boot)
+write_table(table, snakemake.output.parquet, snakemake.output.csv)
+print(table)
