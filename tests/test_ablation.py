@@ -1,9 +1,9 @@
 import pytest
 import torch
-from selfexplain.prompts import Prompt
 
 from selfexplain.forward import next_token_logprobs, pad_left
 from selfexplain.metrics import parse_change
+from selfexplain.prompts import Prompt
 from selfexplain.tasks.ablation import (
     ablation_examples,
     ablation_labels,
@@ -118,3 +118,13 @@ def test_examples_split_by_prompt_and_answers_parse(tiny_llama):
             assert parsed.new_token == ex.meta["new_token"]
     assert all(len(s) == 1 for s in split_by_prompt.values())
     assert {"train", "test"} == set().union(*split_by_prompt.values())
+
+
+def test_captum_scores_when_target_is_partial_utf8_byte(tiny_llama):
+    model, tok = tiny_llama
+    text = "The capital of France is"
+    ids = encode(tok, text)
+    byte_token = next(i for i in range(len(tok)) if tok.decode([i]).strip() == "\ufffd")
+    scores = captum_removal_scores(model, tok, text, byte_token)
+    hand = float(_logp_next(model, ids)[byte_token] - _logp_next(model, ids[1:])[byte_token])
+    assert float(scores[0]) == pytest.approx(hand, abs=1e-5)

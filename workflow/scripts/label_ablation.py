@@ -4,10 +4,10 @@ import sys
 from pathlib import Path
 
 import torch
-from selfexplain.prompts import read_prompts_jsonl
 
 from selfexplain.examples import to_frame, write_parquet
 from selfexplain.models import load
+from selfexplain.prompts import read_prompts_jsonl
 from selfexplain.tasks.ablation import ablation_examples, ablation_labels
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")

@@ -59,11 +59,20 @@ def captum_removal_scores(model, tokenizer, text: str, target_id: int) -> torch.
     special = sorted(set(tokenizer.all_special_ids) & set(encode(tokenizer, text)))
     inp = TokenRemovalInput(text, tokenizer, skip_tokens=special or None)
     attr = LLMAttribution(FeatureAblation(model), tokenizer, attr_target="log_prob")
+    target = torch.tensor([target_id])
     with torch.no_grad():
-        result = attr.attribute(
-            inp, target=torch.tensor([target_id]), forward_in_tokens=False, use_cached_outputs=False
-        )
-    return result.seq_attr.detach().float().cpu()
+        try:
+            result = attr.attribute(
+                inp, target=target, forward_in_tokens=False, use_cached_outputs=False
+            )
+            return result.seq_attr.detach().float().cpu()
+        except IndexError:
+            # Captum's pretty-printing of the output token (after the attribution is computed)
+            # fails on a lone partial-UTF-8 byte token; run the same FeatureAblation call directly.
+            raw = attr.attr_method.attribute(
+                inp.to_tensor(), additional_forward_args=(inp, target, False, None, False)
+            )
+            return raw.reshape(-1, inp.n_itp_features)[0].detach().float().cpu()
 
 
 def hint_token_positions(tokenizer, text: str, hint: str) -> list[int]:
