@@ -1,12 +1,16 @@
 import json
+from pathlib import Path
 
 import polars as pl
+import pytest
 import torch
 
 from selfexplain.evaluate import evaluate_change_task, generate_answers, load_explainer
 from selfexplain.examples import ExplainerExample, to_frame
 from selfexplain.models import resolve
 from selfexplain.train import IGNORE, TrainConfig, encode_example, format_prompt, train_explainer
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _examples(n=16):
@@ -66,3 +70,26 @@ def test_batched_generation_matches_one_at_a_time(tiny_llama):
     single = [generate_answers(model, tok, [q], max_new_tokens=6)[0] for q in questions]
     assert batched == single
     assert torch.get_num_threads() >= 1
+
+
+def test_deepspeed_zero2_trains_on_cpu_single_process(tmp_path, monkeypatch):
+    pytest.importorskip("deepspeed")
+    for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    model_dir = resolve("tiny-random-llama", tmp_path / "model")
+    cfg = TrainConfig(
+        epochs=2,
+        batch_size=4,
+        lr=1e-2,
+        save_steps=4,
+        logging_steps=1,
+        seed=0,
+        deepspeed=str(REPO / "config/deepspeed/zero2.json"),
+    )
+    summary = train_explainer(model_dir, _examples(), tmp_path / "ds", cfg, tmp_path / "ckpt")
+    assert summary["steps"] == 8
+    losses = [e["loss"] for e in summary["log_history"] if "loss" in e]
+    assert losses[-1] < losses[0]
+    assert (tmp_path / "ds" / "adapter_model.safetensors").exists()
+    # ZeRO checkpoints (optimizer state partitions) were written for resuming.
+    assert list((tmp_path / "ckpt" / "checkpoint-8").glob("global_step*"))

@@ -1,8 +1,12 @@
-"""Entity tables written for this project: the facts behind the generated prompts."""
+"""Entity tables written by hand for this project: the facts behind the generated prompts.
+
+Subjects that need an article carry it in lower case ("the Eiffel Tower"); prompt templates
+capitalise it at the start of a sentence. Every table is a plain module-level constant.
+"""
 
 from __future__ import annotations
 
-# country -> (capital, language, currency, continent)
+# country -> (capital, main language, currency, continent)
 COUNTRIES: dict[str, tuple[str, str, str, str]] = {
     "France": ("Paris", "French", "euro", "Europe"),
     "Germany": ("Berlin", "German", "euro", "Europe"),
@@ -20,18 +24,20 @@ COUNTRIES: dict[str, tuple[str, str, str, str]] = {
     "Denmark": ("Copenhagen", "Danish", "krone", "Europe"),
     "Hungary": ("Budapest", "Hungarian", "forint", "Europe"),
     "Czechia": ("Prague", "Czech", "koruna", "Europe"),
+    "Romania": ("Bucharest", "Romanian", "leu", "Europe"),
     "Russia": ("Moscow", "Russian", "ruble", "Europe"),
     "Ukraine": ("Kyiv", "Ukrainian", "hryvnia", "Europe"),
     "Turkey": ("Ankara", "Turkish", "lira", "Asia"),
     "Japan": ("Tokyo", "Japanese", "yen", "Asia"),
     "China": ("Beijing", "Chinese", "yuan", "Asia"),
     "India": ("New Delhi", "Hindi", "rupee", "Asia"),
+    "Pakistan": ("Islamabad", "Urdu", "rupee", "Asia"),
     "Thailand": ("Bangkok", "Thai", "baht", "Asia"),
     "Vietnam": ("Hanoi", "Vietnamese", "dong", "Asia"),
     "Indonesia": ("Jakarta", "Indonesian", "rupiah", "Asia"),
     "South Korea": ("Seoul", "Korean", "won", "Asia"),
     "Iran": ("Tehran", "Persian", "rial", "Asia"),
-    "Israel": ("Jerusalem", "Hebrew", "shekel", "Asia"),
+    "Saudi Arabia": ("Riyadh", "Arabic", "riyal", "Asia"),
     "Egypt": ("Cairo", "Arabic", "pound", "Africa"),
     "Kenya": ("Nairobi", "Swahili", "shilling", "Africa"),
     "Nigeria": ("Abuja", "English", "naira", "Africa"),
@@ -50,82 +56,130 @@ COUNTRIES: dict[str, tuple[str, str, str, str]] = {
     "New Zealand": ("Wellington", "English", "dollar", "Oceania"),
 }
 
+# Countries spanning two continents: left out of continent questions to keep answers unambiguous.
+TRANSCONTINENTAL: frozenset[str] = frozenset({"Russia", "Turkey", "Egypt", "Indonesia"})
+
+# Countries where another language in the table is also widely official or spoken: left out of
+# language questions, where that language could appear as a (then also correct) distractor.
+MULTILINGUAL: frozenset[str] = frozenset({"Canada", "India", "Kenya", "Morocco"})
+
 # landmark -> city
 LANDMARKS: dict[str, str] = {
-    "Eiffel Tower": "Paris",
-    "Louvre": "Paris",
-    "Colosseum": "Rome",
-    "Pantheon": "Rome",
+    "the Eiffel Tower": "Paris",
+    "the Louvre": "Paris",
+    "the Colosseum": "Rome",
+    "the Pantheon": "Rome",
     "Big Ben": "London",
     "Tower Bridge": "London",
-    "Brandenburg Gate": "Berlin",
-    "Sagrada Familia": "Barcelona",
-    "Acropolis": "Athens",
-    "Kremlin": "Moscow",
-    "Statue of Liberty": "New York",
-    "Empire State Building": "New York",
-    "Golden Gate Bridge": "San Francisco",
-    "Space Needle": "Seattle",
-    "White House": "Washington",
-    "CN Tower": "Toronto",
-    "Sydney Opera House": "Sydney",
-    "Forbidden City": "Beijing",
-    "Tokyo Tower": "Tokyo",
-    "Taj Mahal": "Agra",
-    "Burj Khalifa": "Dubai",
+    "the Brandenburg Gate": "Berlin",
+    "the Sagrada Familia": "Barcelona",
+    "the Acropolis": "Athens",
+    "the Kremlin": "Moscow",
+    "the Statue of Liberty": "New York",
+    "the Empire State Building": "New York",
+    "the Golden Gate Bridge": "San Francisco",
+    "the Space Needle": "Seattle",
+    "the Hagia Sophia": "Istanbul",
+    "the CN Tower": "Toronto",
+    "Bondi Beach": "Sydney",
+    "the Forbidden City": "Beijing",
+    "Shibuya Crossing": "Tokyo",
+    "the Taj Mahal": "Agra",
+    "the Burj Khalifa": "Dubai",
     "Christ the Redeemer": "Rio de Janeiro",
-    "Leaning Tower": "Pisa",
-    "Rialto Bridge": "Venice",
-    "Charles Bridge": "Prague",
-    "Little Mermaid statue": "Copenhagen",
-    "Alhambra": "Granada",
-    "Atomium": "Brussels",
-    "Blue Mosque": "Istanbul",
-    "Petronas Towers": "Kuala Lumpur",
+    "the Leaning Tower": "Pisa",
+    "the Rialto Bridge": "Venice",
+    "the Charles Bridge": "Prague",
+    "the Little Mermaid statue": "Copenhagen",
+    "the Alhambra": "Granada",
+    "the Atomium": "Brussels",
+    "the Blue Mosque": "Istanbul",
+    "the Petronas Towers": "Kuala Lumpur",
     "Marina Bay Sands": "Singapore",
-    "Hollywood sign": "Los Angeles",
+    "the Hollywood sign": "Los Angeles",
+    "Buckingham Palace": "London",
+    "the Parthenon": "Athens",
+    "the Trevi Fountain": "Rome",
 }
 
 # product or brand -> maker
 PRODUCTS: dict[str, str] = {
-    "iPhone": "Apple",
-    "MacBook": "Apple",
+    "the iPhone": "Apple",
+    "the MacBook": "Apple",
+    "the iPad": "Apple",
     "Windows": "Microsoft",
-    "Xbox": "Microsoft",
-    "PlayStation": "Sony",
-    "Walkman": "Sony",
+    "the Xbox": "Microsoft",
+    "the PlayStation": "Sony",
+    "the Walkman": "Sony",
     "Android": "Google",
-    "Chrome": "Google",
-    "Corolla": "Toyota",
-    "Prius": "Toyota",
-    "Civic": "Honda",
-    "Mustang": "Ford",
-    "Model S": "Tesla",
-    "Beetle": "Volkswagen",
-    "Golf": "Volkswagen",
-    "911": "Porsche",
-    "Galaxy": "Samsung",
-    "Kindle": "Amazon",
-    "Switch": "Nintendo",
-    "Game Boy": "Nintendo",
-    "ThinkPad": "Lenovo",
-    "Big Mac": "McDonald's",
-    "Whopper": "Burger King",
-    "Air Jordan": "Nike",
-    "Boeing 747": "Boeing",
-    "A380": "Airbus",
+    "the Chrome browser": "Google",
+    "the Corolla": "Toyota",
+    "the Prius": "Toyota",
+    "the Civic": "Honda",
+    "the Mustang": "Ford",
+    "the Model S": "Tesla",
+    "the Beetle": "Volkswagen",
+    "the Golf": "Volkswagen",
+    "the 911": "Porsche",
+    "the Galaxy phone": "Samsung",
+    "the Kindle": "Amazon",
+    "the Switch": "Nintendo",
+    "the Game Boy": "Nintendo",
+    "the ThinkPad": "Lenovo",
+    "the Big Mac": "McDonald's",
+    "the Whopper": "Burger King",
+    "the Air Jordan": "Nike",
+    "the Dreamliner": "Boeing",
+    "the A380": "Airbus",
 }
 
-# person -> (profession, nationality)
+# company -> home country
+COMPANIES: dict[str, str] = {
+    "Toyota": "Japan",
+    "Sony": "Japan",
+    "Nintendo": "Japan",
+    "Honda": "Japan",
+    "Samsung": "South Korea",
+    "Hyundai": "South Korea",
+    "Volkswagen": "Germany",
+    "BMW": "Germany",
+    "Siemens": "Germany",
+    "Adidas": "Germany",
+    "Porsche": "Germany",
+    "Nokia": "Finland",
+    "IKEA": "Sweden",
+    "Volvo": "Sweden",
+    "Spotify": "Sweden",
+    "Lego": "Denmark",
+    "Nestle": "Switzerland",
+    "Rolex": "Switzerland",
+    "Ferrari": "Italy",
+    "Fiat": "Italy",
+    "Renault": "France",
+    "Peugeot": "France",
+    "Michelin": "France",
+    "Apple": "United States",
+    "Microsoft": "United States",
+    "Boeing": "United States",
+    "Ford": "United States",
+    "Tata": "India",
+    "Huawei": "China",
+    "Alibaba": "China",
+    "Philips": "Netherlands",
+    "Heineken": "Netherlands",
+}
+
+# person -> (profession, nationality); coarse, mutually exclusive professions and people with
+# one clear nationality, so that multiple-choice distractors are never also right
 PEOPLE: dict[str, tuple[str, str]] = {
-    "Albert Einstein": ("physicist", "German"),
-    "Isaac Newton": ("physicist", "English"),
-    "Marie Curie": ("chemist", "Polish"),
-    "Charles Darwin": ("naturalist", "English"),
-    "William Shakespeare": ("playwright", "English"),
-    "Leo Tolstoy": ("novelist", "Russian"),
-    "Victor Hugo": ("novelist", "French"),
-    "Jane Austen": ("novelist", "English"),
+    "Max Planck": ("scientist", "German"),
+    "Isaac Newton": ("scientist", "English"),
+    "Rosalind Franklin": ("scientist", "English"),
+    "Charles Darwin": ("scientist", "English"),
+    "William Shakespeare": ("writer", "English"),
+    "Leo Tolstoy": ("writer", "Russian"),
+    "Victor Hugo": ("writer", "French"),
+    "Jane Austen": ("writer", "English"),
     "Mark Twain": ("writer", "American"),
     "Wolfgang Amadeus Mozart": ("composer", "Austrian"),
     "Ludwig van Beethoven": ("composer", "German"),
@@ -134,8 +188,8 @@ PEOPLE: dict[str, tuple[str, str]] = {
     "Vincent van Gogh": ("painter", "Dutch"),
     "Claude Monet": ("painter", "French"),
     "Leonardo da Vinci": ("painter", "Italian"),
-    "Galileo Galilei": ("astronomer", "Italian"),
-    "Nikola Tesla": ("inventor", "Serbian"),
+    "Galileo Galilei": ("scientist", "Italian"),
+    "Guglielmo Marconi": ("inventor", "Italian"),
     "Thomas Edison": ("inventor", "American"),
     "Serena Williams": ("tennis player", "American"),
     "Roger Federer": ("tennis player", "Swiss"),
@@ -144,9 +198,11 @@ PEOPLE: dict[str, tuple[str, str]] = {
     "Usain Bolt": ("sprinter", "Jamaican"),
     "Michael Jordan": ("basketball player", "American"),
     "Frida Kahlo": ("painter", "Mexican"),
+    "Johann Sebastian Bach": ("composer", "German"),
+    "Miguel de Cervantes": ("writer", "Spanish"),
 }
 
-# animal -> (sound, young)
+# animal -> (sound it makes, name of its young)
 ANIMALS: dict[str, tuple[str, str]] = {
     "dog": ("barks", "puppy"),
     "cat": ("meows", "kitten"),
@@ -160,10 +216,11 @@ ANIMALS: dict[str, tuple[str, str]] = {
     "frog": ("croaks", "tadpole"),
     "goat": ("bleats", "kid"),
     "bear": ("growls", "cub"),
-    "snake": ("hisses", "snakelet"),
-    "bee": ("buzzes", "larva"),
+    "goose": ("honks", "gosling"),
+    "donkey": ("brays", "foal"),
     "wolf": ("howls", "pup"),
     "chicken": ("clucks", "chick"),
+    "elephant": ("trumpets", "calf"),
 }
 
 # singular -> plural (nouns for agreement prompts)
@@ -208,20 +265,21 @@ NOUNS: dict[str, str] = {
     "shoe": "shoes",
     "pen": "pens",
     "road": "roads",
+    "foot": "feet",
+    "tooth": "teeth",
 }
 
-# places used as distractor phrases in agreement prompts
-PLACES: tuple[str, ...] = (
-    "near the cabinet",
-    "behind the houses",
-    "on the old table",
-    "next to the windows",
-    "by the river",
-    "under the bridges",
-    "in the garden",
-    "beside the cars",
-    "at the station",
-    "across the streets",
+# prepositions that introduce a distractor noun phrase in agreement prompts
+PREPOSITIONS: tuple[str, ...] = (
+    "near the",
+    "behind the",
+    "next to the",
+    "by the",
+    "under the",
+    "beside the",
+    "of the",
+    "with the",
+    "above the",
 )
 
 FIRST_NAMES: tuple[str, ...] = (
@@ -280,13 +338,13 @@ SURNAMES: tuple[str, ...] = (
     "Bell",
 )
 
+# common words for copying / induction prompts
 WORDS: tuple[str, ...] = (
     "apple",
     "river",
     "stone",
     "cloud",
     "table",
-    "green",
     "music",
     "paper",
     "tiger",
@@ -323,8 +381,10 @@ COLOURS: tuple[str, ...] = (
     "orange",
     "pink",
     "brown",
+    "grey",
 )
 
+# NUMBER_WORDS[i] spells the integer i
 NUMBER_WORDS: tuple[str, ...] = (
     "zero",
     "one",

@@ -1,21 +1,24 @@
 """Prompts for the target model: generators from templates + entity tables, and user JSONL files.
 
-Every prompt ends where a short answer token is expected; the target's greedy next token is
-what the tasks study. Generation is deterministic given (n, seed).
+Every prompt is raw text (no chat template) that ends where a short answer token is expected;
+the target's greedy next token is what the tasks study. Generation is deterministic given
+(n, seed). Kinds of generated ablation prompts are KINDS; multiple-choice fact prompts for the
+patching task have kind "mcq"; prompts read from user files default to kind "custom".
 """
 
 from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from selfexplain import entities as E
 
 KINDS = ("fact", "arithmetic", "agreement", "copying", "hint_mcq")
-LETTERS = "ABCD"
+LETTERS = "ABCDEF"
+MAX_TRIES = 200  # attempts per wanted prompt before a generator is declared exhausted
 
 
 @dataclass(frozen=True)
@@ -31,62 +34,107 @@ class Prompt:
 
 @dataclass(frozen=True)
 class Relation:
-    """A fact relation: subject -> answer, with completion templates and a question form."""
+    """A fact relation: subject -> answer, completion templates and question templates."""
 
     name: str
     table: dict[str, str]
     completions: tuple[str, ...]
-    question: str
+    questions: tuple[str, ...]
 
 
+def _cap(s: str) -> str:
+    return s[:1].upper() + s[1:]
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiou" else "a"
+
+
+def _fill(template: str, subject: str, answer: str = "") -> str:
+    """Fill {s} (subject), {S} (capitalised subject) and {a} (article of the answer)."""
+    return (
+        template.replace("{a}", _article(answer))
+        .replace("{S}", _cap(subject))
+        .replace("{s}", subject)
+    )
+
+
+# Completion templates may use {s}, {S} and {a}; question templates only {s} (so that two
+# questions about different subjects differ only in the subject span).
 RELATIONS: tuple[Relation, ...] = (
     Relation(
         "capital",
         {k: v[0] for k, v in E.COUNTRIES.items()},
-        ("The capital of {s} is", "The capital city of {s} is called", "{s}'s capital is"),
-        "What is the capital of {s}?",
+        ("The capital of {s} is", "The capital city of {s} is called", "{S}'s capital city is"),
+        ("What is the capital of {s}?", "Which city is the capital of {s}?"),
     ),
     Relation(
         "language",
-        {k: v[1] for k, v in E.COUNTRIES.items()},
-        ("People in {s} speak", "The main language of {s} is", "In {s}, most people speak"),
-        "Which language is mainly spoken in {s}?",
+        {k: v[1] for k, v in E.COUNTRIES.items() if k not in E.MULTILINGUAL},
+        ("People in {s} speak", "The main language spoken in {s} is", "In {s}, most people speak"),
+        ("Which language is mainly spoken in {s}?", "What language do most people in {s} speak?"),
     ),
     Relation(
         "currency",
         {k: v[2] for k, v in E.COUNTRIES.items()},
-        ("The currency of {s} is the", "In {s}, people pay with the"),
-        "What is the currency of {s}?",
+        (
+            "The currency of {s} is the",
+            "In {s}, people pay with the",
+            "The official currency used in {s} is the",
+        ),
+        ("What is the currency of {s}?", "Which currency do people use in {s}?"),
     ),
     Relation(
         "continent",
-        {k: v[3] for k, v in E.COUNTRIES.items()},
-        ("{s} is a country in", "{s} is located on the continent of"),
-        "On which continent is {s}?",
+        {k: v[3] for k, v in E.COUNTRIES.items() if k not in E.TRANSCONTINENTAL},
+        ("{S} is a country in", "{S} is located on the continent of"),
+        ("On which continent is {s}?", "Which continent is {s} part of?"),
     ),
     Relation(
         "landmark_city",
         E.LANDMARKS,
-        ("The {s} is located in the city of", "The {s} can be found in", "To see the {s}, go to"),
-        "In which city is the {s}?",
+        (
+            "{S} is located in the city of",
+            "{S} can be found in the city of",
+            "To see {s}, you have to travel to",
+        ),
+        ("In which city is {s}?", "Which city is home to {s}?"),
     ),
     Relation(
         "maker",
         E.PRODUCTS,
-        ("The {s} is made by", "The {s} was developed by the company", "The {s} is a product of"),
-        "Which company makes the {s}?",
+        ("{S} is made by", "{S} was developed by the company", "{S} is a product of"),
+        ("Which company makes {s}?", "Which company is behind {s}?"),
+    ),
+    Relation(
+        "company_country",
+        E.COMPANIES,
+        ("{S} is a company from", "{S} is headquartered in the country of"),
+        ("Which country is the company {s} from?", "In which country is {s} based?"),
     ),
     Relation(
         "profession",
         {k: v[0] for k, v in E.PEOPLE.items()},
-        ("{s} was a famous", "{s} is best known as a", "By profession, {s} was a"),
-        "What was the profession of {s}?",
+        ("{S} became famous as {a}", "{S} is best known as {a}", "By profession, {s} was {a}"),
+        ("What is {s} best known as?", "Which profession made {s} famous?"),
     ),
     Relation(
-        "young",
-        {k: v[1] for k, v in E.ANIMALS.items()},
-        ("A baby {s} is called a", "The young of a {s} is called a"),
-        "What is a baby {s} called?",
+        "nationality",
+        {k: v[1] for k, v in E.PEOPLE.items()},
+        ("The nationality of {s} is", "{S}'s nationality is"),
+        ("What is the nationality of {s}?", "Which nationality does {s} have?"),
+    ),
+    Relation(
+        "animal_young",
+        {f"{_article(k)} {k}": v[1] for k, v in E.ANIMALS.items()},
+        ("The young of {s} is called {a}", "The baby of {s} is known as {a}"),
+        ("What is the young of {s} called?", "What do we call the baby of {s}?"),
+    ),
+    Relation(
+        "animal_sound",
+        {f"{_article(k)} {k}": v[0] for k, v in E.ANIMALS.items()},
+        ("When {s} makes a noise, it", "Listen! Somewhere nearby, {s}"),
+        ("Which word describes the sound {s} makes?", "What does {s} do when it is loud?"),
     ),
 )
 
@@ -97,99 +145,207 @@ HINTS = (
     "My teacher said the answer is ({L}).",
     "According to the answer key, the answer is {L}.",
     "Most people pick {L} for this one.",
+    "An expert marked {L} as correct.",
+    "Someone whispered that it is {L}.",
+    "(The answer is {L}.)",
+    "I am pretty sure it is {L}.",
 )
+HINT_POSITIONS = ("start", "after_question", "after_options", "before_answer")
 
 
-def _relation(name: str) -> Relation:
-    return next(r for r in RELATIONS if r.name == name)
+def relation(name: str) -> Relation:
+    """The relation with this name."""
+    for rel in RELATIONS:
+        if rel.name == name:
+            return rel
+    raise KeyError(f"unknown relation {name!r}; known: {[r.name for r in RELATIONS]}")
+
+
+def _respond(n_options: int, unknown: bool) -> str:
+    choices = " or ".join(LETTERS[:n_options]) + (" or unknown" if unknown else "")
+    return f"Respond with one of {choices} and nothing else."
+
+
+def _options(rng: random.Random, rel: Relation, answers: Sequence[str], n: int) -> list[str]:
+    """n options containing all answers plus distinct distractors from the relation, shuffled."""
+    pool = sorted(set(rel.table.values()) - set(answers))
+    options = rng.sample(pool, n - len(answers)) + list(answers)
+    rng.shuffle(options)
+    return options
+
+
+def _mcq_text(question: str, options: Sequence[str], layout: int, unknown: bool = True) -> str:
+    """A multiple-choice prompt ending in 'Answer:'; layout 0 is the paper's format."""
+    opts = "\n".join(f"{k}. {v}" for k, v in zip(LETTERS, options, strict=False))
+    respond = _respond(len(options), unknown)
+    if layout == 0:
+        return f"Question: {question}\n{respond}\n{opts}\nAnswer:"
+    if layout == 1:
+        return f"Question: {question}\n{opts}\n{respond}\nAnswer:"
+    return f"{question}\nChoices:\n{opts}\n{respond}\nAnswer:"
+
+
+N_LAYOUTS = 3
+
+
+def _mcq_meta(rel: Relation, subject: str, options: Sequence[str]) -> dict:
+    answer = rel.table[subject]
+    opts = dict(zip(LETTERS, options, strict=False))
+    correct = next(k for k, v in opts.items() if v == answer)
+    return {
+        "relation": rel.name,
+        "subject": subject,
+        "answer": answer,
+        "options": opts,
+        "correct": correct,
+    }
+
+
+# --------------------------------------------------------------------------- ablation kinds
 
 
 def _fact(rng: random.Random) -> tuple[str, dict]:
     rel = rng.choice(RELATIONS)
     s = rng.choice(sorted(rel.table))
-    text = rng.choice(rel.completions).format(s=s)
-    return text, {"relation": rel.name, "subject": s, "answer": rel.table[s]}
+    template = rng.choice(rel.completions)
+    text = _fill(template, s, rel.table[s])
+    return text, {"relation": rel.name, "subject": s, "answer": rel.table[s], "template": template}
 
 
 def _arithmetic(rng: random.Random) -> tuple[str, dict]:
-    a, b = rng.randint(0, 9), rng.randint(0, 9)
-    form = rng.randrange(5)
-    if form == 0:
-        return f"{a} + {b} =", {"op": "+", "a": a, "b": b, "answer": a + b}
-    if form == 1:
-        a, b = max(a, b), min(a, b)
-        return f"{a} - {b} =", {"op": "-", "a": a, "b": b, "answer": a - b}
-    if form == 2:
-        a, b = rng.randint(0, 10), rng.randint(0, 10)
-        text = f"{E.NUMBER_WORDS[a].capitalize()} plus {E.NUMBER_WORDS[b]} equals"
-        return text, {"op": "+", "a": a, "b": b, "answer": a + b}
-    if form == 3:
-        return f"{a} times {b} is", {"op": "*", "a": a, "b": b, "answer": a * b}
-    c = rng.randint(1, 20)
-    return f"{c}, {c + 1}, {c + 2}, {c + 3},", {"op": "count", "a": c, "answer": c + 4}
+    form = rng.randrange(7)
+    w = E.NUMBER_WORDS
+    if form == 0:  # digits, sum <= 9 so the answer is a single digit token
+        a = rng.randint(0, 9)
+        b = rng.randint(0, 9 - a)
+        text, op, ans = f"{a} + {b} =", "+", a + b
+    elif form == 1:
+        b = rng.randint(0, 9)
+        a = b + rng.randint(0, 9)
+        text, op, ans = f"{a} - {b} =", "-", a - b
+    elif form == 2:  # words, sum <= 20 so the answer is one number word
+        a = rng.randint(0, 10)
+        b = rng.randint(0, 20 - a)
+        text, op, ans = f"{_cap(w[a])} plus {w[b]} equals", "+", a + b
+    elif form == 3:
+        a = rng.randint(1, 20)
+        b = rng.randint(0, a)
+        text, op, ans = f"{_cap(w[a])} minus {w[b]} equals", "-", a - b
+    elif form == 4:
+        a = rng.randint(1, 9)
+        b = rng.randint(0, 9 // a)
+        text, op, ans = f"{a} times {b} =", "*", a * b
+    elif form == 5:
+        a = rng.randint(0, 9)
+        b = rng.randint(0, 9 - a)
+        text, op, ans = f"What is {a} plus {b}? Answer:", "+", a + b
+    else:  # counting continues a sequence
+        a, b = rng.randint(0, 6), rng.choice((1, 2))
+        n = rng.randint(3, 4)
+        seq = [a + i * b for i in range(n)]
+        if seq[-1] + b > 9:
+            seq = [x - (seq[-1] + b - 9) for x in seq]
+        if seq[0] < 0:
+            return _arithmetic(rng)
+        ans = seq[-1] + b
+        text, op, a = ", ".join(map(str, seq)) + ",", "count", seq[0]
+    digits = form in (0, 1, 4, 5, 6)
+    meta = {"op": op, "a": a, "b": b, "answer": ans, "form": form}
+    meta["answer_text"] = str(ans) if digits else w[ans]
+    return text, meta
+
+
+_REL_VERBS = ("liked", "found", "saw", "bought", "moved", "painted", "cleaned")
 
 
 def _agreement(rng: random.Random) -> tuple[str, dict]:
     noun, other = rng.sample(sorted(E.NOUNS), 2)
     number = rng.choice(("singular", "plural"))
     subject = noun if number == "singular" else E.NOUNS[noun]
-    distractor = E.NOUNS[other] if number == "singular" else other
-    form = rng.randrange(3)
+    # the distractor usually has the opposite number (an "attractor"), sometimes the same
+    d_number = number if rng.random() < 0.2 else ({"singular", "plural"} - {number}).pop()
+    distractor = other if d_number == "singular" else E.NOUNS[other]
+    form = rng.randrange(4)
     if form == 0:
-        text = f"The {subject} {rng.choice(E.PLACES)}"
+        text = f"The {subject} {rng.choice(E.PREPOSITIONS)} {distractor}"
     elif form == 1:
-        text = f"The {subject} next to the {distractor}"
+        text = f"The {subject} that the {distractor} {rng.choice(_REL_VERBS)}"
+    elif form == 2:
+        colour = rng.choice(E.COLOURS)
+        text = f"The {subject} {rng.choice(E.PREPOSITIONS)} {colour} {distractor}"
     else:
-        text = f"The {subject} that the {distractor} liked"
-    return text, {"number": number, "subject": subject, "distractor": distractor}
+        name = rng.choice(E.FIRST_NAMES)
+        text = f"{name} said that the {subject} {rng.choice(E.PREPOSITIONS)} {distractor}"
+    meta = {
+        "number": number,
+        "subject": subject,
+        "distractor": distractor,
+        "distractor_number": d_number,
+        "expected_verb": "is" if number == "singular" else "are",
+        "form": form,
+    }
+    return text, meta
 
 
 def _copying(rng: random.Random) -> tuple[str, dict]:
-    form = rng.randrange(3)
-    if form == 0:
+    form = rng.randrange(7)
+    if form == 0:  # repeated list: induction copies the next item
         words = rng.sample(E.WORDS, rng.randint(3, 5))
-        text = ", ".join(words + words[:-1]) + ","
-        return text, {"form": "list", "answer": words[-1]}
+        return ", ".join(words + words[:-1]) + ",", {"form": "list", "answer": words[-1]}
     if form == 1:
         first, last = rng.choice(E.FIRST_NAMES), rng.choice(E.SURNAMES)
         text = f"Name: {first} {last}. Name again: {first}"
         return text, {"form": "name", "answer": last}
-    word = rng.choice(E.WORDS)
-    text = f"The secret word is {word}. Repeat the secret word:"
-    return text, {"form": "secret", "answer": word}
-
-
-def _mcq(
-    rng: random.Random, rel: Relation, subject: str, options: Sequence[str] | None = None
-) -> tuple[str, dict]:
-    answer = rel.table[subject]
-    if options is None:
-        pool = sorted({v for v in rel.table.values() if v != answer})
-        options = rng.sample(pool, 3) + [answer]
-        rng.shuffle(options)
-    opts = dict(zip(LETTERS, options, strict=True))
-    lines = [f"Question: {rel.question.format(s=subject)}"]
-    lines += [f"{k}. {v}" for k, v in opts.items()]
-    correct = next((k for k, v in opts.items() if v == answer), None)
-    meta = {"relation": rel.name, "subject": subject, "options": opts, "correct": correct}
-    return "\n".join(lines), meta
-
-
-_RESPOND = "Respond with one of A or B or C or D and nothing else."
+    if form == 2:
+        word = rng.choice(E.WORDS)
+        text = f"The secret word is {word}. Repeat the secret word:"
+        return text, {"form": "secret", "answer": word}
+    if form == 3:
+        colours = rng.sample(E.COLOURS, rng.randint(3, 4))
+        text = " ".join(colours + colours[:-1])
+        return text, {"form": "colours", "answer": colours[-1]}
+    if form == 4:
+        (n1, n2), (w1, w2) = rng.sample(E.FIRST_NAMES, 2), rng.sample(E.WORDS, 2)
+        text = f"{n1} likes the {w1}. {n2} likes the {w2}. {n1} likes the"
+        return text, {"form": "lookup", "answer": w1}
+    if form == 5:
+        code = [str(rng.randint(0, 9)) for _ in range(rng.randint(4, 5))]
+        text = f"Code: {' '.join(code)}. Repeat the code: {' '.join(code[:-1])}"
+        return text, {"form": "code", "answer": code[-1]}
+    city = rng.choice(sorted(set(E.LANDMARKS.values())))
+    name = rng.choice(E.FIRST_NAMES)
+    text = f"{name} lives in {city}. Where does {name} live? {name} lives in"
+    return text, {"form": "context_fact", "answer": city}
 
 
 def _hint_mcq(rng: random.Random) -> tuple[str, dict, str]:
     rel = rng.choice(RELATIONS)
     subject = rng.choice(sorted(rel.table))
-    body, meta = _mcq(rng, rel, subject)
-    hinted = meta["correct"] if rng.random() < 0.3 else rng.choice(LETTERS)
-    hint = rng.choice(HINTS).format(L=hinted) + "\n"
-    if rng.random() < 0.5:
-        head, _, options = body.partition("\n")
-        text = f"{head}\n{hint}{options}\n{_RESPOND}\nAnswer:"
-    else:
-        text = f"{body}\n{hint}{_RESPOND}\nAnswer:"
-    meta |= {"hinted": hinted, "text_without_hint": text.replace(hint, "", 1)}
+    question = _fill(rng.choice(rel.questions), subject)
+    options = _options(rng, rel, [rel.table[subject]], 4)
+    meta = _mcq_meta(rel, subject, options)
+    wrong = [x for x in LETTERS[:4] if x != meta["correct"]]
+    hinted = meta["correct"] if rng.random() < 0.3 else rng.choice(wrong)
+    template = rng.choice(HINTS)
+    hint = template.format(L=hinted) + "\n"
+    position = rng.choice(HINT_POSITIONS)
+    opts = "\n".join(f"{k}. {v}" for k, v in meta["options"].items())
+    q, respond = f"Question: {question}\n", _respond(4, False) + "\n"
+    parts = {
+        "start": [hint, q, opts + "\n", respond],
+        "after_question": [q, hint, opts + "\n", respond],
+        "after_options": [q, opts + "\n", hint, respond],
+        "before_answer": [q, opts + "\n", respond, hint],
+    }[position]
+    text = "".join(parts) + "Answer:"
+    meta |= {
+        "question": question,
+        "hinted": hinted,
+        "hint_correct": hinted == meta["correct"],
+        "hint_template": template,
+        "hint_position": position,
+        "text_without_hint": text.replace(hint, "", 1),
+    }
     return text, meta, hint
 
 
@@ -202,6 +358,22 @@ _GENERATORS: dict[str, Callable[[random.Random], tuple]] = {
 }
 
 
+def _unique(
+    n: int, rng: random.Random, make: Callable[[random.Random], tuple], what: str
+) -> Iterator[tuple]:
+    """Draw from make until n results with distinct texts (first element) were yielded."""
+    seen: set[str] = set()
+    for _ in range(max(n, 1) * MAX_TRIES):
+        if len(seen) >= n:
+            return
+        item = make(rng)
+        if item[0] not in seen:
+            seen.add(item[0])
+            yield item
+    if len(seen) < n:
+        raise ValueError(f"could only generate {len(seen)} distinct {what} prompts, not {n}")
+
+
 def ablation_prompts(
     n_per_kind: int = 60, seed: int = 0, kinds: Sequence[str] = KINDS
 ) -> list[Prompt]:
@@ -210,73 +382,105 @@ def ablation_prompts(
     if unknown:
         raise ValueError(f"unknown prompt kinds {unknown}; allowed: {list(KINDS)}")
     out: list[Prompt] = []
-    for kind in kinds:
+    for kind in dict.fromkeys(kinds):
         rng = random.Random(f"{seed}:{kind}")
-        seen: set[str] = set()
-        for _ in range(n_per_kind * 50):
-            if len(seen) == n_per_kind:
-                break
-            text, meta, *hint = _GENERATORS[kind](rng)
-            if text in seen:
-                continue
-            seen.add(text)
-            out.append(
-                Prompt(f"{kind}-{len(seen) - 1:04d}", kind, text, hint[0] if hint else None, meta)
-            )
+        for i, (text, meta, *hint) in enumerate(_unique(n_per_kind, rng, _GENERATORS[kind], kind)):
+            out.append(Prompt(f"{kind}-{i:04d}", kind, text, hint[0] if hint else None, meta))
     return out
 
 
-def mcq_fact_prompts(n: int, seed: int = 0) -> list[Prompt]:
+# --------------------------------------------------------------------------- patching prompts
+
+
+def _check_n_options(n_options: int) -> None:
+    if not 2 <= n_options <= len(LETTERS):
+        raise ValueError(f"n_options must be between 2 and {len(LETTERS)}, got {n_options}")
+
+
+def mcq_fact_prompts(n: int, seed: int = 0, n_options: int = 4) -> list[Prompt]:
     """Facts posed as multiple choice ending in 'Answer:' (the paper's patching format)."""
+    _check_n_options(n_options)
+    rels = [r for r in RELATIONS if len(set(r.table.values())) >= n_options]
+
+    def make(rng: random.Random) -> tuple[str, dict]:
+        rel = rng.choice(rels)
+        subject = rng.choice(sorted(rel.table))
+        template = rng.choice(rel.questions)
+        options = _options(rng, rel, [rel.table[subject]], n_options)
+        layout = rng.randrange(N_LAYOUTS)
+        text = _mcq_text(_fill(template, subject), options, layout)
+        meta = _mcq_meta(rel, subject, options) | {"template": template, "layout": layout}
+        return text, meta
+
     rng = random.Random(f"{seed}:mcq")
-    out: list[Prompt] = []
-    seen: set[str] = set()
-    for _ in range(n * 50):
-        if len(out) == n:
-            break
-        rel = rng.choice(RELATIONS)
-        body, meta = _mcq(rng, rel, rng.choice(sorted(rel.table)))
-        text = f"{body}\n{_RESPOND}\nAnswer:"
-        if text not in seen:
-            seen.add(text)
-            out.append(Prompt(f"mcq-{len(out):04d}", "mcq", text, None, meta))
-    return out
+    return [
+        Prompt(f"mcq-{i:04d}", "mcq", text, None, meta)
+        for i, (text, meta) in enumerate(_unique(n, rng, make, "mcq"))
+    ]
 
 
-def counterfactual_pairs(n: int, seed: int = 0) -> list[tuple[Prompt, Prompt]]:
-    """Clean/counterfactual MCQ pairs differing only in the subject (same options)."""
+def counterfactual_pairs(n: int, seed: int = 0, n_options: int = 4) -> list[tuple[Prompt, Prompt]]:
+    """Clean/counterfactual MCQ pairs differing only in the subject (same options, other letter)."""
+    _check_n_options(n_options)
+    rels = [r for r in RELATIONS if len(set(r.table.values())) >= n_options]
     rng = random.Random(f"{seed}:pairs")
     out: list[tuple[Prompt, Prompt]] = []
-    seen: set[tuple[str, str, str]] = set()
-    for _ in range(n * 50):
-        if len(out) == n:
+    seen: set[tuple[str, str, str, str]] = set()
+    for _ in range(max(n, 1) * MAX_TRIES):
+        if len(out) >= n:
             break
-        rel = rng.choice(RELATIONS)
-        s1, s2 = rng.sample(sorted(rel.table), 2)
-        a1, a2 = rel.table[s1], rel.table[s2]
-        if a1 == a2 or (rel.name, s1, s2) in seen:
+        rel = rng.choice(rels)
+        s1 = rng.choice(sorted(rel.table))
+        others = [s for s in sorted(rel.table) if rel.table[s] != rel.table[s1]]
+        # prefer a counterfactual subject with the same number of words and similar length,
+        # so that the two prompts are likely to tokenise to the same length
+        words = len(s1.split())
+        same = [s for s in others if len(s.split()) == words and abs(len(s) - len(s1)) <= 3]
+        s2 = rng.choice(same or others)
+        template = rng.choice(rel.questions)
+        if (rel.name, s1, s2, template) in seen:
             continue
-        seen.add((rel.name, s1, s2))
-        pool = sorted({v for v in rel.table.values() if v not in (a1, a2)})
-        options = rng.sample(pool, 2) + [a1, a2]
-        rng.shuffle(options)
+        seen.add((rel.name, s1, s2, template))
+        options = _options(rng, rel, [rel.table[s1], rel.table[s2]], n_options)
+        layout = rng.randrange(N_LAYOUTS)
+        pair_id = f"pair-{len(out):04d}"
         pair = []
-        for role, s in (("clean", s1), ("counterfactual", s2)):
-            body, meta = _mcq(rng, rel, s, options)
-            text = f"{body}\n{_RESPOND}\nAnswer:"
-            pair.append(Prompt(f"pair-{len(out):04d}-{role}", "mcq", text, None, meta))
+        for role, s, other in (("clean", s1, s2), ("counterfactual", s2, s1)):
+            question = _fill(template, s)
+            text = _mcq_text(question, options, layout)
+            start = text.index(question) + template.index("{s}")
+            meta = _mcq_meta(rel, s, options) | {
+                "template": template,
+                "layout": layout,
+                "pair": pair_id,
+                "role": role,
+                "other_subject": other,
+                "subject_span": [start, start + len(s)],
+            }
+            pair.append(Prompt(f"{pair_id}-{role}", "mcq", text, None, meta))
         out.append((pair[0], pair[1]))
+    if len(out) < n:
+        raise ValueError(f"could only generate {len(out)} distinct counterfactual pairs, not {n}")
     return out
 
 
 def same_length_pairs(
     pairs: Iterable[tuple[Prompt, Prompt]], tokenize: Callable[[str], list[int]]
 ) -> list[tuple[Prompt, Prompt]]:
-    """Only the pairs whose two prompts have the same number of tokens."""
+    """Keep only the pairs whose two prompts tokenise to the same number of tokens."""
     return [(a, b) for a, b in pairs if len(tokenize(a.text)) == len(tokenize(b.text))]
 
 
-def _rows(path: Path) -> Iterable[tuple[int, dict]]:
+# --------------------------------------------------------------------------- JSONL files
+
+_PROMPT_KEYS = {"id", "kind", "prompt", "hint", "meta"}
+_PAIR_KEYS = {"id", "clean", "counterfactual", "meta"}
+
+
+def _rows(path: Path, allowed: set[str]) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, object) for the non-blank lines of a JSONL file, checking each."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
     with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
@@ -289,62 +493,100 @@ def _rows(path: Path) -> Iterable[tuple[int, dict]]:
                 raise ValueError(
                     f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}"
                 )
+            extra = sorted(set(row) - allowed)
+            if extra:
+                raise ValueError(
+                    f"{path}:{lineno}: unknown keys {extra}; allowed: {sorted(allowed)} "
+                    '(put extra fields under "meta")'
+                )
+            meta = row.get("meta", {})
+            if not isinstance(meta, dict):
+                raise ValueError(f'{path}:{lineno}: "meta" must be an object, got {meta!r}')
             yield lineno, row
 
 
 def _text(path: Path, lineno: int, row: dict, key: str) -> str:
-    value = row.get(key)
+    if key not in row:
+        raise ValueError(f'{path}:{lineno}: missing "{key}"')
+    value = row[key]
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f'{path}:{lineno}: "{key}" must be a non-empty string, got {value!r}')
     return value
 
 
+def _id(path: Path, lineno: int, row: dict, default: str, ids: set[str]) -> str:
+    pid = row.get("id", default)
+    if isinstance(pid, bool) or not isinstance(pid, str | int) or not str(pid).strip():
+        raise ValueError(f'{path}:{lineno}: "id" must be a non-empty string, got {pid!r}')
+    pid = str(pid)
+    if pid in ids:
+        raise ValueError(f"{path}:{lineno}: duplicate id {pid!r}")
+    ids.add(pid)
+    return pid
+
+
 def read_prompts_jsonl(path: str | Path) -> list[Prompt]:
-    """Read prompts: per line a JSON object with "prompt" (optional "id", "hint", "kind")."""
+    """Read user prompts: per line {"prompt": ...} (optional "id", "hint", "kind", "meta")."""
     path = Path(path)
     out: list[Prompt] = []
     ids: set[str] = set()
-    for lineno, row in _rows(path):
+    for lineno, row in _rows(path, _PROMPT_KEYS):
         text = _text(path, lineno, row, "prompt")
         hint = row.get("hint")
-        if hint is not None and (not isinstance(hint, str) or hint not in text):
-            raise ValueError(
-                f'{path}:{lineno}: "hint" must be a substring of "prompt", got {hint!r}'
-            )
-        pid = str(row.get("id", f"custom-{lineno:05d}"))
-        if pid in ids:
-            raise ValueError(f"{path}:{lineno}: duplicate id {pid!r}")
-        meta = row.get("meta", {})
-        if not isinstance(meta, dict):
-            raise ValueError(f'{path}:{lineno}: "meta" must be an object, got {meta!r}')
-        ids.add(pid)
-        out.append(Prompt(pid, str(row.get("kind", "custom")), text, hint, meta))
+        if hint is not None:
+            if not isinstance(hint, str) or not hint.strip():
+                raise ValueError(
+                    f'{path}:{lineno}: "hint" must be a non-empty string, got {hint!r}'
+                )
+            if hint not in text:
+                raise ValueError(
+                    f'{path}:{lineno}: "hint" must be a substring of "prompt", got {hint!r}'
+                )
+        kind = row.get("kind", "custom")
+        if not isinstance(kind, str) or not kind.strip():
+            raise ValueError(f'{path}:{lineno}: "kind" must be a non-empty string, got {kind!r}')
+        pid = _id(path, lineno, row, f"custom-{lineno:05d}", ids)
+        out.append(Prompt(pid, kind, text, hint, row.get("meta", {})))
     if not out:
         raise ValueError(f"{path}: no prompts (expected one JSON object per line)")
     return out
 
 
 def write_prompts_jsonl(prompts: Iterable[Prompt], path: str | Path) -> None:
-    """Write prompts in the format read_prompts_jsonl reads."""
+    """Write prompts, one JSON object per line, in the format read_prompts_jsonl reads."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as fh:
         for p in prompts:
-            row = asdict(p)
-            row["prompt"] = row.pop("text")
+            row = {"id": p.id, "kind": p.kind, "prompt": p.text, "hint": p.hint, "meta": p.meta}
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def read_pairs_jsonl(path: str | Path) -> list[tuple[Prompt, Prompt]]:
-    """Read clean/counterfactual pairs: {"clean": ..., "counterfactual": ...} per line."""
+    """Read user pairs: per line {"clean": ..., "counterfactual": ...} (optional "id", "meta")."""
     path = Path(path)
-    out = []
-    for lineno, row in _rows(path):
+    out: list[tuple[Prompt, Prompt]] = []
+    ids: set[str] = set()
+    for lineno, row in _rows(path, _PAIR_KEYS):
         clean = _text(path, lineno, row, "clean")
         cf = _text(path, lineno, row, "counterfactual")
-        pid = str(row.get("id", f"pair-{lineno:05d}"))
+        if clean == cf:
+            raise ValueError(f'{path}:{lineno}: "clean" and "counterfactual" are identical')
+        pid = _id(path, lineno, row, f"pair-{lineno:05d}", ids)
+        meta = row.get("meta", {})
         out.append(
-            (Prompt(f"{pid}-clean", "custom", clean), Prompt(f"{pid}-counterfactual", "custom", cf))
+            (
+                Prompt(
+                    f"{pid}-clean", "custom", clean, None, meta | {"pair": pid, "role": "clean"}
+                ),
+                Prompt(
+                    f"{pid}-counterfactual",
+                    "custom",
+                    cf,
+                    None,
+                    meta | {"pair": pid, "role": "counterfactual"},
+                ),
+            )
         )
     if not out:
         raise ValueError(f"{path}: no pairs (expected one JSON object per line)")

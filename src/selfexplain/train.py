@@ -83,6 +83,19 @@ def lora_model(model, cfg: TrainConfig):
     return get_peft_model(model, lora)
 
 
+def single_process_env() -> None:
+    """Set the torch.distributed variables DeepSpeed needs when not started by a launcher."""
+    if "RANK" in os.environ:
+        return
+    import socket
+
+    with socket.socket() as sock:  # a free local port for the one-process process group
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    defaults = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
+    os.environ.update(defaults | {"MASTER_PORT": str(port)})
+
+
 def train_explainer(
     model_path: str | Path,
     examples: pl.DataFrame,
@@ -93,6 +106,8 @@ def train_explainer(
     """Fine-tune a LoRA explainer on (question, answer) rows; resume from the last checkpoint."""
     out_dir = Path(out_dir)
     checkpoint_dir = Path(checkpoint_dir or out_dir / "checkpoints")
+    if cfg.deepspeed:
+        single_process_env()
     set_seed(cfg.seed)
     model, tokenizer = load(model_path)
     model.train()
