@@ -5,12 +5,14 @@ from selfexplain.forward import next_token_logprobs, pad_left
 from selfexplain.metrics import parse_change
 from selfexplain.prompts import Prompt
 from selfexplain.tasks.ablation import (
+    RemovalForward,
     ablation_examples,
     ablation_labels,
-    captum_removal_scores,
     encode,
     hint_token_positions,
+    llm_attribution_scores,
     prompt_ablation_rows,
+    removal_scores,
 )
 
 
@@ -58,17 +60,34 @@ def test_tokens_the_output_ignores_leave_it_unchanged(last_token_llama):
     assert last["changed"] == (expected != last["orig_token_id"])
 
 
-def test_captum_scores_equal_hand_computed_logprob_difference(tiny_llama):
-    model, tok = tiny_llama
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gemma"])
+def test_captum_scores_equal_hand_computed_logprob_difference(fixture, request):
+    model, tok = request.getfixturevalue(fixture)
     text = "People in Brazil speak"
     ids = encode(tok, text)
     y0 = _greedy(model, tok, ids)
-    scores = captum_removal_scores(model, tok, text, y0)
-    assert scores.shape == (len(ids),)
+    reference = llm_attribution_scores(model, tok, text, y0)  # Captum's one-forward-per-token
+    forward = RemovalForward(model, ids, list(range(len(ids))), tok.pad_token_id)
+    batched = removal_scores(forward, y0, batch_size=4)  # Captum over batched removals
+    assert reference.shape == batched.shape == (len(ids),)
     for i in range(len(ids)):
         ablated = ids[:i] + ids[i + 1 :]
         hand = float(_logp_next(model, ids)[y0] - _logp_next(model, ablated)[y0])
-        assert float(scores[i]) == pytest.approx(hand, abs=1e-5)
+        assert float(reference[i]) == pytest.approx(hand, abs=1e-5)
+        assert float(batched[i]) == pytest.approx(hand, abs=1e-5)
+
+
+def test_engines_give_identical_labels(tiny_llama):
+    model, tok = tiny_llama
+    prompt = Prompt(id="p", kind="custom", text="The keys to the cabinet", hint="to the")
+    a = prompt_ablation_rows(model, tok, prompt, engine="feature_ablation", batch_size=3)
+    b = prompt_ablation_rows(model, tok, prompt, engine="llm_attribution")
+    assert [r["new_token_id"] for r in a] == [r["new_token_id"] for r in b]
+    for ra, rb in zip(a, b, strict=True):
+        if ra["captum_score"] is not None:
+            assert ra["captum_score"] == pytest.approx(rb["captum_score"], abs=1e-5)
+    with pytest.raises(ValueError, match="unknown ablation engine"):
+        prompt_ablation_rows(model, tok, prompt, engine="magic")
 
 
 def test_rows_agree_with_captum_and_batched_logprobs(tiny_gemma):
@@ -107,7 +126,7 @@ def test_examples_split_by_prompt_and_answers_parse(tiny_llama):
     prompts = [
         Prompt(id=f"p{i}", kind="custom", text=f"Number {i} comes before") for i in range(12)
     ]
-    rows = ablation_labels(model, tok, prompts, captum=False)
+    rows = ablation_labels(model, tok, prompts)
     examples = ablation_examples(rows, "tiny", test_fraction=0.3, seed=0)
     split_by_prompt = {}
     for ex in examples:
@@ -125,6 +144,6 @@ def test_captum_scores_when_target_is_partial_utf8_byte(tiny_llama):
     text = "The capital of France is"
     ids = encode(tok, text)
     byte_token = next(i for i in range(len(tok)) if tok.decode([i]).strip() == "\ufffd")
-    scores = captum_removal_scores(model, tok, text, byte_token)
+    scores = llm_attribution_scores(model, tok, text, byte_token)
     hand = float(_logp_next(model, ids)[byte_token] - _logp_next(model, ids[1:])[byte_token])
     assert float(scores[0]) == pytest.approx(hand, abs=1e-5)

@@ -44,13 +44,25 @@ def test_dag_runs_end_to_end_on_tiny_model(tmp_path):
         "results/eval/ablation/tiny/tiny/untrained/s0.parquet",
         "results/tables/metrics.csv",
         "results/figures/ablation_metrics.png",
+        "results/prompts/patching_pairs.jsonl",
+        "results/labels/patching/tiny.parquet",
+        "results/eval/patching/tiny/tiny/trained/s0.parquet",
+        "results/figures/patching_metrics.png",
+        "results/figures/patching_layers.png",
+        "results/figures/patching_heatmaps_tiny.png",
+        "results/tables/patching_layers.csv",
     ]
     for rel in expected:
         assert (tmp_path / rel).stat().st_size > 0, rel
     table = pl.read_parquet(tmp_path / "results/tables/metrics.parquet")
     assert sorted(table["variant"].unique()) == ["trained", "untrained"]
     assert set(table["metric"]) == {"exact_match", "has_changed_f1", "content_match", "valid"}
-    assert len(table) == 2 * 4
+    assert len(table) == 2 * 2 * 4  # tasks x variants x metrics
+    assert set(table["task"]) == {"ablation", "patching"}
+    layers = pl.read_csv(tmp_path / "results/tables/patching_layers.csv")
+    assert set(layers["layer_start"]) <= {0, 1, 2} and len(layers) > 0
+    heat = pl.read_parquet(tmp_path / "results/eval/patching/tiny/tiny/untrained/s0.parquet")
+    assert heat["heatmap"].any() and heat["in_sample"].sum() <= 12
     assert table.filter(pl.col("variant") == "trained")["n_train"].unique().to_list() == [24]
     assert set(table["relation"]) == {"self"}
     labels = pl.read_parquet(tmp_path / "results/labels/ablation/tiny.parquet")

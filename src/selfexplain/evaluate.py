@@ -70,7 +70,9 @@ def evaluate_change_task(
         batch_size=batch_size,
     )
     scored = score_change_rows(examples["answer"].to_list(), preds)
-    base = examples.select("id", "task", "target", "answer", "meta").with_columns(
+    keep = ["id", "task", "target", "answer", "meta"]
+    keep += [c for c in ("in_sample", "heatmap") if c in examples.columns]
+    base = examples.select(keep).with_columns(
         pl.Series("prediction", preds, dtype=pl.String),
         *[pl.lit(v).alias(k) for k, v in labels.items()],
     )

@@ -21,6 +21,7 @@ def summarize(evals: Sequence[pl.DataFrame], *, n_boot: int = 1000, seed: int = 
     """Long table: one row per (group, metric) with value, 95% bootstrap CI and n."""
     rows = []
     for df in evals:
+        df = in_sample(df)
         keys = {k: df[k][0] for k in GROUP}
         values = change_metrics(df)
         cis = bootstrap_ci(df, change_metrics, n_boot=n_boot, seed=seed)
@@ -91,3 +92,109 @@ def eval_labels(task: str, target: str, explainer: str, variant: str, seed: int,
 def read_json(path: str | Path) -> dict:
     """Read a small JSON file."""
     return json.loads(Path(path).read_text())
+
+
+def in_sample(df: pl.DataFrame) -> pl.DataFrame:
+    """The rows of an evaluation that count for metrics (heatmap-only rows are left out)."""
+    return df.filter(pl.col("in_sample")) if "in_sample" in df.columns else df
+
+
+def layer_table(evals: Sequence[pl.DataFrame], *, n_boot: int = 1000, seed: int = 0):
+    """Patching: exact match and has-changed F1 per layer window, with 95% bootstrap CIs."""
+    rows = []
+    for df in evals:
+        df = in_sample(df)
+        keys = {k: df[k][0] for k in GROUP}
+        layers = pl.Series("layer_start", [json.loads(m)["layer_start"] for m in df["meta"]])
+        df = df.with_columns(layers)
+        for (layer,), sub in df.group_by("layer_start", maintain_order=True):
+            values = change_metrics(sub)
+            cis = bootstrap_ci(sub, change_metrics, n_boot=n_boot, seed=seed)
+            for metric in ("exact_match", "has_changed_f1"):
+                lo, hi = cis[metric]
+                rows.append(
+                    keys
+                    | {"layer_start": layer, "metric": metric, "value": values[metric]}
+                    | {"ci_lo": lo, "ci_hi": hi, "n": len(sub)}
+                )
+    return pl.DataFrame(rows).sort(GROUP + ["metric", "layer_start"])
+
+
+def layer_curves(table: pl.DataFrame, path: str | Path, metric: str = "exact_match") -> None:
+    """Accuracy by patched layer window, one line per (explainer -> target, variant)."""
+    table = table.filter(pl.col("metric") == metric)
+    targets = table["target"].unique(maintain_order=True).to_list()
+    fig, axes = plt.subplots(1, len(targets), figsize=(5 * len(targets), 3.6), squeeze=False)
+    for ax, target in zip(axes[0], targets, strict=True):
+        sub = table.filter(pl.col("target") == target)
+        curves = sub.group_by(["explainer", "variant", "layer_start"], maintain_order=True).agg(
+            pl.col("value").mean(), pl.col("ci_lo").mean(), pl.col("ci_hi").mean()
+        )
+        for (explainer, variant), c in curves.group_by(["explainer", "variant"]):
+            c = c.sort("layer_start")
+            x = c["layer_start"].to_list()
+            ax.plot(x, c["value"].to_list(), marker="o", label=f"{explainer} {variant}")
+            ax.fill_between(x, c["ci_lo"].to_list(), c["ci_hi"].to_list(), alpha=0.15)
+        ax.set_xlabel("first layer of the patched window")
+        ax.set_ylabel(metric)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"target: {target}")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def _grid(df: pl.DataFrame, column: str) -> tuple[list[int], list[int], list[list[float]]]:
+    metas = [json.loads(m) for m in df["meta"]]
+    layers = sorted({m["layer_start"] for m in metas})
+    positions = sorted({m["position"] for m in metas})
+    cells = {(m["layer_start"], m["position"]): v for m, v in zip(metas, df[column], strict=True)}
+    grid = [
+        [float("nan") if cells.get((y, x)) is None else float(cells[(y, x)]) for x in positions]
+        for y in layers
+    ]
+    return layers, positions, grid
+
+
+def patching_heatmaps(evals: Sequence[pl.DataFrame], path: str | Path, n_pairs: int = 3) -> None:
+    """Per test pair: the target's causal map (layer window x position, 1 = output changes) next
+    to each explainer variant's predicted map."""
+    frames = [df.filter(pl.col("heatmap")) for df in evals if "heatmap" in df.columns]
+    frames = [df for df in frames if len(df)]
+    if not frames:
+        fig, ax = plt.subplots(figsize=(4, 2))
+        ax.text(0.5, 0.5, "no heatmap rows in the evaluations", ha="center", va="center")
+        ax.axis("off")
+        fig.savefig(path, dpi=130)
+        plt.close(fig)
+        return
+    pair_of = lambda df: pl.Series([json.loads(m)["pair_id"] for m in df["meta"]])  # noqa: E731
+    pairs = sorted(set(pair_of(frames[0]).to_list()))[:n_pairs]
+    cols = 1 + len(frames)
+    fig, axes = plt.subplots(
+        len(pairs), cols, figsize=(3.2 * cols, 2.6 * len(pairs)), squeeze=False
+    )
+    for r, pair in enumerate(pairs):
+        panels = [("target (truth)", frames[0], "gold_changed")]
+        panels += [
+            (f"{df['explainer'][0]} {df['variant'][0]}", df, "pred_changed") for df in frames
+        ]
+        for c, (title, df, column) in enumerate(panels):
+            sub = df.filter(pair_of(df) == pair)
+            layers, positions, grid = _grid(sub, column)
+            ax = axes[r][c]
+            ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+            ax.set_yticks(range(len(layers)), [str(x) for x in layers], fontsize=7)
+            tokens = {json.loads(m)["position"]: json.loads(m)["token"] for m in sub["meta"]}
+            ax.set_xticks(
+                range(len(positions)), [tokens[p] for p in positions], fontsize=6, rotation=90
+            )
+            ax.set_title(title if r == 0 else "", fontsize=9)
+            if c == 0:
+                ax.set_ylabel(f"{pair}\nlayer window start", fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)

@@ -562,6 +562,19 @@ def write_prompts_jsonl(prompts: Iterable[Prompt], path: str | Path) -> None:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+def write_pairs_jsonl(pairs: Iterable[tuple[Prompt, Prompt]], path: str | Path) -> None:
+    """Write pairs, one JSON object per line, in the format read_pairs_jsonl reads."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as fh:
+        for clean, cf in pairs:
+            meta = {k: v for k, v in clean.meta.items() if k not in ("pair", "role")}
+            meta["counterfactual_meta"] = cf.meta
+            row = {"id": clean.id.removesuffix("-clean"), "clean": clean.text}
+            row |= {"counterfactual": cf.text, "meta": meta}
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
 def read_pairs_jsonl(path: str | Path) -> list[tuple[Prompt, Prompt]]:
     """Read user pairs: per line {"clean": ..., "counterfactual": ...} (optional "id", "meta")."""
     path = Path(path)
@@ -573,7 +586,8 @@ def read_pairs_jsonl(path: str | Path) -> list[tuple[Prompt, Prompt]]:
         if clean == cf:
             raise ValueError(f'{path}:{lineno}: "clean" and "counterfactual" are identical')
         pid = _id(path, lineno, row, f"pair-{lineno:05d}", ids)
-        meta = row.get("meta", {})
+        meta = dict(row.get("meta", {}))
+        cf_meta = meta.pop("counterfactual_meta", meta)
         out.append(
             (
                 Prompt(
@@ -584,7 +598,7 @@ def read_pairs_jsonl(path: str | Path) -> list[tuple[Prompt, Prompt]]:
                     "custom",
                     cf,
                     None,
-                    meta | {"pair": pid, "role": "counterfactual"},
+                    cf_meta | {"pair": pid, "role": "counterfactual"},
                 ),
             )
         )

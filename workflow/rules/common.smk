@@ -32,13 +32,6 @@ def model_marker(name):
     return f"resources/models/{name}/selfexplain_model.json"
 
 
-def labels_input(wildcards):
-    return {
-        "model": model_marker(wildcards.target),
-        "prompts": f"results/prompts/{wildcards.task}.jsonl",
-    }
-
-
 def train_input(wildcards):
     return {
         "labels": f"results/labels/{wildcards.task}/{wildcards.target}.parquet",
@@ -76,8 +69,27 @@ def eval_files():
 
 
 def all_outputs():
-    return [
+    outputs = [
         "results/tables/metrics.parquet",
         "results/tables/metrics.csv",
         *[f"results/figures/{task}_metrics.png" for task in TASKS],
+    ]
+    if "patching" in TASKS:
+        outputs += [
+            "results/tables/patching_layers.csv",
+            "results/figures/patching_layers.png",
+            *[f"results/figures/patching_heatmaps_{t}.png" for t in config["targets"]],
+        ]
+    return outputs
+
+
+def patching_eval_files(wildcards):
+    return [f for f in eval_files() if f.startswith("results/eval/patching/")]
+
+
+def heatmap_eval_files(wildcards):
+    return [
+        f
+        for f in patching_eval_files(wildcards)
+        if f.startswith(f"results/eval/patching/{wildcards.target}/")
     ]

@@ -6,6 +6,7 @@ rule evaluate:
     params:
         settings=config["evaluate"],
         n_train=config["train"]["n_train"],
+        heatmap_pairs=config["patching"]["heatmap_pairs"],
     log:
         "logs/evaluate/{task}/{target}/{explainer}/{variant}/s{seed}.log",
     benchmark:

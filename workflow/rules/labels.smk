@@ -11,17 +11,44 @@ rule make_prompts:
 
 rule label_ablation:
     input:
-        unpack(labels_input),
+        model=lambda wildcards: model_marker(wildcards.target),
+        prompts="results/prompts/ablation.jsonl",
     output:
-        "results/labels/{task}/{target}.parquet",
+        "results/labels/ablation/{target}.parquet",
     params:
         settings=config["ablation"],
-    wildcard_constraints:
-        task="ablation",
     log:
-        "logs/label_ablation/{task}/{target}.log",
+        "logs/label_ablation/{target}.log",
     benchmark:
-        "results/benchmarks/label_ablation/{task}/{target}.tsv"
+        "results/benchmarks/label_ablation/{target}.tsv"
     threads: 2
     script:
         "../scripts/label_ablation.py"
+
+
+rule make_pairs:
+    output:
+        "results/prompts/patching_pairs.jsonl",
+    params:
+        settings=config["patching"],
+    log:
+        "logs/make_pairs/patching.log",
+    script:
+        "../scripts/make_pairs.py"
+
+
+rule label_patching:
+    input:
+        model=lambda wildcards: model_marker(wildcards.target),
+        pairs="results/prompts/patching_pairs.jsonl",
+    output:
+        "results/labels/patching/{target}.parquet",
+    params:
+        settings=config["patching"],
+    log:
+        "logs/label_patching/{target}.log",
+    benchmark:
+        "results/benchmarks/label_patching/{target}.tsv"
+    threads: 2
+    script:
+        "../scripts/label_patching.py"

@@ -26,3 +26,34 @@ rule plot:
         "logs/plot/{task}.log",
     script:
         "../scripts/plot.py"
+
+
+rule patching_layers:
+    input:
+        patching_eval_files,
+    output:
+        table="results/tables/patching_layers.csv",
+        figure=report(
+            "results/figures/patching_layers.png",
+            caption="../report/patching_layers.rst",
+            category="Activation patching",
+        ),
+    log:
+        "logs/plot/patching_layers.log",
+    script:
+        "../scripts/plot_patching_layers.py"
+
+
+rule patching_heatmaps:
+    input:
+        heatmap_eval_files,
+    output:
+        report(
+            "results/figures/patching_heatmaps_{target}.png",
+            caption="../report/patching_heatmaps.rst",
+            category="Activation patching",
+        ),
+    log:
+        "logs/plot/patching_heatmaps_{target}.log",
+    script:
+        "../scripts/plot_patching_heatmaps.py"

@@ -17,7 +17,7 @@ settings = snakemake.params.settings
 model, tokenizer = load(Path(snakemake.input.model).parent)
 prompts = read_prompts_jsonl(snakemake.input.prompts)
 rows = ablation_labels(
-    model, tokenizer, prompts, batch_size=settings["batch_size"], captum=settings["captum"]
+    model, tokenizer, prompts, batch_size=settings["batch_size"], engine=settings["engine"]
 )
 examples = ablation_examples(
     rows,

@@ -1,9 +1,11 @@
 """Input-ablation labels: how does the target's next token change when an input token is removed?
 
-Attribution scores come from Captum (``LLMAttribution`` over ``FeatureAblation``) with a
-*removal* baseline: an ablated token is deleted from the sequence, not replaced. The score of a
-token is ``log p(y0 | prompt) - log p(y0 | prompt without the token)`` for the clean greedy token
-``y0``. The top-1 token after each removal comes from one batched forward over all removals.
+Attribution scores come from Captum's ``FeatureAblation`` with a *removal* baseline: an
+ablated token is deleted from the sequence, not replaced. The score of a token is
+``log p(y0 | prompt) - log p(y0 | prompt without the token)`` for the clean greedy token ``y0``.
+By default Captum drives a batched removal forward (``perturbations_per_eval`` removals per
+forward) whose rows also give the top-1 token after each removal; Captum's ``LLMAttribution``
+(one forward per token) is the reference engine and gives the same scores.
 "Next token" means the greedy token among ordinary (non-special) tokens throughout.
 """
 
@@ -23,6 +25,9 @@ from selfexplain.metrics import change_answer
 
 if TYPE_CHECKING:
     from selfexplain.prompts import Prompt
+
+
+ENGINES = ("feature_ablation", "llm_attribution")
 
 
 class TokenRemovalInput(TextTokenInput):
@@ -54,8 +59,9 @@ def ablatable_positions(tokenizer, ids: Sequence[int]) -> list[int]:
     return [i for i, t in enumerate(ids) if t not in special]
 
 
-def captum_removal_scores(model, tokenizer, text: str, target_id: int) -> torch.Tensor:
-    """Captum FeatureAblation scores (log-prob drop of target_id) for removing each token."""
+def llm_attribution_scores(model, tokenizer, text: str, target_id: int) -> torch.Tensor:
+    """Captum ``LLMAttribution(FeatureAblation)`` scores (log-prob drop of target_id) for
+    removing each ordinary token: Captum's default path, one forward per token."""
     special = sorted(set(tokenizer.all_special_ids) & set(encode(tokenizer, text)))
     inp = TokenRemovalInput(text, tokenizer, skip_tokens=special or None)
     attr = LLMAttribution(FeatureAblation(model), tokenizer, attr_target="log_prob")
@@ -73,6 +79,49 @@ def captum_removal_scores(model, tokenizer, text: str, target_id: int) -> torch.
                 inp.to_tensor(), additional_forward_args=(inp, target, False, None, False)
             )
             return raw.reshape(-1, inp.n_itp_features)[0].detach().float().cpu()
+
+
+class RemovalForward:
+    """Forward function for Captum's FeatureAblation over token presence: a (B, n) mask of the
+    ordinary tokens (1 = kept, 0 = removed) gives the next-token log-probs (B, vocab) of the
+    prompt with the absent tokens deleted, in one left-padded batch. Every row computed is
+    kept in ``rows`` (keyed by the removed positions) so labels reuse it."""
+
+    def __init__(self, model, ids: Sequence[int], positions: Sequence[int], pad_id: int):
+        self.model, self.ids, self.positions, self.pad_id = (
+            model,
+            list(ids),
+            list(positions),
+            pad_id,
+        )
+        self.rows: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def sequence(self, removed: Sequence[int]) -> list[int]:
+        """The prompt ids without the tokens at the given indices into positions."""
+        drop = {self.positions[k] for k in removed}
+        return [t for i, t in enumerate(self.ids) if i not in drop]
+
+    def __call__(self, presence: torch.Tensor) -> torch.Tensor:
+        keys = [tuple((row == 0).nonzero().flatten().tolist()) for row in presence]
+        todo = [k for k in dict.fromkeys(keys) if k not in self.rows]
+        if todo:
+            logp = next_token_logprobs(
+                self.model, [self.sequence(k) for k in todo], self.pad_id, batch_size=len(todo)
+            )
+            self.rows.update(zip(todo, logp, strict=True))
+        return torch.stack([self.rows[k] for k in keys])
+
+
+def removal_scores(
+    forward: RemovalForward, target_id: int, *, batch_size: int = 32
+) -> torch.Tensor:
+    """Captum FeatureAblation scores for removing each token, batch_size removals per forward."""
+    presence = torch.ones(1, len(forward.positions))
+    with torch.no_grad():
+        scores = FeatureAblation(forward).attribute(
+            presence, baselines=0.0, target=target_id, perturbations_per_eval=batch_size
+        )
+    return scores[0].float()
 
 
 def hint_token_positions(tokenizer, text: str, hint: str) -> list[int]:
@@ -96,21 +145,38 @@ def _token_str(tokenizer, token_id: int) -> str:
 
 
 def prompt_ablation_rows(
-    model, tokenizer, prompt: Prompt, *, batch_size: int = 32, captum: bool = True
+    model,
+    tokenizer,
+    prompt: Prompt,
+    *,
+    batch_size: int = 32,
+    engine: str = "feature_ablation",
 ) -> list[dict]:
-    """Labels for removing each token (and the hint span, if any) of one prompt."""
-    pad_id = tokenizer.pad_token_id
+    """Labels for removing each token (and the hint span, if any) of one prompt.
+
+    engine "feature_ablation": Captum FeatureAblation over a batched removal forward (scores
+    and top-1 tokens from the same forwards); "llm_attribution": Captum's LLMAttribution, one
+    forward per token, for the scores (top-1 tokens still from the batched forward)."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown ablation engine {engine!r}; use one of {list(ENGINES)}")
     ids = encode(tokenizer, prompt.text)
     positions = ablatable_positions(tokenizer, ids)
-    variants = [ids] + [ids[:p] + ids[p + 1 :] for p in positions]
+    forward = RemovalForward(model, ids, positions, tokenizer.pad_token_id)
+    full = forward(torch.ones(1, len(positions)))
+    y0 = greedy_content_tokens(full, tokenizer)[0]
+    if engine == "feature_ablation":
+        scores = removal_scores(forward, y0, batch_size=batch_size)
+    else:
+        scores = llm_attribution_scores(model, tokenizer, prompt.text, y0)
+        forward(1 - torch.eye(len(positions)))  # removal rows for the top-1 labels
+    removed = [forward.rows[(k,)] for k in range(len(positions))]
+    logp = torch.stack([full[0], *removed])
     hint_ids = None
     if prompt.hint:
         hint_ids = encode(tokenizer, prompt.text.replace(prompt.hint, "", 1))
-        variants.append(hint_ids)
-    logp = next_token_logprobs(model, variants, pad_id, batch_size=batch_size)
+        hint_logp = next_token_logprobs(model, [hint_ids], tokenizer.pad_token_id)
+        logp = torch.cat([logp, hint_logp])
     top1 = greedy_content_tokens(logp, tokenizer)
-    y0 = top1[0]
-    scores = captum_removal_scores(model, tokenizer, prompt.text, y0) if captum else None
     base = {
         "prompt_id": prompt.id,
         "kind": prompt.kind,
@@ -133,7 +199,7 @@ def prompt_ablation_rows(
                 "new_token": _token_str(tokenizer, new_id),
                 "new_token_id": new_id,
                 "logp_ablated": float(logp[k + 1, y0]),
-                "captum_score": None if scores is None else float(scores[k]),
+                "captum_score": float(scores[k]),
             }
         )
     if hint_ids is not None:
@@ -157,14 +223,19 @@ def prompt_ablation_rows(
 
 
 def ablation_labels(
-    model, tokenizer, prompts: Iterable[Prompt], *, batch_size: int = 32, captum: bool = True
+    model,
+    tokenizer,
+    prompts: Iterable[Prompt],
+    *,
+    batch_size: int = 32,
+    engine: str = "feature_ablation",
 ) -> list[dict]:
     """Ablation label rows for every prompt (progress bar over prompts)."""
     prompts = list(prompts)
     rows: list[dict] = []
     for prompt in tqdm(prompts, desc="ablation labels", unit="prompt"):
         rows.extend(
-            prompt_ablation_rows(model, tokenizer, prompt, batch_size=batch_size, captum=captum)
+            prompt_ablation_rows(model, tokenizer, prompt, batch_size=batch_size, engine=engine)
         )
     return rows
 

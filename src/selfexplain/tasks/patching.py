@@ -1,0 +1,389 @@
+"""Activation-patching labels: how does the target's next token change when the residual stream
+of a clean prompt at one token position, over a window of consecutive layers, is replaced by its
+value from a counterfactual prompt (the same question about a different subject)?
+
+Clean and counterfactual prompts have the same number of tokens, so positions align. Patching
+window ``[s, s + window)`` at position ``p`` overwrites the output of every block in the window
+at ``p`` with the counterfactual run's output of the same block at ``p``. All (window start,
+position) cases of a pair run as batched forwards of the clean ids repeated, row ``b`` patched
+at its own position and layers. "Next token" means the greedy token among ordinary (non-special)
+tokens, as in the ablation task.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Sequence
+
+import polars as pl
+import torch
+from tqdm.auto import tqdm
+
+from selfexplain.examples import ExplainerExample, meta, split_of
+from selfexplain.forward import next_token_logprobs
+from selfexplain.hooks import ResidualPatch, capture_residual, patch_residual
+from selfexplain.metrics import change_answer
+from selfexplain.models import decoder_layers
+from selfexplain.prompts import Prompt, same_length_pairs
+from selfexplain.tasks.ablation import ablatable_positions, encode, greedy_content_tokens
+
+POSITION_KINDS = ("subject", "relation", "option", "other")
+HOLDOUTS = ("prompt", "layer")
+
+_OPTION_LINE = re.compile(r"^[A-Z][.)] .*$", re.MULTILINE)
+_QUESTION_LINE = re.compile(r"^Question: *(.*)$", re.MULTILINE)
+_FORMAT_LINE = re.compile(r"^(Respond with|Answer:)")
+
+
+# --------------------------------------------------------------------------- pairs / positions
+
+
+def pair_id(clean: Prompt) -> str:
+    """The pair's id: the clean prompt's id without its "-clean" suffix."""
+    return clean.id.removesuffix("-clean")
+
+
+def filter_pairs(
+    model, tokenizer, pairs: Iterable[tuple[Prompt, Prompt]], *, batch_size: int = 32
+) -> list[tuple[Prompt, Prompt]]:
+    """The pairs whose prompts have equal token length and different greedy next tokens."""
+    pairs = same_length_pairs(pairs, lambda text: encode(tokenizer, text))
+    if not pairs:
+        return []
+    seqs = [encode(tokenizer, p.text) for pair in pairs for p in pair]
+    logp = next_token_logprobs(model, seqs, tokenizer.pad_token_id, batch_size=batch_size)
+    top1 = greedy_content_tokens(logp, tokenizer)
+    return [pair for i, pair in enumerate(pairs) if top1[2 * i] != top1[2 * i + 1]]
+
+
+def _overlaps(offset: tuple[int, int], spans: Sequence[tuple[int, int]]) -> bool:
+    a, b = offset
+    return b > a and any(a < end and b > start for start, end in spans)
+
+
+def _question_spans(text: str) -> list[tuple[int, int]]:
+    """The question words: the text after "Question:" on its line; without such a line, the
+    first line that is neither an answer option nor a format line ("Respond with", "Answer:")."""
+    m = _QUESTION_LINE.search(text)
+    if m:
+        return [m.span(1)]
+    pos = 0
+    for line in text.split("\n"):
+        if line.strip() and not _OPTION_LINE.match(line) and not _FORMAT_LINE.match(line):
+            return [(pos, pos + len(line))]
+        pos += len(line) + 1
+    return []
+
+
+def position_kinds(tokenizer, clean: Prompt, counterfactual: Prompt) -> list[str]:
+    """Kind of each token position of the clean prompt, by priority: "subject" (differs from the
+    counterfactual, or overlaps an occurrence of meta["subject"]), "option" (in an answer-option
+    line such as "B. Paris"), "relation" (the question words), "other" (format and special
+    tokens such as "Question:", "Respond with ...", "Answer:", BOS)."""
+    enc = tokenizer(clean.text, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    cf_ids = encode(tokenizer, counterfactual.text)
+    text = clean.text
+    subject = clean.meta.get("subject")
+    subject_spans = [m.span() for m in re.finditer(re.escape(subject), text)] if subject else []
+    option_spans = [m.span() for m in _OPTION_LINE.finditer(text)]
+    question_spans = _question_spans(text)
+    special = set(tokenizer.all_special_ids)
+    kinds = []
+    for i, (tid, off) in enumerate(zip(ids, offsets, strict=True)):
+        differs = i >= len(cf_ids) or cf_ids[i] != tid
+        if tid in special and not differs:
+            kinds.append("other")
+        elif differs or _overlaps(off, subject_spans):
+            kinds.append("subject")
+        elif _overlaps(off, option_spans):
+            kinds.append("option")
+        elif _overlaps(off, question_spans):
+            kinds.append("relation")
+        else:
+            kinds.append("other")
+    return kinds
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def select_positions(
+    positions: Sequence[int], kinds: Sequence[str], limit: int | None
+) -> list[int]:
+    """At most limit positions: every subject token and the last token first, then evenly spaced
+    others (deterministic), so the cost per pair is bounded on long prompts."""
+    if limit is None or len(positions) <= limit:
+        return list(positions)
+    must = [p for p in positions if kinds[p] == "subject"] + [positions[-1]]
+    must = sorted(set(must))[:limit]
+    rest = [p for p in positions if p not in must]
+    n_more = limit - len(must)
+    step = len(rest) / n_more if n_more > 0 else 0
+    picked = [rest[int(i * step)] for i in range(n_more)]
+    return sorted(must + picked)
+
+
+def _layer_starts(n_layers: int, window: int, layer_starts: Sequence[int] | None) -> list[int]:
+    if not 1 <= window <= n_layers:
+        raise ValueError(f"window must be in 1..{n_layers} (the number of layers), got {window}")
+    starts = list(range(n_layers - window + 1)) if layer_starts is None else list(layer_starts)
+    bad = [s for s in starts if not 0 <= s <= n_layers - window]
+    if bad:
+        raise ValueError(
+            f"layer starts {bad} out of range for window {window}: use 0..{n_layers - window}"
+        )
+    return starts
+
+
+class _Setup:
+    """Everything a pair's patched forwards need: ids, counterfactual residuals, baselines."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        clean: Prompt,
+        counterfactual: Prompt,
+        window: int,
+        starts: Sequence[int] | None,
+        max_positions: int | None = None,
+    ) -> None:
+        self.ids = encode(tokenizer, clean.text)
+        cf_ids = encode(tokenizer, counterfactual.text)
+        if len(cf_ids) != len(self.ids):
+            raise ValueError(
+                f"pair {pair_id(clean)!r}: clean and counterfactual prompts have "
+                f"{len(self.ids)} and {len(cf_ids)} tokens; patching needs equal lengths "
+                "(filter with filter_pairs)"
+            )
+        self.n_layers = len(decoder_layers(model))
+        self.window = window
+        self.starts = _layer_starts(self.n_layers, window, starts)
+        self.device = next(model.parameters()).device
+        kinds = position_kinds(tokenizer, clean, counterfactual)
+        self.positions = select_positions(
+            ablatable_positions(tokenizer, self.ids), kinds, max_positions
+        )
+        batch = torch.tensor([self.ids, cf_ids], device=self.device)
+        with torch.no_grad(), capture_residual(model, range(self.n_layers)) as resid:
+            logits = model(input_ids=batch, logits_to_keep=1).logits[:, -1]
+        self.cf_resid = {layer: h[1] for layer, h in resid.items()}  # (seq, d_model) each
+        logp = torch.log_softmax(logits.float(), dim=-1).cpu()
+        self.orig_id, self.cf_id = greedy_content_tokens(logp, tokenizer)
+        self.base = {
+            "pair_id": pair_id(clean),
+            "clean": clean.text,
+            "counterfactual": counterfactual.text,
+            "relation": clean.meta.get("relation"),
+            "orig_token": tokenizer.decode([self.orig_id]),
+            "orig_token_id": self.orig_id,
+            "cf_token": tokenizer.decode([self.cf_id]),
+            "cf_token_id": self.cf_id,
+            "p_orig_clean": float(logp[0, self.orig_id].exp()),
+        }
+        self.tokens = {p: tokenizer.decode([self.ids[p]]) for p in self.positions}
+        self.kinds = kinds
+        self.tokenizer = tokenizer
+
+    def jobs(self) -> list[tuple[int, int]]:
+        """(layer start, position) of every row, window start major."""
+        return [(s, p) for s in self.starts for p in self.positions]
+
+    def patches(self, jobs: Sequence[tuple[int, int]]) -> list[ResidualPatch]:
+        """Patches for a batch whose row b is jobs[b]: one per layer any row's window covers."""
+        out = []
+        for layer in range(self.n_layers):
+            rows = [b for b, (s, _) in enumerate(jobs) if s <= layer < s + self.window]
+            if not rows:
+                continue
+            pos = torch.tensor([jobs[b][1] for b in rows], device=self.device)
+            out.append(
+                ResidualPatch(
+                    layer=layer,
+                    rows=torch.tensor(rows, device=self.device),
+                    positions=pos,
+                    values=self.cf_resid[layer][pos],
+                )
+            )
+        return out
+
+    @torch.no_grad()
+    def run(self, model, jobs: Sequence[tuple[int, int]]) -> torch.Tensor:
+        """Next-token log-probs (len(jobs), vocab) of the clean prompt patched per row."""
+        batch = torch.tensor([self.ids] * len(jobs), device=self.device)
+        with patch_residual(model, self.patches(jobs)):
+            logits = model(input_ids=batch, logits_to_keep=1).logits[:, -1]
+        return torch.log_softmax(logits.float(), dim=-1).cpu()
+
+    def rows(self, jobs: Sequence[tuple[int, int]], logp: torch.Tensor) -> list[dict]:
+        top1 = greedy_content_tokens(logp, self.tokenizer)
+        out = []
+        for (s, p), new_id, lp in zip(jobs, top1, logp, strict=True):
+            out.append(
+                self.base
+                | {
+                    "layer_start": s,
+                    "layer_end": s + self.window - 1,
+                    "window": self.window,
+                    "position": p,
+                    "token": self.tokens[p],
+                    "position_kind": self.kinds[p],
+                    "new_token": self.tokenizer.decode([new_id]),
+                    "new_token_id": new_id,
+                    "changed": new_id != self.orig_id,
+                    "p_orig": float(lp[self.orig_id].exp()),
+                    "p_cf": float(lp[self.cf_id].exp()),
+                }
+            )
+        return out
+
+
+def patching_rows(
+    model,
+    tokenizer,
+    clean: Prompt,
+    counterfactual: Prompt,
+    *,
+    window: int = 1,
+    layer_starts: Sequence[int] | None = None,
+    batch_size: int = 64,
+    max_positions: int | None = None,
+) -> list[dict]:
+    """Labels for patching each (window start, non-special position) of one pair, computed by
+    batched forwards (batch_size rows each); rows ordered by window start, then position."""
+    setup = _Setup(model, tokenizer, clean, counterfactual, window, layer_starts, max_positions)
+    jobs = setup.jobs()
+    rows: list[dict] = []
+    for i in range(0, len(jobs), batch_size):
+        chunk = jobs[i : i + batch_size]
+        rows.extend(setup.rows(chunk, setup.run(model, chunk)))
+    return rows
+
+
+def naive_patching_rows(
+    model,
+    tokenizer,
+    clean: Prompt,
+    counterfactual: Prompt,
+    *,
+    window: int = 1,
+    layer_starts: Sequence[int] | None = None,
+    max_positions: int | None = None,
+) -> list[dict]:
+    """The same labels as patching_rows from one single-row patched forward per case (the
+    reference for tests and the speed benchmark)."""
+    setup = _Setup(model, tokenizer, clean, counterfactual, window, layer_starts, max_positions)
+    rows: list[dict] = []
+    for job in setup.jobs():
+        rows.extend(setup.rows([job], setup.run(model, [job])))
+    return rows
+
+
+def patching_labels(
+    model,
+    tokenizer,
+    pairs: Iterable[tuple[Prompt, Prompt]],
+    *,
+    window: int = 1,
+    layer_starts: Sequence[int] | None = None,
+    batch_size: int = 64,
+    max_positions: int | None = None,
+) -> list[dict]:
+    """Patching label rows for every pair (progress bar over pairs)."""
+    pairs = list(pairs)
+    rows: list[dict] = []
+    for clean, cf in tqdm(pairs, desc="patching labels", unit="pair"):
+        rows.extend(
+            patching_rows(
+                model,
+                tokenizer,
+                clean,
+                cf,
+                window=window,
+                layer_starts=layer_starts,
+                batch_size=batch_size,
+                max_positions=max_positions,
+            )
+        )
+    return rows
+
+
+# --------------------------------------------------------------------------- examples
+
+
+def _layers_words(row: dict) -> str:
+    if row["layer_start"] == row["layer_end"]:
+        return f"layer {row['layer_start']}"
+    return f"layers {row['layer_start']} to {row['layer_end']}"
+
+
+def patching_question(row: dict) -> str:
+    """Natural-language question about one patch, in a fixed template."""
+    return (
+        f"Prompt: {json.dumps(row['clean'])}\n"
+        f"Counterfactual prompt: {json.dumps(row['counterfactual'])}\n"
+        f"The model's next token is {json.dumps(row['orig_token'])}.\n"
+        f"If the hidden state at token {row['position']} ({json.dumps(row['token'])}) in "
+        f"{_layers_words(row)} is replaced by its value from the counterfactual prompt, what "
+        'is the model\'s next token? Answer "unchanged" or "changes to" the new token.'
+    )
+
+
+def held_out_layers(starts: Iterable[int], test_fraction: float, seed: int) -> set[int]:
+    """A seeded choice of round(test_fraction * n) window starts (at least one, and never all
+    when there are two or more) for the layer holdout."""
+    starts = sorted(set(starts))
+    if len(starts) < 2:
+        return set()
+    k = min(max(1, round(test_fraction * len(starts))), len(starts) - 1)
+    order = sorted(starts, key=lambda s: hashlib.sha256(f"{seed}:layer{s}".encode()).digest())
+    return set(order[:k])
+
+
+def patching_examples(
+    rows: Iterable[dict],
+    target: str,
+    *,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    holdout: str = "prompt",
+) -> list[ExplainerExample]:
+    """Explainer examples from label rows, split train/test by pair (holdout="prompt") or by
+    whole window starts (holdout="layer")."""
+    if holdout not in HOLDOUTS:
+        raise ValueError(f"holdout must be one of {list(HOLDOUTS)}, got {holdout!r}")
+    rows = list(rows)
+    test_layers = held_out_layers({r["layer_start"] for r in rows}, test_fraction, seed)
+    out = []
+    for row in rows:
+        if holdout == "prompt":
+            split = split_of(row["pair_id"], test_fraction, seed)
+        else:
+            split = "test" if row["layer_start"] in test_layers else "train"
+        out.append(
+            ExplainerExample(
+                id=(
+                    f"patching/{target}/{row['pair_id']}/w{row['window']}"
+                    f"/l{row['layer_start']}/t{row['position']}"
+                ),
+                task="patching",
+                target=target,
+                split=split,
+                question=patching_question(row),
+                answer=change_answer(row["changed"], row["new_token"]),
+                vector=None,
+                meta=row,
+            )
+        )
+    return out
+
+
+def heatmap_rows(test: pl.DataFrame, n_pairs: int) -> pl.DataFrame:
+    """Every test example of the first n_pairs test pairs (by pair id): a full layer x position
+    grid per pair, for causal heatmaps."""
+    pair_ids = [m["pair_id"] for m in meta(test)]
+    keep = set(sorted(set(pair_ids))[:n_pairs])
+    return test.filter(pl.Series([p in keep for p in pair_ids]))

@@ -1,0 +1,15 @@
+"""Write the patching prompt pairs: the user's file (validated) or the built-in generator."""
+
+import sys
+
+from selfexplain.prompts import counterfactual_pairs, read_pairs_jsonl, write_pairs_jsonl
+
+sys.stderr = sys.stdout = open(snakemake.log[0], "w")
+
+settings = snakemake.params.settings
+if settings.get("pairs_file"):
+    pairs = read_pairs_jsonl(settings["pairs_file"])
+else:
+    pairs = counterfactual_pairs(settings["n_pairs"])
+write_pairs_jsonl(pairs, snakemake.output[0])
+print(f"{len(pairs)} pairs -> {snakemake.output[0]}")
