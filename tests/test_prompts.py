@@ -171,6 +171,22 @@ def test_counterfactual_pairs_differ_only_in_subject():
     assert same_words > 0.9 * len(pairs)
 
 
+def test_cloze_pairs_alternate_with_mcq_and_differ_in_subject():
+    pairs = counterfactual_pairs(40, seed=1, formats=("mcq", "cloze"))
+    assert [a.kind for a, _ in pairs[:4]] == ["mcq", "cloze", "mcq", "cloze"]
+    for clean, cf in pairs:
+        a, b = clean.meta, cf.meta
+        assert a["format"] == b["format"] == clean.kind == cf.kind
+        assert a["relation"] == b["relation"] and a["answer"] != b["answer"]
+        s, e = a["subject_span"]
+        assert clean.text[s:e].lower() == a["subject"].lower()
+        if clean.kind == "cloze":
+            assert "Answer:" not in clean.text and "\n" not in clean.text
+            assert cf.text.lower().count(b["subject"].lower()) >= 1
+    with pytest.raises(ValueError, match="pair formats"):
+        counterfactual_pairs(3, formats=("essay",))
+
+
 def test_same_length_pairs_filters_by_token_count():
     def make(text: str) -> Prompt:
         return Prompt(text, "custom", text)

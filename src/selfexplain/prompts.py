@@ -419,16 +419,30 @@ def mcq_fact_prompts(n: int, seed: int = 0, n_options: int = 4) -> list[Prompt]:
     ]
 
 
-def counterfactual_pairs(n: int, seed: int = 0, n_options: int = 4) -> list[tuple[Prompt, Prompt]]:
-    """Clean/counterfactual MCQ pairs differing only in the subject (same options, other letter)."""
+PAIR_FORMATS = ("mcq", "cloze")
+
+
+def counterfactual_pairs(
+    n: int, seed: int = 0, n_options: int = 4, formats: Sequence[str] = ("mcq",)
+) -> list[tuple[Prompt, Prompt]]:
+    """Clean/counterfactual pairs that differ only in the subject (and, in cloze pairs, the
+    article that goes with each subject's answer). Formats, used in turn: "mcq", the paper's
+    multiple-choice question (same options, the right answer under another letter), and
+    "cloze", a completion such as "The Eiffel Tower is in the city of"."""
     _check_n_options(n_options)
+    bad = [f for f in formats if f not in PAIR_FORMATS]
+    if bad or not formats:
+        raise ValueError(
+            f"pair formats must be a non-empty subset of {PAIR_FORMATS}, got {formats}"
+        )
     rels = [r for r in RELATIONS if len(set(r.table.values())) >= n_options]
     rng = random.Random(f"{seed}:pairs")
     out: list[tuple[Prompt, Prompt]] = []
-    seen: set[tuple[str, str, str, str]] = set()
+    seen: set[tuple[str, ...]] = set()
     for _ in range(max(n, 1) * MAX_TRIES):
         if len(out) >= n:
             break
+        fmt = formats[len(out) % len(formats)]
         rel = rng.choice(rels)
         s1 = rng.choice(sorted(rel.table))
         others = [s for s in sorted(rel.table) if rel.table[s] != rel.table[s1]]
@@ -437,27 +451,38 @@ def counterfactual_pairs(n: int, seed: int = 0, n_options: int = 4) -> list[tupl
         words = len(s1.split())
         same = [s for s in others if len(s.split()) == words and abs(len(s) - len(s1)) <= 3]
         s2 = rng.choice(same or others)
-        template = rng.choice(rel.questions)
-        if (rel.name, s1, s2, template) in seen:
+        template = rng.choice(rel.questions if fmt == "mcq" else rel.completions)
+        if (fmt, rel.name, s1, s2, template) in seen:
             continue
-        seen.add((rel.name, s1, s2, template))
-        options = _options(rng, rel, [rel.table[s1], rel.table[s2]], n_options)
-        layout = rng.randrange(N_LAYOUTS)
+        seen.add((fmt, rel.name, s1, s2, template))
+        if fmt == "mcq":
+            options = _options(rng, rel, [rel.table[s1], rel.table[s2]], n_options)
+            layout = rng.randrange(N_LAYOUTS)
         pair_id = f"pair-{len(out):04d}"
         pair = []
         for role, s, other in (("clean", s1, s2), ("counterfactual", s2, s1)):
-            question = _fill(template, s)
-            text = _mcq_text(question, options, layout)
-            start = text.index(question) + template.index("{s}")
-            meta = _mcq_meta(rel, s, options) | {
-                "template": template,
-                "layout": layout,
+            if fmt == "mcq":
+                question = _fill(template, s)
+                text = _mcq_text(question, options, layout)
+                start = text.index(question) + template.index("{s}")
+                meta = _mcq_meta(rel, s, options) | {"template": template, "layout": layout}
+            else:
+                text = _fill(template, s, rel.table[s])
+                start = text.find(_cap(s) if "{S}" in template else s)
+                meta = {
+                    "relation": rel.name,
+                    "subject": s,
+                    "answer": rel.table[s],
+                    "template": template,
+                }
+            meta |= {
+                "format": fmt,
                 "pair": pair_id,
                 "role": role,
                 "other_subject": other,
                 "subject_span": [start, start + len(s)],
             }
-            pair.append(Prompt(f"{pair_id}-{role}", "mcq", text, None, meta))
+            pair.append(Prompt(f"{pair_id}-{role}", fmt, text, None, meta))
         out.append((pair[0], pair[1]))
     if len(out) < n:
         raise ValueError(f"could only generate {len(out)} distinct counterfactual pairs, not {n}")

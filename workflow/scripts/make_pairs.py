@@ -10,6 +10,6 @@ settings = snakemake.params.settings
 if settings.get("pairs_file"):
     pairs = read_pairs_jsonl(settings["pairs_file"])
 else:
-    pairs = counterfactual_pairs(settings["n_pairs"])
+    pairs = counterfactual_pairs(settings["n_pairs"], formats=settings["formats"])
 write_pairs_jsonl(pairs, snakemake.output[0])
 print(f"{len(pairs)} pairs -> {snakemake.output[0]}")

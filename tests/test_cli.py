@@ -1,0 +1,289 @@
+"""The `selfexplain` command, in-process on a tiny workspace laid out like the pipeline's."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+
+from selfexplain.cli import FEATURES_MESSAGE, main
+from selfexplain.examples import read_examples, to_frame, write_parquet
+from selfexplain.metrics import change_answer, change_metrics, score_change_rows
+from selfexplain.models import decoder_layers, load, resolve
+from selfexplain.prompts import Prompt, read_prompts_jsonl
+from selfexplain.tasks.ablation import (
+    ablatable_positions,
+    ablation_examples,
+    ablation_labels,
+    encode,
+)
+from selfexplain.tasks.patching import patching_examples, patching_rows
+from selfexplain.train import TrainConfig, train_explainer
+
+ABLATION = "results/explainers/ablation/tiny/tiny/trained"
+PATCHING = "results/explainers/patching/tiny/tiny/trained"
+MODEL = "resources/models/tiny"
+PAIR_TEMPLATE = (
+    "Question: What is the capital of {}?\nA. Paris\nB. Tokyo\nRespond with A or B.\nAnswer:"
+)
+CLEAN, CF = PAIR_TEMPLATE.format("France"), PAIR_TEMPLATE.format("Japan")
+HINTED = "Hint: the answer is B.\nThe answer is"
+HINT = "Hint: the answer is B.\n"
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    """A workspace as the pipeline writes it: a tiny target = explainer model, ablation and
+    patching (window 2, starts 0 and 2) labels, and one LoRA explainer per task (1 epoch)."""
+    root = tmp_path_factory.mktemp("ws")
+    model_dir = resolve("tiny-random-llama", root / MODEL)
+    model, tok = load(model_dir)
+    cfg = TrainConfig(epochs=1, batch_size=4, lr=1e-2, save_steps=1000, logging_steps=1, seed=0)
+    prompts = [
+        Prompt("p0", "custom", "The capital of France is"),
+        Prompt("p1", "custom", HINTED, HINT),
+    ]
+    rows = ablation_labels(model, tok, prompts)
+    examples = to_frame(ablation_examples(rows, "tiny", test_fraction=0.0))
+    train_explainer(model_dir, examples, root / ABLATION / "s0", cfg, root / "ckpt" / "a")
+    clean = Prompt("pair-a-clean", "mcq", CLEAN, None, {"subject": "France"})
+    cf = Prompt("pair-a-counterfactual", "mcq", CF, None, {"subject": "Japan"})
+    rows = patching_rows(model, tok, clean, cf, window=2, layer_starts=[0, 2])
+    examples = to_frame(patching_examples(rows, "tiny", test_fraction=0.0))
+    write_parquet(examples, root / "results/labels/patching/tiny.parquet")
+    train_explainer(model_dir, examples[:12], root / PATCHING / "s0", cfg, root / "ckpt" / "p")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny(ws):
+    return load(ws / MODEL)
+
+
+def _records(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _metric_line(records):
+    m = change_metrics(
+        score_change_rows([r["answer"] for r in records], [r["prediction"] for r in records])
+    )
+    return (
+        f"has_changed_f1={m['has_changed_f1']:.3f} exact_match={m['exact_match']:.3f} "
+        f"n={len(records)}"
+    )
+
+
+def test_ask_ablation_one_prompt(ws, tiny, tmp_path, capsys):
+    _, tok = tiny
+    text = "The capital of France is"
+    out = tmp_path / "answers.jsonl"
+    rc = main(
+        ["ask", "ablation", "--explainer", str(ws / ABLATION / "s0"), "--prompt", text]
+        + ["--out", str(out)]
+    )
+    stdout = capsys.readouterr().out
+    assert rc == 0
+    n = len(ablatable_positions(tok, encode(tok, text)))
+    assert [int(p) for p in re.findall(r"^\s+(\d+)\s", stdout, re.M)] == list(range(n))
+    assert "target's next token:" in stdout and "predicted" in stdout and "true" in stdout
+    records = _records(out)
+    assert len(records) == n
+    assert [r["position"] for r in records] == list(range(n))
+    for r in records:
+        assert json.dumps(r["token"], ensure_ascii=False)[:20] in stdout
+    # the last line is the pipeline's metrics on exactly the questions written to --out
+    assert stdout.strip().splitlines()[-1] == _metric_line(records)
+
+
+def test_ask_ablation_prompts_file_matches_direct_labels(ws, tiny, tmp_path, capsys):
+    model, tok = tiny
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        json.dumps({"id": "a", "prompt": "7 - 3 ="})
+        + "\n"
+        + json.dumps({"id": "b", "prompt": HINTED, "hint": HINT})
+        + "\n"
+    )
+    out = tmp_path / "answers.jsonl"
+    # the variant directory (.../trained) resolves to its lowest seed
+    args = ["ask", "ablation", "--explainer", str(ws / ABLATION), "--prompts", str(prompts)]
+    assert main([*args, "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    records = _records(out)
+    direct = ablation_labels(model, tok, read_prompts_jsonl(prompts))
+    n_tokens = sum(len(ablatable_positions(tok, encode(tok, t))) for t in ("7 - 3 =", HINTED))
+    assert len(records) == len(direct) == n_tokens + 1  # + the hint row
+    assert [r["unit"] for r in records].count("hint") == 1
+    assert re.search(r"^\s+hint\s", stdout, re.M)
+    for rec, row in zip(records, direct, strict=True):
+        assert (rec["prompt_id"], rec["position"], rec["token"]) == (
+            row["prompt_id"],
+            row["position"],
+            row["removed"],
+        )
+        assert rec["true_changed"] == row["changed"]
+        assert rec["true_new_token"] == (row["new_token"] if row["changed"] else None)
+        assert rec["answer"] == change_answer(row["changed"], row["new_token"])
+    assert stdout.strip().splitlines()[-1] == _metric_line(records)
+
+    # --no-truth asks the same questions (same answers) and prints only n
+    out2 = tmp_path / "no_truth.jsonl"
+    assert main([*args, "--no-truth", "--out", str(out2)]) == 0
+    stdout = capsys.readouterr().out
+    plain = _records(out2)
+    assert [r["prediction"] for r in plain] == [r["prediction"] for r in records]
+    assert all(r["true_changed"] is None and r["answer"] is None for r in plain)
+    assert stdout.strip().splitlines()[-1] == f"n={len(records)}"
+
+
+def test_model_dirs_are_inferred_or_named(ws, tmp_path, capsys):
+    # same adapter, but the target "ghost" has no resources/models/ghost
+    adapter = tmp_path / "results/explainers/ablation/ghost/tiny/trained/s0"
+    shutil.copytree(ws / ABLATION / "s0", adapter)
+    args = ["ask", "ablation", "--explainer", str(adapter), "--prompt", "2 + 5 ="]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "selfexplain: error:" in err and "--target-model" in err
+    assert str(tmp_path / "resources/models/ghost") in err and "Traceback" not in err
+    model = str(ws / MODEL)
+    assert main([*args, "--target-model", model, "--explainer-model", model, "--no-truth"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("n=")
+
+    assert main(["ask", "ablation", "--explainer", str(tmp_path), "--prompt", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "adapter_config.json" in err and "--explainer" in err
+    # an ablation explainer is not asked about patching
+    args = ["ask", "patching", "--explainer", str(ws / ABLATION)]
+    assert main([*args, "--clean", CLEAN, "--counterfactual", CF]) == 2
+    assert "selfexplain ask ablation" in capsys.readouterr().err
+
+
+def test_ask_patching_one_cell(ws, tiny, tmp_path, capsys):
+    model, tok = tiny
+    out = tmp_path / "cell.jsonl"
+    args = ["ask", "patching", "--explainer", str(ws / PATCHING), "--clean", CLEAN]
+    args += ["--counterfactual", CF, "--layer", "0", "--position", "1", "--out", str(out)]
+    assert main(args) == 0
+    stdout = capsys.readouterr().out
+    assert "predicted" in stdout and "true" in stdout
+    (rec,) = _records(out)
+    # the window (2) comes from the label file the explainer was trained on
+    assert (rec["layer_start"], rec["layer_end"], rec["position"]) == (0, 1, 1)
+    truth = next(
+        r
+        for r in patching_rows(
+            model,
+            tok,
+            Prompt("c-clean", "custom", CLEAN),
+            Prompt("c-cf", "custom", CF),
+            window=2,
+            layer_starts=[0],
+        )
+        if r["position"] == 1
+    )
+    assert rec["true_changed"] == truth["changed"] and rec["token"] == truth["token"]
+    assert stdout.strip().splitlines()[-1] == _metric_line([rec])
+
+    assert main([*args[:-6], "--layer", "0", "--position", "999"]) == 2
+    assert "--position 999" in capsys.readouterr().err
+
+
+def test_ask_patching_heatmap(ws, tiny, tmp_path, capsys):
+    model, tok = tiny
+    png, out = tmp_path / "map.png", tmp_path / "grid.jsonl"
+    args = ["ask", "patching", "--explainer", str(ws / PATCHING), "--clean", CLEAN]
+    args += ["--counterfactual", CF, "--heatmap", str(png), "--out", str(out)]
+    assert main(args) == 0
+    stdout = capsys.readouterr().out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    records = _records(out)
+    n_pos = len(ablatable_positions(tok, encode(tok, CLEAN)))
+    assert len(records) == 2 * n_pos
+    assert {(r["layer_start"], r["layer_end"]) for r in records} == {(0, 1), (2, 3)}
+    assert re.search(r"^\s+0-1\s+[#.?]+\s+[#.?]+\s+[.*]+$", stdout, re.M)
+    assert stdout.strip().splitlines()[-1] == _metric_line(records)
+
+
+def test_labels_ablation_from_dir_and_spec(ws, tiny, tmp_path, capsys):
+    _, tok = tiny
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        json.dumps({"prompt": "The capital of France is"})
+        + "\n"
+        + json.dumps({"prompt": HINTED, "hint": HINT})
+        + "\n"
+    )
+    n = sum(
+        len(ablatable_positions(tok, encode(tok, t))) for t in ("The capital of France is", HINTED)
+    )
+    out = tmp_path / "labels.parquet"
+    assert (
+        main(
+            ["labels", "ablation", "--target", str(ws / MODEL), "--prompts", str(prompts)]
+            + ["--out", str(out)]
+        )
+        == 0
+    )
+    df = read_examples(out)
+    assert len(df) == n + 1 and set(df["task"]) == {"ablation"} and set(df["target"]) == {"tiny"}
+    assert f"{n + 1} examples" in capsys.readouterr().out
+    # a model spec is resolved into the cache (the same seed-0 tiny model: the same labels)
+    out2 = tmp_path / "labels2.parquet"
+    args = ["labels", "ablation", "--target", "tiny-random-llama", "--prompts", str(prompts)]
+    assert main([*args, "--out", str(out2), "--cache", str(tmp_path / "cache")]) == 0
+    assert (tmp_path / "cache/tiny-random-llama/config.json").is_file()
+    assert read_examples(out2)["answer"].to_list() == df["answer"].to_list()
+
+
+def test_labels_patching(ws, tiny, tmp_path, capsys):
+    model, _ = tiny
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [
+        {"id": "fr-jp", "clean": CLEAN, "counterfactual": CF, "meta": {"subject": "France"}},
+        {
+            "id": "pe-cl",
+            "clean": PAIR_TEMPLATE.format("Peru"),
+            "counterfactual": PAIR_TEMPLATE.format("Chile"),
+        },
+    ]
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "patching.parquet"
+    args = ["labels", "patching", "--target", str(ws / MODEL), "--prompts", str(pairs)]
+    rc = main([*args, "--out", str(out), "--window", "2"])
+    captured = capsys.readouterr()
+    kept = re.search(r"(\d+) of 2 pairs kept", captured.out + captured.err)
+    assert kept, captured
+    if int(kept.group(1)) == 0:  # the random tiny model gives the same answer to both prompts
+        assert rc == 2 and "0 of 2 pairs kept" in captured.err
+        return
+    assert rc == 0
+    df = read_examples(out)
+    n_layers = len(decoder_layers(model))
+    metas = [json.loads(m) for m in df["meta"]]
+    assert {m["window"] for m in metas} == {2}
+    assert {m["layer_start"] for m in metas} == set(range(0, n_layers - 1, 2))
+    assert len({m["pair_id"] for m in metas}) == int(kept.group(1))
+
+
+def test_features_is_not_faked(capsys):
+    assert main(["ask", "features"]) == 2
+    assert FEATURES_MESSAGE in capsys.readouterr().err
+    assert main(["ask", "features", "--explainer", "x"]) == 2
+    assert "not implemented yet" in capsys.readouterr().err
+
+
+def test_bad_input_exits_2_naming_file_and_line(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "fine"}) + "\n{not json\n")
+    args = ["ask", "ablation", "--explainer", str(tmp_path), "--prompts", str(bad)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:2" in err and err.startswith("selfexplain: error:") and "Traceback" not in err
+    args = ["labels", "ablation", "--target", "tiny-random-llama", "--prompts", str(bad)]
+    assert main([*args, "--out", str(tmp_path / "x.parquet")]) == 2
+    assert f"{bad}:2" in capsys.readouterr().err
+    assert main(["ask", "ablation", "--explainer", "x"]) == 2  # argparse: --prompt missing
+    assert main(["--help"]) == 0
