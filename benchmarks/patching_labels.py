@@ -33,7 +33,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model, tok = load(args.model)
-    pairs = filter_pairs(model, tok, counterfactual_pairs(200))[: args.pairs]
+    pairs = filter_pairs(model, tok, counterfactual_pairs(200, formats=("mcq", "cloze")))[
+        : args.pairs
+    ]
     n_layers = len(decoder_layers(model))
     starts = list(range(0, n_layers - args.window + 1, args.layer_stride))
     kw = {"window": args.window, "layer_starts": starts, "max_positions": args.max_positions}

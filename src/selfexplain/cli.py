@@ -22,7 +22,6 @@ import json
 import os
 import re
 import sys
-import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -585,8 +584,14 @@ def _print_grid(rows: list[dict], records: list[dict], truth: bool) -> None:
         table.append(cells)
     print("\n".join(_table(header, table, right=0)))
     tokens = {r["position"]: r["token"] for r in rows}
-    legend = " ".join(f"{p}:{_short(_q(tokens[p]), 16)}" for p in positions)
-    print(textwrap.fill(legend, width=100, initial_indent="positions: ", subsequent_indent="  "))
+    lines, line = [], "positions:"
+    for p in positions:  # wrap between items, never inside a quoted token
+        item = f"{p}:{_short(_q(tokens[p]), 16)}"
+        if len(line) + 1 + len(item) > 100:
+            lines.append(line)
+            line = " "
+        line += " " + item
+    print("\n".join([*lines, line]))
 
 
 def write_heatmap(rows: list[dict], records: list[dict], truth: bool, path: str | Path) -> None:

@@ -23,8 +23,10 @@ test = select(read_examples(snakemake.input.labels), "test")
 sample = subsample(test, settings["n_test"], 0, "changed").with_columns(in_sample=True)
 if w.task == "patching":
     grid = heatmap_rows(test, snakemake.params.heatmap_pairs)
-    extra = grid.filter(~pl.col("id").is_in(sample["id"])).with_columns(in_sample=False)
-    sample = pl.concat([sample, extra]).with_columns(heatmap=pl.col("id").is_in(grid["id"]))
+    extra = grid.filter(~pl.col("id").is_in(sample["id"].to_list())).with_columns(in_sample=False)
+    sample = pl.concat([sample, extra]).with_columns(
+        heatmap=pl.col("id").is_in(grid["id"].to_list())
+    )
 n_train = 0 if w.variant == "untrained" else snakemake.params.n_train
 labels = eval_labels(w.task, w.target, w.explainer, w.variant, int(w.seed), n_train)
 rows = evaluate_change_task(
