@@ -1,7 +1,15 @@
-"""Config checks with messages that name the bad key, its value and what is allowed."""
+"""Config checks with messages that name the bad key, its value and what is allowed.
+
+:func:`check_config` runs when the Snakefile is parsed, before any rule: first the JSON schema
+(unknown keys, wrong types, values outside their range or list), then what a schema cannot
+express: that ``targets``/``explainers`` name keys of ``models``, that each model spec can be
+materialised (known tiny/packaged name, existing directory, or a hub id that is allowed or
+cached), that sizes fit together and that the files the config names exist.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import jsonschema
@@ -27,7 +35,25 @@ def _describe(err: jsonschema.ValidationError) -> str:
     if err.validator == "required":
         return f"config key '{key}': {err.message}"
     hint = f" ({schema['description']})" if "description" in schema else ""
+    if err.validator == "type" and isinstance(err.instance, str) and _is_number(err.instance):
+        # YAML 1.1 reads 1e-3 (no dot) as a string.
+        hint += f"; write it as a plain number, e.g. {float(err.instance)!r}"
+    if (
+        err.validator == "type"
+        and str(err.instance).lower() in ("true", "false")
+        and isinstance(err.instance, str)
+    ):
+        # `--config offline=false` passes the text 'false'.
+        hint += "; --config key=value passes text: set it in a --configfile instead"
     return f"config key '{key}': {err.message}{hint}"
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def config_errors(config: dict, schema: dict) -> list[str]:
@@ -37,18 +63,135 @@ def config_errors(config: dict, schema: dict) -> list[str]:
     return [_describe(e) for e in errors]
 
 
-def check_config(config: dict, schema_path: str | Path) -> None:
-    """Raise ValueError listing every problem of config against the schema and model names."""
+def _setting(config: dict, schema: dict, section: str, key: str):
+    """config[section][key], or the schema default when the config leaves it out."""
+    value = (config.get(section) or {}).get(key)
+    if value is None:
+        props = schema.get("properties", {}).get(section, {}).get("properties", {})
+        value = props.get(key, {}).get("default")
+    return value
+
+
+def _model_name_problems(config: dict) -> list[str]:
+    models = config.get("models")
+    if not isinstance(models, dict):
+        return []
+    problems = []
+    for key in ("targets", "explainers"):
+        names = config.get(key)
+        for name in names if isinstance(names, list) else []:
+            if isinstance(name, str) and name not in models:
+                problems.append(
+                    f"config key '{key}' names model '{name}', which is not defined under "
+                    f"'models' (defined: {sorted(models)}); add it there or fix the name"
+                )
+    return problems
+
+
+def model_spec_problem(spec: str, offline: bool) -> str | None:
+    """Why spec cannot be materialised by models.resolve in this setting, or None if it can."""
+    from selfexplain.models import PACKAGED, TINY_PREFIX, TINY_SPECS
+
+    allowed = f"packaged: {sorted(PACKAGED)}; tiny: {list(TINY_SPECS)}"
+    if spec.startswith(TINY_PREFIX):
+        if spec not in TINY_SPECS:
+            return f"unknown tiny model {spec!r}; allowed: {list(TINY_SPECS)}"
+        return None
+    if spec in PACKAGED:
+        return None
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return None
+    if spec.startswith(("/", "./", "../", "~")) or path.exists():
+        return f"{spec!r} is not an existing model directory (allowed names: {allowed})"
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(spec)
+    except HFValidationError:
+        return (
+            f"{spec!r} is neither a known model name ({allowed}), nor an existing directory, "
+            "nor a valid hub id"
+        )
+    if offline and not isinstance(try_to_load_from_cache(spec, "config.json"), str):
+        return (
+            f"{spec!r} is not a known model name ({allowed}) nor an existing directory, so it "
+            "would be downloaded as a hub id, but 'offline' is true and it is not in the local "
+            "Hugging Face cache; fix the name, or set 'offline: false'"
+        )
+    return None
+
+
+def _model_spec_problems(config: dict) -> list[str]:
+    models = config.get("models")
+    if not isinstance(models, dict):
+        return []
+    offline = config.get("offline", True) is not False
+    used = set(config.get("targets") or []) | set(config.get("explainers") or [])
+    problems = []
+    for name, spec in sorted(models.items()):
+        if name in used and isinstance(spec, str) and spec:
+            problem = model_spec_problem(spec, offline)
+            if problem:
+                problems.append(f"config key 'models.{name}': {problem}")
+    return problems
+
+
+def _size_problems(config: dict, schema: dict) -> list[str]:
+    """Settings that each pass the schema but cannot work together."""
+    problems = []
+    tasks = config.get("tasks") if isinstance(config.get("tasks"), list) else []
+
+    def number(section, key):
+        value = _setting(config, schema, section, key)
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return value if ok else None
+
+    if "patching" in tasks:
+        heatmap, max_pairs = number("patching", "heatmap_pairs"), number("patching", "max_pairs")
+        if heatmap is not None and max_pairs is not None and heatmap > max_pairs:
+            problems.append(
+                f"config key 'patching.heatmap_pairs': {heatmap} heatmap pairs cannot come from "
+                f"at most {max_pairs} kept pairs (patching.max_pairs); allowed: 0 to {max_pairs}"
+            )
+    return problems
+
+
+def _file_problems(config: dict, schema: dict) -> list[str]:
+    """Files named by the config must exist (paths are relative to the working directory)."""
+    tasks = config.get("tasks") if isinstance(config.get("tasks"), list) else []
+    variants = config.get("variants") if isinstance(config.get("variants"), list) else []
+    checks = [
+        ("ablation", "prompts_file", "ablation" in tasks),
+        ("patching", "pairs_file", "patching" in tasks),
+        ("train", "deepspeed", "trained" in variants),
+    ]
+    problems = []
+    for section, key, used in checks:
+        value = _setting(config, schema, section, key)
+        if used and isinstance(value, str) and value and not os.path.isfile(value):
+            problems.append(
+                f"config key '{section}.{key}': file {value!r} does not exist "
+                f"(relative to {os.getcwd()}); fix the path or set it to null"
+            )
+    return problems
+
+
+def config_problems(config: dict, schema_path: str | Path) -> list[str]:
+    """Every problem of config: schema violations first, then cross-key checks."""
     schema = yaml.safe_load(Path(schema_path).read_text())
     problems = config_errors(config, schema)
-    models = config.get("models")
-    if isinstance(models, dict):
-        for key in ("targets", "explainers"):
-            for name in config.get(key) or []:
-                if isinstance(name, str) and name not in models:
-                    problems.append(
-                        f"config key '{key}' names model '{name}', which is not defined under "
-                        f"'models' (defined: {sorted(models)}); add it there or fix the name"
-                    )
+    problems += _model_name_problems(config)
+    problems += _size_problems(config, schema)
+    problems += _file_problems(config, schema)
+    if not problems:  # spec checks import the model code: only for an otherwise valid config
+        problems += _model_spec_problems(config)
+    return problems
+
+
+def check_config(config: dict, schema_path: str | Path) -> None:
+    """Raise ValueError listing every problem of config (see config_problems)."""
+    problems = config_problems(config, schema_path)
     if problems:
         raise ValueError("invalid config:\n  - " + "\n  - ".join(problems))

@@ -25,18 +25,20 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+# torch and transformers are imported inside the functions that use them, so the config check
+# (selfexplain.config, run when the Snakefile is parsed) can read PACKAGED and TINY_SPECS
+# without paying ~2 s for them.
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = [
     "PACKAGED",
     "PackagedModel",
+    "TINY_SPECS",
+    "check_weight_files",
     "decoder_layers",
     "hidden_size",
     "load",
@@ -47,6 +49,7 @@ __all__ = [
 
 MANIFEST = "selfexplain_model.json"
 TINY_PREFIX = "tiny-random-"
+TINY_SPECS = ("tiny-random-llama", "tiny-random-gemma")
 _CHECK_PROMPT = "The capital of France is"
 
 
@@ -105,6 +108,9 @@ def spec_kind(spec: str) -> str:
 
 def resolve(spec: str, out_dir: str | Path, *, seed: int = 0, force: bool = False) -> Path:
     """Materialise the model named by spec as an HF dir (safetensors + tokenizer) at out_dir."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     spec = str(spec)
     out_dir = Path(out_dir)
     kind = spec_kind(spec)
@@ -151,12 +157,20 @@ def resolve(spec: str, out_dir: str | Path, *, seed: int = 0, force: bool = Fals
 
 
 def load(
-    path: str | Path, dtype: torch.dtype = torch.float32
+    path: str | Path, dtype: torch.dtype | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load an HF dir (from resolve) for inference: eval mode, pad token set, left padding."""
+    """Load an HF dir (from resolve) for inference: eval mode, pad token set, left padding.
+
+    Weight files are checked first (see check_weight_files): a truncated or corrupt file is
+    reported by name instead of as a deep loader error.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     path = Path(path)
+    check_weight_files(path)
     tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
     model.eval()
     _prepare_tokenizer(tok)
     if getattr(model.config, "pad_token_id", None) is None:
@@ -165,6 +179,27 @@ def load(
     if gen is not None and gen.pad_token_id is None:
         gen.pad_token_id = tok.pad_token_id
     return model, tok
+
+
+def check_weight_files(path: str | Path) -> None:
+    """Raise ValueError naming any *.safetensors file under path that cannot be read.
+
+    Opening a file with safetensors parses its header and checks that every tensor's byte
+    range lies inside the file, so a truncated download or an interrupted save is caught here
+    without reading the weights (flipped bits inside the data are not: see the sha256 pins).
+    """
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    for file in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                f.keys()
+        except (SafetensorError, OSError, ValueError) as err:
+            raise ValueError(
+                f"{file}: not a readable safetensors file ({err}). It is probably truncated or "
+                f"corrupt: delete {path} and re-run snakemake (rule get_model rebuilds it)."
+            ) from err
 
 
 def _prepare_tokenizer(tok: PreTrainedTokenizerBase) -> None:
@@ -201,15 +236,18 @@ def _replace_dir(src: Path, dst: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-@torch.no_grad()
 def _check_roundtrip(
     model: PreTrainedModel, tok: PreTrainedTokenizerBase, saved: Path, atol: float = 1e-4
 ) -> None:
     """Reload the saved dir and check its logits equal the in-memory model's on a fixed prompt."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
     ids = tok(_CHECK_PROMPT, return_tensors="pt")["input_ids"]
-    ref = model(input_ids=ids).logits.float()
-    reloaded = AutoModelForCausalLM.from_pretrained(saved, dtype=torch.float32).eval()
-    got = reloaded(input_ids=ids).logits.float()
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits.float()
+        reloaded = AutoModelForCausalLM.from_pretrained(saved, dtype=torch.float32).eval()
+        got = reloaded(input_ids=ids).logits.float()
     diff = (ref - got).abs().max().item()
     if ref.shape != got.shape or diff > atol:
         raise RuntimeError(
@@ -260,6 +298,9 @@ def _load_packaged(
     pm: PackagedModel,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
     """Locate, verify and load a packaged GGUF model (dequantised to float32)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     paths = _find_parts(pm)
     with tempfile.TemporaryDirectory(prefix="selfexplain-gguf-") as tmp:
         if len(paths) == 1 and paths[0].name == pm.gguf_name:
@@ -369,6 +410,8 @@ def _tiny_tokenizer(vocab_size: int = 400) -> PreTrainedTokenizerBase:
 
 def tiny_random(spec: str, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Build a tiny randomly initialised model + tokenizer in code (seconds), for tests."""
+    import torch
+
     tok = _tiny_tokenizer()
     ids = {
         "vocab_size": len(tok),
@@ -409,7 +452,7 @@ def tiny_random(spec: str, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTo
         )
         cls = Gemma3ForCausalLM
     else:
-        raise ValueError(f"unknown tiny model spec {spec!r}; use tiny-random-llama or -gemma")
+        raise ValueError(f"unknown tiny model spec {spec!r}; allowed: {list(TINY_SPECS)}")
     torch.manual_seed(seed)
     model = cls(config).to(torch.float32).eval()
     return model, tok
@@ -429,6 +472,8 @@ _LAYER_PATHS = (
 
 def decoder_layers(model) -> torch.nn.ModuleList:
     """The transformer blocks of a supported causal LM (Llama, Gemma/Gemma3, Qwen2/3, GPT-2)."""
+    import torch
+
     base = model
     if hasattr(base, "get_base_model"):  # peft
         base = base.get_base_model()

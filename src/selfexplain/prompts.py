@@ -502,18 +502,42 @@ _PROMPT_KEYS = {"id", "kind", "prompt", "hint", "meta"}
 _PAIR_KEYS = {"id", "clean", "counterfactual", "meta"}
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
 def _rows(path: Path, allowed: set[str]) -> Iterator[tuple[int, dict]]:
     """Yield (line number, object) for the non-blank lines of a JSONL file, checking each."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:  # utf-8-sig on the first line: accept a byte-order mark
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(
+                    f"{path}:{lineno}: not UTF-8 text (byte {err.start + 1}: {err.reason})"
+                ) from None
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = json.loads(line.rstrip("\r\n"), object_pairs_hook=_no_duplicate_keys)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
+                msg = err.msg.removesuffix(" at")
+                raise ValueError(
+                    f"{path}:{lineno}: invalid JSON ({msg} at column {err.colno})"
+                ) from None
+            except _DuplicateKey as err:
+                raise ValueError(f"{path}:{lineno}: duplicate key {err.args[0]!r}") from None
             if not isinstance(row, dict):
                 raise ValueError(
                     f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}"
@@ -613,6 +637,10 @@ def read_pairs_jsonl(path: str | Path) -> list[tuple[Prompt, Prompt]]:
         pid = _id(path, lineno, row, f"pair-{lineno:05d}", ids)
         meta = dict(row.get("meta", {}))
         cf_meta = meta.pop("counterfactual_meta", meta)
+        if not isinstance(cf_meta, dict):
+            raise ValueError(
+                f'{path}:{lineno}: "meta.counterfactual_meta" must be an object, got {cf_meta!r}'
+            )
         out.append(
             (
                 Prompt(

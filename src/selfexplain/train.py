@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -12,9 +15,8 @@ import polars as pl
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import Trainer, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
-from selfexplain.models import load
+from selfexplain.models import MANIFEST, load
 
 IGNORE = -100
 
@@ -96,14 +98,101 @@ def single_process_env() -> None:
     os.environ.update(defaults | {"MASTER_PORT": str(port)})
 
 
+FINGERPRINT = "selfexplain_fingerprint.json"
+SUMMARY = "train_summary.json"
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def run_fingerprint(model_path: str | Path, examples: pl.DataFrame, cfg: TrainConfig) -> str:
+    """sha256 of what a training run depends on: its settings, its data and its base model.
+
+    Checkpoints are only resumed by a run with the same fingerprint, so a rerun after the
+    labels, the config or the model changed starts afresh instead of silently continuing (or
+    returning) the old run. The model enters through its manifest (spec, seed, GGUF sha256)
+    or, for a plain directory, its config and the names and sizes of its weight files.
+    """
+    model_path = Path(model_path)
+    manifest = model_path / MANIFEST
+    if manifest.is_file():
+        model_id = json.loads(manifest.read_text())
+        model_id.pop("convert_seconds", None)
+    else:
+        config = model_path / "config.json"
+        model_id = {
+            "config": config.read_text() if config.is_file() else None,
+            "weights": sorted(
+                (f.name, f.stat().st_size)
+                for f in model_path.iterdir()
+                if f.suffix in (".safetensors", ".bin")
+            ),
+        }
+    h = hashlib.sha256()
+    h.update(json.dumps({"cfg": asdict(cfg), "model": model_id}, sort_keys=True).encode())
+    for question, answer in zip(examples["question"], examples["answer"], strict=True):
+        h.update(json.dumps([question, answer]).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def _complete(checkpoint: Path) -> bool:
+    """A checkpoint is complete once trainer_state.json, written last by the Trainer, parses
+    and names the checkpoint's own step (a kill during saving leaves it missing)."""
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return f"checkpoint-{state.get('global_step')}" == checkpoint.name
+
+
+def last_complete_checkpoint(checkpoint_dir: str | Path, fingerprint: str) -> str | None:
+    """The newest complete checkpoint of the run with this fingerprint, or None.
+
+    Checkpoints of another run (other fingerprint) and incomplete ones (interrupted while
+    saving) are deleted so the Trainer neither resumes nor rotates them.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    if not checkpoint_dir.is_dir():
+        return None
+    marker = checkpoint_dir / FINGERPRINT
+    try:
+        previous = json.loads(marker.read_text()).get("fingerprint")
+    except (OSError, ValueError):
+        previous = None
+    found = sorted(
+        (int(m.group(1)), p)
+        for p in checkpoint_dir.iterdir()
+        if p.is_dir() and (m := _CHECKPOINT.match(p.name))
+    )
+    main = os.environ.get("RANK", "0") == "0"  # under a launcher only rank 0 deletes
+    if previous != fingerprint:
+        for _, path in found:
+            print(f"removing {path}: it belongs to a run with other settings, data or model")
+            if main:
+                shutil.rmtree(path, ignore_errors=True)
+        return None
+    for _, path in reversed(found):
+        if _complete(path):
+            return str(path)
+        print(f"removing incomplete checkpoint {path} (interrupted while saving)")
+        if main:
+            shutil.rmtree(path, ignore_errors=True)
+    return None
+
+
 def train_explainer(
     model_path: str | Path,
     examples: pl.DataFrame,
     out_dir: str | Path,
     cfg: TrainConfig,
     checkpoint_dir: str | Path | None = None,
+    callbacks: list | None = None,
 ) -> dict:
-    """Fine-tune a LoRA explainer on (question, answer) rows; resume from the last checkpoint."""
+    """Fine-tune a LoRA explainer on (question, answer) rows; resume from the last checkpoint.
+
+    checkpoint_dir keeps Trainer checkpoints (every cfg.save_steps steps) across runs: a rerun
+    with the same settings, data and model (see run_fingerprint) resumes from the newest
+    complete one. callbacks are extra transformers TrainerCallbacks (tests use one to interrupt).
+    """
     out_dir = Path(out_dir)
     checkpoint_dir = Path(checkpoint_dir or out_dir / "checkpoints")
     if cfg.deepspeed:
@@ -146,11 +235,19 @@ def train_explainer(
         args=args,
         train_dataset=data,
         data_collator=RightPadCollator(tokenizer.pad_token_id),
+        callbacks=callbacks,
     )
-    last = get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.exists() else None
+    fingerprint = run_fingerprint(model_path, examples, cfg)
+    last = last_complete_checkpoint(checkpoint_dir, fingerprint)
+    if os.environ.get("RANK", "0") == "0":
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        marker = json.dumps({"fingerprint": fingerprint}) + "\n"
+        (checkpoint_dir / FINGERPRINT).write_text(marker)
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=last)
     seconds = time.perf_counter() - start
+    for stale in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     model.save_pretrained(tmp)
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
@@ -162,12 +259,16 @@ def train_explainer(
         "final_logged_loss": losses[-1] if losses else None,
         "seconds": seconds,
         "resumed_from": last,
+        "fingerprint": fingerprint,
         "config": asdict(cfg),
         "log_history": trainer.state.log_history,
     }
-    (tmp / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    (tmp / SUMMARY).write_text(json.dumps(summary, indent=2, default=str))
+    # Each file is renamed into place (atomic on one filesystem), the summary last: a
+    # train_summary.json newer than the adapter marks a complete directory. Snakemake also
+    # marks the job's outputs incomplete until it succeeds (rerun-incomplete reruns it).
     out_dir.mkdir(parents=True, exist_ok=True)
-    for f in tmp.iterdir():
+    for f in sorted(tmp.iterdir(), key=lambda f: f.name == SUMMARY):
         os.replace(f, out_dir / f.name)
     tmp.rmdir()
     return summary

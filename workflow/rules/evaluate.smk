@@ -12,5 +12,8 @@ rule evaluate:
     benchmark:
         "results/benchmarks/evaluate/{task}/{target}/{explainer}/{variant}/s{seed}.tsv"
     threads: 2
+    resources:
+        mem_mb=6000,
+        runtime=120,
     script:
         "../scripts/evaluate.py"

@@ -5,6 +5,10 @@ rule make_prompts:
         settings=config["ablation"],
     log:
         "logs/make_prompts/ablation.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
     script:
         "../scripts/make_prompts.py"
 
@@ -22,6 +26,9 @@ rule label_ablation:
     benchmark:
         "results/benchmarks/label_ablation/{target}.tsv"
     threads: 2
+    resources:
+        mem_mb=6000,
+        runtime=120,
     script:
         "../scripts/label_ablation.py"
 
@@ -33,6 +40,10 @@ rule make_pairs:
         settings=config["patching"],
     log:
         "logs/make_pairs/patching.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
     script:
         "../scripts/make_pairs.py"
 
@@ -50,5 +61,8 @@ rule label_patching:
     benchmark:
         "results/benchmarks/label_patching/{target}.tsv"
     threads: 2
+    resources:
+        mem_mb=6000,
+        runtime=120,
     script:
         "../scripts/label_patching.py"

@@ -8,5 +8,8 @@ rule get_model:
     benchmark:
         "results/benchmarks/get_model/{model}.tsv"
     threads: 2
+    resources:
+        mem_mb=6000,
+        runtime=60,
     script:
         "../scripts/get_model.py"

@@ -8,6 +8,10 @@ rule summarize:
         n_boot=config.get("plot", {}).get("n_boot", 1000),
     log:
         "logs/summarize.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
     script:
         "../scripts/summarize.py"
 
@@ -24,6 +28,10 @@ rule plot:
         ),
     log:
         "logs/plot/{task}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
     script:
         "../scripts/plot.py"
 
@@ -40,6 +48,10 @@ rule patching_layers:
         ),
     log:
         "logs/plot/patching_layers.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
     script:
         "../scripts/plot_patching_layers.py"
 
@@ -55,5 +67,9 @@ rule patching_heatmaps:
         ),
     log:
         "logs/plot/patching_heatmaps_{target}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
     script:
         "../scripts/plot_patching_heatmaps.py"

@@ -17,5 +17,8 @@ rule train_explainer:
     benchmark:
         "results/benchmarks/train_explainer/{task}/{target}/{explainer}/{variant}/s{seed}.tsv"
     threads: 2
+    resources:
+        mem_mb=12000,
+        runtime=240,
     script:
         "../scripts/train_explainer.py"
