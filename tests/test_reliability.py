@@ -21,6 +21,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from toy_data import toy_examples
 from transformers import TrainerCallback
 
 from selfexplain.config import check_config, config_problems
@@ -296,24 +297,6 @@ def test_corrupt_safetensors_is_named_when_loading(tmp_path, tiny_dir, damage):
 # --------------------------------------------------------------------------- 3+4. training
 
 
-def _examples(n=16, flip=False) -> pl.DataFrame:
-    rows = []
-    for i in range(n):
-        changed = (i % 2 == 0) != flip
-        rows.append(
-            ExplainerExample(
-                id=f"e{i}",
-                task="ablation",
-                target="tiny",
-                split="train",
-                question=f"Prompt {i}: the {'red' if changed else 'blue'} one. Does it change?",
-                answer='changes to " B"' if changed else "unchanged",
-                meta={"changed": changed},
-            )
-        )
-    return to_frame(rows)
-
-
 # 16 examples, batch 4, 3 epochs: 12 optimizer steps; checkpoints at 4, 8, 12.
 CFG = TrainConfig(epochs=3, batch_size=4, lr=1e-2, save_steps=4, logging_steps=2, seed=0)
 
@@ -338,13 +321,13 @@ def _adapter(out: Path) -> dict[str, torch.Tensor]:
 def reference_run(tiny_dir, tmp_path_factory):
     """One uninterrupted training run (adapter dir, summary)."""
     root = tmp_path_factory.mktemp("reference")
-    summary = train_explainer(tiny_dir, _examples(), root / "out", CFG, root / "ckpt")
+    summary = train_explainer(tiny_dir, toy_examples(), root / "out", CFG, root / "ckpt")
     return root / "out", summary
 
 
 def test_training_is_deterministic_on_cpu(tiny_dir, reference_run, tmp_path):
     out, summary = reference_run
-    again = train_explainer(tiny_dir, _examples(), tmp_path / "out", CFG, tmp_path / "ckpt")
+    again = train_explainer(tiny_dir, toy_examples(), tmp_path / "out", CFG, tmp_path / "ckpt")
     a, b = _adapter(out), _adapter(tmp_path / "out")
     assert a.keys() == b.keys() and len(a) > 0
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -356,7 +339,7 @@ def test_interrupted_training_resumes_from_last_checkpoint(tiny_dir, reference_r
     ckpt = tmp_path / "ckpt"
     first = StepRecorder(stop=6)
     with pytest.raises(KeyboardInterrupt):
-        train_explainer(tiny_dir, _examples(), tmp_path / "out", CFG, ckpt, callbacks=[first])
+        train_explainer(tiny_dir, toy_examples(), tmp_path / "out", CFG, ckpt, callbacks=[first])
     assert first.steps == [1, 2, 3, 4, 5, 6]
     # Nothing half-written where Snakemake looks for the output, no temp dir left behind.
     assert not (tmp_path / "out").exists()
@@ -368,7 +351,7 @@ def test_interrupted_training_resumes_from_last_checkpoint(tiny_dir, reference_r
 
     second = StepRecorder()
     resumed = train_explainer(
-        tiny_dir, _examples(), tmp_path / "out", CFG, ckpt, callbacks=[second]
+        tiny_dir, toy_examples(), tmp_path / "out", CFG, ckpt, callbacks=[second]
     )
     assert resumed["resumed_from"] == str(ckpt / "checkpoint-4")
     assert second.steps == list(range(5, 13))  # steps 1-4 not repeated
@@ -383,10 +366,10 @@ def test_interrupted_training_resumes_from_last_checkpoint(tiny_dir, reference_r
 def test_changed_data_does_not_resume_old_checkpoints(tiny_dir, tmp_path):
     ckpt = tmp_path / "ckpt"
     cfg = TrainConfig(epochs=1, batch_size=4, lr=1e-2, save_steps=2, logging_steps=2, seed=0)
-    train_explainer(tiny_dir, _examples(8), tmp_path / "a", cfg, ckpt)
-    same = train_explainer(tiny_dir, _examples(8), tmp_path / "b", cfg, ckpt)
+    train_explainer(tiny_dir, toy_examples(8), tmp_path / "a", cfg, ckpt)
+    same = train_explainer(tiny_dir, toy_examples(8), tmp_path / "b", cfg, ckpt)
     assert same["resumed_from"] == str(ckpt / "checkpoint-2")
-    other = train_explainer(tiny_dir, _examples(8, flip=True), tmp_path / "c", cfg, ckpt)
+    other = train_explainer(tiny_dir, toy_examples(8, flip=True), tmp_path / "c", cfg, ckpt)
     assert other["resumed_from"] is None and other["steps"] == 2
     assert other["fingerprint"] != same["fingerprint"]
 

@@ -4,31 +4,13 @@ from pathlib import Path
 import polars as pl
 import pytest
 import torch
+from toy_data import toy_examples
 
 from selfexplain.evaluate import evaluate_change_task, generate_answers, load_explainer
-from selfexplain.examples import ExplainerExample, to_frame
 from selfexplain.models import resolve
 from selfexplain.train import IGNORE, TrainConfig, encode_example, format_prompt, train_explainer
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _examples(n=16):
-    rows = []
-    for i in range(n):
-        changed = i % 2 == 0
-        rows.append(
-            ExplainerExample(
-                id=f"e{i}",
-                task="ablation",
-                target="tiny",
-                split="train",
-                question=f"Prompt {i}: the {'red' if changed else 'blue'} one. Does it change?",
-                answer='changes to " B"' if changed else "unchanged",
-                meta={"changed": changed},
-            )
-        )
-    return to_frame(rows)
 
 
 def test_loss_only_on_answer_tokens(tiny_llama):
@@ -42,7 +24,7 @@ def test_loss_only_on_answer_tokens(tiny_llama):
 
 def test_training_learns_and_resumes(tmp_path):
     model_dir = resolve("tiny-random-llama", tmp_path / "model")
-    examples = _examples()
+    examples = toy_examples()
     cfg = TrainConfig(epochs=6, batch_size=4, lr=1e-2, save_steps=8, logging_steps=2, seed=0)
     out = tmp_path / "adapter"
     summary = train_explainer(model_dir, examples, out, cfg, tmp_path / "ckpt")
@@ -86,7 +68,7 @@ def test_deepspeed_zero2_trains_on_cpu_single_process(tmp_path, monkeypatch):
         seed=0,
         deepspeed=str(REPO / "config/deepspeed/zero2.json"),
     )
-    summary = train_explainer(model_dir, _examples(), tmp_path / "ds", cfg, tmp_path / "ckpt")
+    summary = train_explainer(model_dir, toy_examples(), tmp_path / "ds", cfg, tmp_path / "ckpt")
     assert summary["steps"] == 8
     losses = [e["loss"] for e in summary["log_history"] if "loss" in e]
     assert losses[-1] < losses[0]

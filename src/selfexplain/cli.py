@@ -422,10 +422,11 @@ def _patching_layout(args, info: ExplainerDir, n_layers: int) -> tuple[int, list
     if args.labels and not labels.is_file():
         raise FileNotFoundError(f"{labels}: no such label file (--labels)")
     window = args.window if args.window is not None else 1
-    stride = args.layer_stride or window
     if not 1 <= window <= n_layers:
         raise ValueError(f"--window must be in 1..{n_layers} (the target's layers), got {window}")
-    starts = list(range(0, n_layers - window + 1, stride))
+    from selfexplain.tasks.patching import window_starts
+
+    starts = window_starts(n_layers, window, args.layer_stride)
     print(f"window {window}, layer starts {starts} (--window/--layer-stride)", file=sys.stderr)
     return window, starts
 
@@ -667,7 +668,12 @@ def cmd_labels(args) -> int:
         examples = ablation_examples(rows, name, test_fraction=args.test_fraction)
         print(f"{len(rows)} labels from {len(items)} prompts")
     else:
-        from selfexplain.tasks.patching import filter_pairs, patching_examples, patching_labels
+        from selfexplain.tasks.patching import (
+            filter_pairs,
+            patching_examples,
+            patching_labels,
+            window_starts,
+        )
 
         pairs = filter_pairs(model, tokenizer, items)
         if args.max_pairs is not None:
@@ -681,8 +687,7 @@ def cmd_labels(args) -> int:
             )
         n_layers = len(decoder_layers(model))
         window = min(args.window, n_layers)
-        stride = args.layer_stride or window
-        starts = list(range(0, n_layers - window + 1, stride))
+        starts = window_starts(n_layers, window, args.layer_stride)
         rows = patching_labels(
             model,
             tokenizer,

@@ -8,7 +8,12 @@ import torch
 from selfexplain.examples import to_frame, write_parquet
 from selfexplain.models import decoder_layers, load
 from selfexplain.prompts import read_pairs_jsonl
-from selfexplain.tasks.patching import filter_pairs, patching_examples, patching_labels
+from selfexplain.tasks.patching import (
+    filter_pairs,
+    patching_examples,
+    patching_labels,
+    window_starts,
+)
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 torch.set_num_threads(snakemake.threads)
@@ -22,7 +27,7 @@ if not pairs:
     raise ValueError("no usable pairs: raise patching.n_pairs or check your pairs_file")
 n_layers = len(decoder_layers(model))
 window = min(s["window"], n_layers)
-starts = list(range(0, n_layers - window + 1, s["layer_stride"]))
+starts = window_starts(n_layers, window, s["layer_stride"])
 rows = patching_labels(
     model,
     tokenizer,

@@ -126,6 +126,12 @@ def select_positions(
     return sorted(must + picked)
 
 
+def window_starts(n_layers: int, window: int, stride: int | None = None) -> list[int]:
+    """First layers 0, stride, 2*stride, ... of the windows of `window` consecutive layers that
+    fit in n_layers (stride defaults to the window: non-overlapping windows)."""
+    return list(range(0, n_layers - window + 1, stride or window))
+
+
 def _layer_starts(n_layers: int, window: int, layer_starts: Sequence[int] | None) -> list[int]:
     if not 1 <= window <= n_layers:
         raise ValueError(f"window must be in 1..{n_layers} (the number of layers), got {window}")
