@@ -4,51 +4,70 @@
 
 Writes results/benchmarks/patching_labels.json and prints a table. Both paths produce the same
 labels (checked here too); the naive path runs one forward per (layer window, position).
+With --scales (default 1,2,4) the batched path also runs on 1x, 2x, 4x the pairs, and the
+seconds per patched row show whether time grows linearly with the work.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import time
-from pathlib import Path
 
 import torch
+from _common import environment, linear_fit, parse_scales, print_table, timed, write_record
 
 from selfexplain.models import decoder_layers, load
 from selfexplain.prompts import counterfactual_pairs
 from selfexplain.tasks.patching import filter_pairs, naive_patching_rows, patching_rows
 
 
-def main() -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="resources/models/smollm2")
-    ap.add_argument("--pairs", type=int, default=3)
+    ap.add_argument("--pairs", type=int, default=3, help="pairs timed on both paths")
+    ap.add_argument("--candidates", type=int, default=200, help="generated pairs to filter")
     ap.add_argument("--window", type=int, default=4)
     ap.add_argument("--layer-stride", type=int, default=4)
     ap.add_argument("--max-positions", type=int, default=12)
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument(
+        "--scales", default="1,2,4", help="batched-path scaling runs, in multiples of --pairs"
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="results/benchmarks/patching_labels.json")
-    args = ap.parse_args()
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    scales = parse_scales(args.scales)
     model, tok = load(args.model)
-    pairs = filter_pairs(model, tok, counterfactual_pairs(200, formats=("mcq", "cloze")))[
-        : args.pairs
-    ]
+    candidates = counterfactual_pairs(args.candidates, formats=("mcq", "cloze"))
+    usable = filter_pairs(model, tok, candidates)
+    need = args.pairs * max([1, *scales])
+    if len(usable) < need:
+        raise SystemExit(
+            f"only {len(usable)} of {args.candidates} candidate pairs are usable, {need} needed: "
+            "raise --candidates or lower --pairs/--scales"
+        )
+    pairs = usable[: args.pairs]
     n_layers = len(decoder_layers(model))
-    starts = list(range(0, n_layers - args.window + 1, args.layer_stride))
-    kw = {"window": args.window, "layer_starts": starts, "max_positions": args.max_positions}
-    patching_rows(model, tok, *pairs[0], **kw, batch_size=args.batch_size)  # warm-up
-    timings = {}
-    results = {}
-    for name, fn in (
-        ("batched", lambda p: patching_rows(model, tok, *p, **kw, batch_size=args.batch_size)),
-        ("naive", lambda p: naive_patching_rows(model, tok, *p, **kw)),
-    ):
-        start = time.perf_counter()
-        results[name] = [row for pair in pairs for row in fn(pair)]
-        timings[name] = time.perf_counter() - start
+    window = min(args.window, n_layers)
+    starts = list(range(0, n_layers - window + 1, args.layer_stride))
+    kw = {"window": window, "layer_starts": starts, "max_positions": args.max_positions}
+
+    def batched(ps):
+        return [
+            r for p in ps for r in patching_rows(model, tok, *p, **kw, batch_size=args.batch_size)
+        ]
+
+    def naive(ps):
+        return [r for p in ps for r in naive_patching_rows(model, tok, *p, **kw)]
+
+    batched(pairs[:1])  # warm-up
+    results, timings = {}, {}
+    for name, fn in (("batched", batched), ("naive", naive)):
+        results[name], timings[name] = timed(lambda fn=fn: fn(pairs))
     same = [a["new_token_id"] for a in results["batched"]] == [
         b["new_token_id"] for b in results["naive"]
     ]
@@ -56,27 +75,63 @@ def main() -> None:
         abs(a["p_orig"] - b["p_orig"])
         for a, b in zip(results["batched"], results["naive"], strict=True)
     )
+    n_rows = len(results["batched"])
+    scaling = []
+    for scale in scales:
+        rows, seconds = timed(lambda scale=scale: batched(usable[: args.pairs * scale]))
+        scaling.append(
+            {
+                "scale": scale,
+                "pairs": args.pairs * scale,
+                "rows": len(rows),
+                "seconds": seconds,
+                "s_per_row": seconds / len(rows),
+            }
+        )
     record = {
+        "benchmark": "patching_labels",
         "model": args.model,
         "pairs": len(pairs),
-        "rows": len(results["batched"]),
-        "window": args.window,
+        "rows": n_rows,
+        "window": window,
         "layer_starts": starts,
         "max_positions": args.max_positions,
+        "batch_size": args.batch_size,
         "threads": args.threads,
         "batched_s": timings["batched"],
         "naive_s": timings["naive"],
         "speedup": timings["naive"] / timings["batched"],
         "identical_labels": same,
         "max_abs_prob_diff": max_dp,
-        "torch": torch.__version__,
+        "scaling": scaling,
+        "scaling_fit": (
+            linear_fit([s["rows"] for s in scaling], [s["seconds"] for s in scaling])
+            if len(scaling) > 1
+            else None
+        ),
+        **environment(args.threads),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(record, indent=2))
-    print(f"{'path':<10}{'seconds':>10}{'rows/s':>10}")
-    for name in ("batched", "naive"):
-        print(f"{name:<10}{timings[name]:>10.2f}{record['rows'] / timings[name]:>10.1f}")
+    write_record(args.out, record)
+    print_table(
+        ["path", "pairs", "rows", "seconds", "rows/s", "ms/row"],
+        [
+            [name, len(pairs), n_rows, f"{t:.2f}", f"{n_rows / t:.1f}", f"{1e3 * t / n_rows:.1f}"]
+            for name, t in timings.items()
+        ]
+        + [
+            [
+                f"batched {s['scale']}x",
+                s["pairs"],
+                s["rows"],
+                f"{s['seconds']:.2f}",
+                f"{s['rows'] / s['seconds']:.1f}",
+                f"{1e3 * s['s_per_row']:.1f}",
+            ]
+            for s in scaling
+        ],
+    )
     print(f"speedup {record['speedup']:.1f}x, identical labels: {same}, max |dp| {max_dp:.2e}")
+    return record
 
 
 if __name__ == "__main__":
