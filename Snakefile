@@ -13,6 +13,7 @@ configfile: os.path.join(workflow.basedir, "config/config.yaml")
 include: "workflow/rules/common.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/labels.smk"
+include: "workflow/rules/features.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/plots.smk"

@@ -1,5 +1,6 @@
 """End-to-end: the Snakemake DAG on a tiny config, and config validation before any rule runs."""
 
+import json
 import os
 import subprocess
 import sys
@@ -51,14 +52,36 @@ def test_dag_runs_end_to_end_on_tiny_model(tmp_path):
         "results/figures/patching_layers.png",
         "results/figures/patching_heatmaps_tiny.png",
         "results/tables/patching_layers.csv",
+        "results/features/tiny/activations.safetensors",
+        "results/features/tiny/sae/sae.safetensors",
+        "results/features/tiny/sae_stats.json",
+        "results/features/tiny/descriptions.parquet",
+        "results/labels/features/tiny.parquet",
+        "results/explainers/features/tiny/tiny/trained/s0/injection.json",
+        "results/explainers/features/tiny/tiny/no_signal/s0/adapter_model.safetensors",
+        "results/eval/features/tiny/tiny/nearest_neighbour/s0.parquet",
+        "results/figures/features_metrics.png",
     ]
     for rel in expected:
         assert (tmp_path / rel).stat().st_size > 0, rel
     table = pl.read_parquet(tmp_path / "results/tables/metrics.parquet")
-    assert sorted(table["variant"].unique()) == ["trained", "untrained"]
-    assert set(table["metric"]) == {"exact_match", "has_changed_f1", "content_match", "valid"}
-    assert len(table) == 2 * 2 * 4  # tasks x variants x metrics
-    assert set(table["task"]) == {"ablation", "patching"}
+    change = table.filter(pl.col("task") != "features")
+    assert sorted(change["variant"].unique()) == ["trained", "untrained"]
+    assert set(change["metric"]) == {"exact_match", "has_changed_f1", "content_match", "valid"}
+    assert len(change) == 2 * 2 * 4  # tasks x variants x metrics
+    assert set(table["task"]) == {"ablation", "patching", "features"}
+    feats = table.filter(pl.col("task") == "features")
+    assert sorted(feats["variant"].unique()) == [
+        "nearest_neighbour",
+        "no_signal",
+        "trained",
+        "untrained",
+    ]
+    assert set(feats["metric"]) == {"similarity", "simulation", "valid"} and len(feats) == 4 * 3
+    sae = json.loads((tmp_path / "results/features/tiny/sae_stats.json").read_text())
+    assert 0 <= sae["fvu"] < 1 and 0 <= sae["dead_fraction"] <= 1 and sae["n_latents"] == 128
+    flabels = pl.read_parquet(tmp_path / "results/labels/features/tiny.parquet")
+    assert set(flabels["split"]) == {"train", "test"} and flabels["vector"].list.len().min() == 64
     layers = pl.read_csv(tmp_path / "results/tables/patching_layers.csv")
     assert set(layers["layer_start"]) <= {0, 1, 2} and len(layers) > 0
     heat = pl.read_parquet(tmp_path / "results/eval/patching/tiny/tiny/untrained/s0.parquet")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,24 +18,42 @@ from selfexplain.train import format_prompt
 
 @torch.no_grad()
 def generate_answers(
-    model, tokenizer, questions: Sequence[str], *, max_new_tokens: int = 16, batch_size: int = 16
+    model,
+    tokenizer,
+    questions: Sequence[str],
+    *,
+    max_new_tokens: int = 16,
+    batch_size: int = 16,
+    vectors: Sequence[Sequence[float]] | None = None,
+    injector=None,
 ) -> list[str]:
-    """Greedy answers to each question (batched, left-padded), cut at the first newline."""
+    """Greedy answers to each question (batched, left-padded), cut at the first newline.
+
+    With vectors (and an injection.Injector), each question's placeholder is rendered as the
+    explainer's placeholder token and vector i is injected there, as in training.
+    """
     answers: list[str] = []
     device = next(model.parameters()).device
     eos = tokenizer.eos_token_id
+    if vectors is not None:
+        questions = injector.render(questions)
     for start in tqdm(range(0, len(questions), batch_size), desc="generate", unit="batch"):
         chunk = questions[start : start + batch_size]
         seqs = [tokenizer(format_prompt(q))["input_ids"] for q in chunk]
         ids, mask = pad_left(seqs, tokenizer.pad_token_id)
-        out = model.generate(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=eos,
-        )
+        injected = contextlib.nullcontext()
+        if vectors is not None:
+            vecs = torch.tensor(vectors[start : start + batch_size], dtype=torch.float32)
+            injected = injector.inject(model, ids, vecs, allowed=mask)
+        with injected:
+            out = model.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=eos,
+            )
         for row in out[:, ids.shape[1] :].tolist():
             if eos in row:
                 row = row[: row.index(eos)]
@@ -48,8 +67,25 @@ def load_explainer(model_path: str | Path, adapter_dir: str | Path | None = None
     if adapter_dir is not None:
         from peft import PeftModel
 
+        from selfexplain.injection import INJECTION_FILE, InjectionSpec, attach_map
+
+        if (Path(adapter_dir) / INJECTION_FILE).is_file():  # the adapter holds a vector_map
+            attach_map(model, InjectionSpec.load(adapter_dir))
         model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
     return model, tokenizer
+
+
+def explainer_injector(
+    model, tokenizer, adapter_dir: str | Path | None, d_in: int, settings: dict | None = None
+):
+    """The injector of a trained explainer (its saved injection.json), or for an untrained one a
+    fresh injector from settings ({"layer", "scale"}; a seed-0 random map if widths differ)."""
+    from selfexplain.injection import INJECTION_FILE, InjectionSpec, Injector
+
+    if adapter_dir is not None and (Path(adapter_dir) / INJECTION_FILE).is_file():
+        return Injector(InjectionSpec.load(adapter_dir), model)
+    settings = settings or {}
+    return Injector.setup(model, tokenizer, d_in, settings.get("layer", 0), settings.get("scale"))
 
 
 def evaluate_change_task(
@@ -77,3 +113,96 @@ def evaluate_change_task(
         *[pl.lit(v).alias(k) for k, v in labels.items()],
     )
     return pl.concat([base, scored], how="horizontal")
+
+
+def evaluate_feature_task(
+    examples: pl.DataFrame,
+    predictions: Sequence[str],
+    *,
+    labels: dict[str, str],
+    pool: pl.DataFrame | None = None,
+    embedder=None,
+    judge=None,
+    n_distractors: int = 4,
+) -> pl.DataFrame:
+    """One row per test feature: ids, gold description, prediction and the feature metrics
+    (similarity, simulation; judge when a judge generator is given). pool: features whose
+    top contexts serve as distractors (default: the examples themselves)."""
+    from selfexplain.feature_metrics import score_feature_rows
+
+    scored = score_feature_rows(
+        examples,
+        list(predictions),
+        pool=examples if pool is None else pool,
+        embedder=embedder,
+        judge=judge,
+        n_distractors=n_distractors,
+    )
+    base = examples.select("id", "task", "target", "answer", "meta").with_columns(
+        pl.Series("prediction", list(predictions), dtype=pl.String),
+        *[pl.lit(v).alias(k) for k, v in labels.items()],
+    )
+    return pl.concat([base, scored], how="horizontal")
+
+
+def evaluate_features(
+    examples: pl.DataFrame,
+    model_dir: str | Path | None,
+    adapter_dir: str | Path | None,
+    *,
+    labels: dict,
+    n_train: int,
+    settings: dict,
+    features: dict,
+    embedder=None,
+) -> pl.DataFrame:
+    """Evaluate one variant on the feature task's test split (at most settings["n_test"]).
+
+    trained / untrained: the explainer answers with the vector injected (untrained: no
+    adapter); no_signal: trained and evaluated on random vectors (variants.withhold_signal);
+    nearest_neighbour: the description of the most cosine-similar vector among the n_train
+    training features the explainers are trained on (no model).
+    """
+    from selfexplain.describe import make_generator
+    from selfexplain.examples import select, subsample
+    from selfexplain.feature_metrics import nearest_neighbour_answers
+    from selfexplain.variants import withhold_signal
+
+    variant = labels["variant"]
+    test = subsample(select(examples, "test"), settings["n_test"], 0)
+    if test.is_empty():
+        raise ValueError("no test features: raise features.n_features or test_fraction")
+    if variant == "nearest_neighbour":
+        train = subsample(select(examples, "train"), n_train, 0)
+        preds, _ = nearest_neighbour_answers(
+            train["vector"].to_list(), train["answer"].to_list(), test["vector"].to_list()
+        )
+    else:
+        model, tokenizer = load_explainer(model_dir, adapter_dir)
+        asked = withhold_signal(test, "features") if variant == "no_signal" else test
+        vectors = asked["vector"].to_list()
+        injector = explainer_injector(
+            model,
+            tokenizer,
+            adapter_dir,
+            len(vectors[0]),
+            {"layer": features["inject_layer"], "scale": features["inject_scale"]},
+        )
+        preds = generate_answers(
+            model,
+            tokenizer,
+            asked["question"].to_list(),
+            max_new_tokens=features["max_new_tokens"],
+            batch_size=settings["batch_size"],
+            vectors=vectors,
+            injector=injector,
+        )
+        del model
+    return evaluate_feature_task(
+        test,
+        preds,
+        labels=labels,
+        embedder=embedder,
+        judge=make_generator(features.get("judge")),
+        n_distractors=features["n_distractors"],
+    )

@@ -15,6 +15,21 @@ import polars as pl  # noqa: E402
 from selfexplain.metrics import bootstrap_ci, change_metrics  # noqa: E402
 
 GROUP = ["task", "target", "explainer", "relation", "variant", "n_train", "seed"]
+# the metrics plotted per task (the table holds every metric of the task's aggregator)
+PLOT_METRICS = {
+    "ablation": ("exact_match", "has_changed_f1", "content_match"),
+    "patching": ("exact_match", "has_changed_f1", "content_match"),
+    "features": ("similarity", "simulation"),
+}
+
+
+def task_metrics(task: str):
+    """The aggregator of a task's per-example evaluation rows."""
+    if task == "features":
+        from selfexplain.feature_metrics import feature_metrics
+
+        return feature_metrics
+    return change_metrics
 
 
 def summarize(evals: Sequence[pl.DataFrame], *, n_boot: int = 1000, seed: int = 0) -> pl.DataFrame:
@@ -23,11 +38,17 @@ def summarize(evals: Sequence[pl.DataFrame], *, n_boot: int = 1000, seed: int = 
     for df in evals:
         df = in_sample(df)
         keys = {k: df[k][0] for k in GROUP}
-        values = change_metrics(df)
-        cis = bootstrap_ci(df, change_metrics, n_boot=n_boot, seed=seed)
+        statistic = task_metrics(keys["task"])
+        values = statistic(df)
+        cis = bootstrap_ci(df, statistic, n_boot=n_boot, seed=seed)
         for metric, value in values.items():
             lo, hi = cis[metric]
-            n = int(df["gold_changed"].sum()) if metric == "content_match" else len(df)
+            if metric == "content_match":
+                n = int(df["gold_changed"].sum())
+            elif metric in ("simulation", "judge"):
+                n = int(df[metric].drop_nulls().len())
+            else:
+                n = len(df)
             rows.append(keys | {"metric": metric, "value": value, "ci_lo": lo, "ci_hi": hi, "n": n})
     return pl.DataFrame(rows).sort(GROUP + ["metric"])
 

@@ -60,7 +60,8 @@ def encode_example(tokenizer, question: str, answer: str, max_length: int) -> di
 
 
 class RightPadCollator:
-    """Pad a batch of encoded examples on the right (labels padded with -100)."""
+    """Pad a batch of encoded examples on the right (labels padded with -100); examples that
+    carry a "vector" (feature task) give a float "vectors" tensor (batch, d)."""
 
     def __init__(self, pad_id: int):
         self.pad_id = pad_id
@@ -70,17 +71,43 @@ class RightPadCollator:
         out = {}
         for key, fill in (("input_ids", self.pad_id), ("attention_mask", 0), ("labels", IGNORE)):
             out[key] = torch.tensor([b[key] + [fill] * (width - len(b[key])) for b in batch])
+        if "vector" in batch[0]:
+            out["vectors"] = torch.tensor([b["vector"] for b in batch], dtype=torch.float32)
         return out
 
 
-def lora_model(model, cfg: TrainConfig):
-    """Wrap a causal LM with a LoRA adapter."""
+class VectorTrainer(Trainer):
+    """A Trainer whose forwards carry each example's vector at its question's placeholder."""
+
+    def __init__(self, *args, injector, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.injector = injector
+
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        vectors = inputs.pop("vectors")
+        prompt = (inputs["labels"] == IGNORE) & inputs["attention_mask"].bool()
+        with self.injector.inject(model, inputs["input_ids"], vectors, allowed=prompt):
+            return super().compute_loss(model, inputs, *args, **kwargs)
+
+
+def example_vectors(examples: pl.DataFrame) -> list[list[float]] | None:
+    """The examples' vectors, or None when they carry none (all rows must agree)."""
+    if "vector" not in examples.columns or examples["vector"].null_count() == len(examples):
+        return None
+    if examples["vector"].null_count():
+        raise ValueError("some examples have a vector and some do not: cannot mix them")
+    return examples["vector"].to_list()
+
+
+def lora_model(model, cfg: TrainConfig, modules_to_save: list[str] | None = None):
+    """Wrap a causal LM with a LoRA adapter (modules_to_save are trained in full and saved)."""
     lora = LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
         target_modules=cfg.target_modules,
         task_type="CAUSAL_LM",
+        modules_to_save=modules_to_save,
     )
     return get_peft_model(model, lora)
 
@@ -103,7 +130,12 @@ SUMMARY = "train_summary.json"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
-def run_fingerprint(model_path: str | Path, examples: pl.DataFrame, cfg: TrainConfig) -> str:
+def run_fingerprint(
+    model_path: str | Path,
+    examples: pl.DataFrame,
+    cfg: TrainConfig,
+    injection: dict | None = None,
+) -> str:
     """sha256 of what a training run depends on: its settings, its data and its base model.
 
     Checkpoints are only resumed by a run with the same fingerprint, so a rerun after the
@@ -131,6 +163,10 @@ def run_fingerprint(model_path: str | Path, examples: pl.DataFrame, cfg: TrainCo
     for question, answer in zip(examples["question"], examples["answer"], strict=True):
         h.update(json.dumps([question, answer]).encode())
         h.update(b"\n")
+    vectors = example_vectors(examples)
+    if vectors is not None:  # only for tasks with vectors: other fingerprints stay as they were
+        h.update(json.dumps({"injection": injection}, sort_keys=True).encode())
+        h.update(torch.tensor(vectors, dtype=torch.float32).numpy().tobytes())
     return h.hexdigest()
 
 
@@ -186,12 +222,16 @@ def train_explainer(
     cfg: TrainConfig,
     checkpoint_dir: str | Path | None = None,
     callbacks: list | None = None,
+    injection: dict | None = None,
 ) -> dict:
     """Fine-tune a LoRA explainer on (question, answer) rows; resume from the last checkpoint.
 
     checkpoint_dir keeps Trainer checkpoints (every cfg.save_steps steps) across runs: a rerun
     with the same settings, data and model (see run_fingerprint) resumes from the newest
     complete one. callbacks are extra transformers TrainerCallbacks (tests use one to interrupt).
+    Rows with a vector (feature task) get it injected at their question's placeholder
+    (``injection``: {"layer", "scale"}, see selfexplain.injection); a linear map is trained
+    with the adapter when the vector's width differs from the explainer's.
     """
     out_dir = Path(out_dir)
     checkpoint_dir = Path(checkpoint_dir or out_dir / "checkpoints")
@@ -200,11 +240,27 @@ def train_explainer(
     set_seed(cfg.seed)
     model, tokenizer = load(model_path)
     model.train()
-    model = lora_model(model, cfg)
+    vectors = example_vectors(examples)
+    injector = None
+    questions = examples["question"].to_list()
+    if vectors is not None:
+        from selfexplain.injection import MAP_NAME, Injector
+
+        inj = injection or {}
+        injector = Injector.setup(
+            model, tokenizer, len(vectors[0]), inj.get("layer", 0), inj.get("scale"), cfg.seed
+        )
+        questions = injector.render(questions)
+    to_save = [MAP_NAME] if injector is not None and injector.spec.has_map else None
+    model = lora_model(model, cfg, modules_to_save=to_save)
+    if injector is not None:
+        injector.bind(model)
     data = [
         encode_example(tokenizer, q, a, cfg.max_length)
-        for q, a in zip(examples["question"], examples["answer"], strict=True)
+        for q, a in zip(questions, examples["answer"], strict=True)
     ]
+    for d, v in zip(data, vectors or [], strict=False):
+        d["vector"] = v
     if not data:
         raise ValueError("no training examples: check the task's labels and n_train in config")
     use_cuda = torch.cuda.is_available()
@@ -228,16 +284,19 @@ def train_explainer(
         deepspeed=cfg.deepspeed,
         dataloader_num_workers=0,
         disable_tqdm=False,
+        remove_unused_columns=injector is None,  # keep "vectors" for VectorTrainer
         **cfg.extra,
     )
-    trainer = Trainer(
+    extra = {"injector": injector} if injector is not None else {}
+    trainer = (VectorTrainer if injector is not None else Trainer)(
         model=model,
         args=args,
         train_dataset=data,
         data_collator=RightPadCollator(tokenizer.pad_token_id),
         callbacks=callbacks,
+        **extra,
     )
-    fingerprint = run_fingerprint(model_path, examples, cfg)
+    fingerprint = run_fingerprint(model_path, examples, cfg, injection)
     last = last_complete_checkpoint(checkpoint_dir, fingerprint)
     if os.environ.get("RANK", "0") == "0":
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -250,6 +309,8 @@ def train_explainer(
         shutil.rmtree(stale, ignore_errors=True)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     model.save_pretrained(tmp)
+    if injector is not None:  # the vector_map itself is saved inside the adapter
+        injector.spec.save(tmp)
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     summary = {
         "n_examples": len(data),

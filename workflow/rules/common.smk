@@ -3,6 +3,7 @@ import os
 from snakemake.utils import validate
 
 from selfexplain.config import check_config
+from selfexplain.variants import TRAINED_VARIANTS, applies
 
 # Readable errors first (naming key, value, allowed values), then snakemake fills defaults.
 check_config(config, workflow.source_path("../schemas/config.schema.yaml"))
@@ -16,7 +17,6 @@ if config.get("offline", True):
 MODELS = sorted(config["models"])
 TASKS = config["tasks"]
 SEEDS = config["seeds"]
-TRAINED_VARIANTS = [v for v in config["variants"] if v != "untrained"]
 
 
 wildcard_constraints:
@@ -24,7 +24,7 @@ wildcard_constraints:
     target="|".join(config["targets"]),
     explainer="|".join(config["explainers"]),
     task="|".join(TASKS),
-    variant="trained|untrained",
+    variant="|".join(config["variants"]),
     seed=r"\d+",
 
 
@@ -45,7 +45,7 @@ def adapter_path(task, target, explainer, variant, seed):
 
 def evaluate_input(wildcards):
     inputs = train_input(wildcards)
-    if wildcards.variant != "untrained":
+    if wildcards.variant in TRAINED_VARIANTS:
         inputs["adapter"] = adapter_path(
             wildcards.task, wildcards.target, wildcards.explainer, wildcards.variant, wildcards.seed
         )
@@ -59,7 +59,9 @@ def eval_runs():
         for target in config["targets"]:
             for explainer in config["explainers"]:
                 for variant in config["variants"]:
-                    seeds = SEEDS if variant != "untrained" else SEEDS[:1]
+                    if not applies(task, variant):  # see selfexplain/variants.py
+                        continue
+                    seeds = SEEDS if variant in TRAINED_VARIANTS else SEEDS[:1]
                     runs.extend((task, target, explainer, variant, s) for s in seeds)
     return runs
 
@@ -74,6 +76,8 @@ def all_outputs():
         "results/tables/metrics.csv",
         *[f"results/figures/{task}_metrics.png" for task in TASKS],
     ]
+    if "features" in TASKS:
+        outputs += [f"results/features/{t}/sae_stats.json" for t in config["targets"]]
     if "patching" in TASKS:
         outputs += [
             "results/tables/patching_layers.csv",
@@ -93,3 +97,27 @@ def heatmap_eval_files(wildcards):
         for f in patching_eval_files(wildcards)
         if f.startswith(f"results/eval/patching/{wildcards.target}/")
     ]
+
+
+def features_dir(wildcards):
+    return f"results/features/{wildcards.target}"
+
+
+def describe_input(wildcards):
+    inputs = {
+        "model": model_marker(wildcards.target),
+        "activations": f"results/features/{wildcards.target}/activations.safetensors",
+        "sae": f"results/features/{wildcards.target}/sae/sae.safetensors",
+    }
+    describer = config["features"].get("describer") or {}
+    if describer.get("kind") == "hf" and describer.get("model") in config["models"]:
+        inputs["describer"] = model_marker(describer["model"])
+    return inputs
+
+
+def describer_settings():
+    """The describer settings, with a model named in config.models turned into its directory."""
+    describer = dict(config["features"].get("describer") or {"kind": "deterministic"})
+    if describer.get("kind") == "hf" and describer.get("model") in config["models"]:
+        describer["model"] = f"resources/models/{describer['model']}"
+    return describer

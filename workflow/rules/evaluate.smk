@@ -7,6 +7,7 @@ rule evaluate:
         settings=config["evaluate"],
         n_train=config["train"]["n_train"],
         heatmap_pairs=config["patching"]["heatmap_pairs"],
+        features=config["features"],
     log:
         "logs/evaluate/{task}/{target}/{explainer}/{variant}/s{seed}.log",
     benchmark:

@@ -6,12 +6,13 @@ rule train_explainer:
         summary="results/explainers/{task}/{target}/{explainer}/{variant}/s{seed}/train_summary.json",
     params:
         train=config["train"],
+        features=config["features"],
         checkpoints=lambda wildcards: (
             f"results/checkpoints/{wildcards.task}/{wildcards.target}/"
             f"{wildcards.explainer}/{wildcards.variant}/s{wildcards.seed}"
         ),
     wildcard_constraints:
-        variant="trained",
+        variant="|".join(TRAINED_VARIANTS),
     log:
         "logs/train_explainer/{task}/{target}/{explainer}/{variant}/s{seed}.log",
     benchmark:

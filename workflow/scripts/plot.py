@@ -5,10 +5,15 @@ import sys
 import polars as pl
 
 from selfexplain.examples import read_parquet
-from selfexplain.plots import metric_bars
+from selfexplain.plots import PLOT_METRICS, metric_bars
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 
 task = snakemake.wildcards.task
 table = read_parquet(snakemake.input[0]).filter(pl.col("task") == task)
-metric_bars(table, snakemake.output[0], title=f"{task}: explainer metrics (95% CI)")
+metric_bars(
+    table,
+    snakemake.output[0],
+    metrics=PLOT_METRICS[task],
+    title=f"{task}: explainer metrics (95% CI)",
+)

@@ -1,0 +1,208 @@
+"""Put a feature vector into the explainer as a continuous token.
+
+The question carries a placeholder (``tasks.features.PLACEHOLDER``), rendered as one existing
+token of the explainer's vocabulary (no vocabulary change). The hidden state *entering* block
+``layer`` at that token's position is replaced by the vector, unit-normalised and scaled to
+``norm`` (by default the explainer's mean hidden-state norm at that site on ordinary text, so
+the vector looks like a token there; with layer 0 it replaces the input embedding, as in the
+paper). When the target's width differs from the explainer's, a linear map (``vector_map``,
+trained jointly with the LoRA adapter and saved inside it) carries the vector across.
+
+The overwrite is the one ``hooks.patch_residual(site="input")`` does (a test checks they are
+equal), but applied only to the forward that sees the whole prompt: ``generate`` with a KV
+cache later runs one-token forwards in which the placeholder position does not exist.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from selfexplain.models import decoder_layers, hidden_size
+from selfexplain.tasks.features import PLACEHOLDER
+
+MAP_NAME = "vector_map"
+INJECTION_FILE = "injection.json"
+PLACEHOLDER_CANDIDATES = (" X", " *", " ?", " A", " _")
+_NORM_TEXT = "The history of the city began in the twelfth century, when a small market town grew."
+
+
+class VectorMap(nn.Module):
+    """A bias-free linear map from the target's width to the explainer's (not an nn.Linear, so
+    LoRA's "all-linear" leaves it alone; it is trained in full via peft modules_to_save)."""
+
+    def __init__(self, d_in: int, d_out: int, seed: int = 0):
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.weight = nn.Parameter(torch.randn(d_out, d_in, generator=gen) / d_in**0.5)
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        return v @ self.weight.T
+
+
+@dataclass
+class InjectionSpec:
+    """Where and how vectors enter one explainer (saved as injection.json with the adapter)."""
+
+    layer: int
+    norm: float
+    placeholder: str
+    placeholder_id: int
+    d_in: int
+    d_out: int
+
+    @property
+    def has_map(self) -> bool:
+        return self.d_in != self.d_out
+
+    def save(self, out_dir: str | Path) -> None:
+        Path(out_dir, INJECTION_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> InjectionSpec:
+        return cls(**json.loads(Path(path, INJECTION_FILE).read_text()))
+
+
+def placeholder_token(tokenizer) -> tuple[str, int]:
+    """The first candidate that is one token of the tokenizer's vocabulary, and its id."""
+    for cand in PLACEHOLDER_CANDIDATES:
+        ids = tokenizer(cand, add_special_tokens=False)["input_ids"]
+        if len(ids) == 1:
+            return cand, ids[0]
+    raise ValueError(f"none of {PLACEHOLDER_CANDIDATES} is a single token of this tokenizer")
+
+
+def render_question(question: str, placeholder: str) -> str:
+    """The question with its PLACEHOLDER replaced by the explainer's placeholder token text."""
+    if PLACEHOLDER not in question:
+        raise ValueError(f"question has no {PLACEHOLDER}: {question!r}")
+    return question.replace(" " + PLACEHOLDER, placeholder).replace(PLACEHOLDER, placeholder)
+
+
+def placeholder_positions(
+    ids: torch.Tensor, placeholder_id: int, allowed: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per row of ids (B, T), the first position holding placeholder_id (within `allowed`)."""
+    hit = ids == placeholder_id
+    if allowed is not None:
+        hit &= allowed.bool()
+    if not bool(hit.any(1).all()):
+        raise ValueError("a row has no placeholder token: was the question rendered?")
+    return hit.int().argmax(1)
+
+
+@torch.no_grad()
+def reference_norm(model, tokenizer, layer: int) -> float:
+    """Mean L2 norm of the hidden states entering block `layer` on a plain sentence (first
+    position left out)."""
+    store = {}
+
+    def hook(module, args, kwargs):
+        store["h"] = (args[0] if args else kwargs["hidden_states"]).detach()
+
+    handle = decoder_layers(model)[layer].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        ids = torch.tensor([tokenizer(_NORM_TEXT)["input_ids"]])
+        model(input_ids=ids.to(next(model.parameters()).device))
+    finally:
+        handle.remove()
+    return float(store["h"][0, 1:].float().norm(dim=-1).mean())
+
+
+@contextmanager
+def inject_residual(
+    model, layer: int, rows: torch.Tensor, positions: torch.Tensor, values: torch.Tensor
+) -> Iterator[None]:
+    """Overwrite the hidden state entering block `layer` at (rows[i], positions[i]) with
+    values[i] in every forward over the full prompt (width > max position); one-token decoding
+    forwards pass untouched. Gradients flow into values."""
+    width = int(positions.max()) + 1
+
+    def apply(hidden: torch.Tensor) -> torch.Tensor:
+        if hidden.shape[1] < width or hidden.shape[0] <= int(rows.max()):
+            return hidden
+        dev = hidden.device
+        return hidden.index_put(
+            (rows.to(dev), positions.to(dev)), values.to(device=dev, dtype=hidden.dtype)
+        )
+
+    def hook(module, args, kwargs):
+        if args:
+            return (apply(args[0]), *args[1:]), kwargs
+        return args, kwargs | {"hidden_states": apply(kwargs["hidden_states"])}
+
+    handle = decoder_layers(model)[layer].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _base(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+class Injector:
+    """Injects vectors into one explainer model according to an InjectionSpec."""
+
+    def __init__(self, spec: InjectionSpec, model):
+        self.spec = spec
+        self.bind(model)
+
+    @classmethod
+    def setup(
+        cls, model, tokenizer, d_in: int, layer: int = 0, scale: float | None = None, seed: int = 0
+    ) -> Injector:
+        """A fresh injector: placeholder, norm (scale, or the reference norm), and a seeded
+        vector_map attached to the model when the widths differ."""
+        placeholder, pid = placeholder_token(tokenizer)
+        n_layers = len(decoder_layers(model))
+        if not 0 <= layer < n_layers:
+            raise ValueError(f"injection layer {layer} out of range (0..{n_layers - 1})")
+        norm = float(scale) if scale is not None else reference_norm(model, tokenizer, layer)
+        spec = InjectionSpec(layer, norm, placeholder, pid, d_in, hidden_size(model))
+        attach_map(model, spec, seed)
+        return cls(spec, model)
+
+    def bind(self, model) -> None:
+        """Point at the (possibly peft-wrapped) vector_map of model."""
+        self.map = getattr(_base(model), MAP_NAME, None) if self.spec.has_map else None
+        if self.spec.has_map and self.map is None:
+            raise ValueError(f"the explainer has no {MAP_NAME} for {self.spec.d_in}-d vectors")
+
+    def render(self, questions: Sequence[str]) -> list[str]:
+        return [render_question(q, self.spec.placeholder) for q in questions]
+
+    def values(self, vectors: torch.Tensor) -> torch.Tensor:
+        """The vectors as they enter the explainer: mapped (if needed), unit norm, times norm."""
+        if vectors.shape[-1] != self.spec.d_in:
+            raise ValueError(f"vectors have width {vectors.shape[-1]}, expected {self.spec.d_in}")
+        v = vectors.float()
+        if self.map is not None:
+            v = self.map(v.to(self.map_device()))
+        return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-8) * self.spec.norm
+
+    def map_device(self):
+        return next(self.map.parameters()).device
+
+    @contextmanager
+    def inject(
+        self, model, input_ids: torch.Tensor, vectors: torch.Tensor, allowed=None
+    ) -> Iterator[None]:
+        """Inside the block, forwards of input_ids carry vectors[i] at row i's placeholder."""
+        positions = placeholder_positions(input_ids, self.spec.placeholder_id, allowed)
+        rows = torch.arange(len(input_ids))
+        with inject_residual(model, self.spec.layer, rows, positions, self.values(vectors)):
+            yield
+
+
+def attach_map(model, spec: InjectionSpec, seed: int = 0) -> None:
+    """Give the (base) model a vector_map when the spec needs one (before peft wrapping)."""
+    if spec.has_map and getattr(_base(model), MAP_NAME, None) is None:
+        setattr(_base(model), MAP_NAME, VectorMap(spec.d_in, spec.d_out, seed))

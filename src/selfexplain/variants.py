@@ -1,0 +1,50 @@
+"""Which explainer variants exist, which apply to which task, and how a control withholds the
+privileged signal. The one place the workflow (common.smk) and the scripts consult.
+
+- ``trained``: LoRA fine-tuned on the task; ``untrained``: same prompt (and injection), no
+  training; ``no_signal``: trained and evaluated with the privileged input withheld;
+  ``nearest_neighbour``: the description of the most similar training vector (no model).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import polars as pl
+
+VARIANTS = ("trained", "untrained", "no_signal", "nearest_neighbour")
+# variants that need rule train_explainer (an adapter)
+TRAINED_VARIANTS = ("trained", "no_signal")
+# task -> the variants it supports; extend no_signal to a task by adding it here and a branch
+# in withhold_signal
+TASK_VARIANTS: dict[str, tuple[str, ...]] = {
+    "ablation": ("trained", "untrained"),
+    "patching": ("trained", "untrained"),
+    "features": ("trained", "untrained", "no_signal", "nearest_neighbour"),
+}
+
+
+def applies(task: str, variant: str) -> bool:
+    """Whether the variant is evaluated for the task."""
+    return variant in TASK_VARIANTS.get(task, ())
+
+
+def withhold_signal(examples: pl.DataFrame, task: str, seed: int = 0) -> pl.DataFrame:
+    """The no_signal control's examples: the privileged input replaced by noise.
+
+    features: each vector becomes a Gaussian random vector of the same width, fixed per example
+    id (so train and test see the same kind of input, carrying no information on the answer).
+    """
+    if task != "features":
+        raise ValueError(f"no_signal is not defined for task {task!r} (see variants.py)")
+
+    def noise(example_id: str, width: int) -> list[float]:
+        digest = hashlib.sha256(f"{seed}:no_signal:{example_id}".encode()).digest()
+        rng = np.random.default_rng(int.from_bytes(digest[:8], "big"))
+        return rng.standard_normal(width).astype(np.float32).tolist()
+
+    vectors = [
+        noise(i, len(v)) for i, v in zip(examples["id"], examples["vector"].to_list(), strict=True)
+    ]
+    return examples.with_columns(pl.Series("vector", vectors, dtype=pl.List(pl.Float32)))

@@ -1,0 +1,167 @@
+"""Vector injection into the explainer: placeholder, scaled vector, linear map, training."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+import torch
+
+from selfexplain.evaluate import explainer_injector, generate_answers, load_explainer
+from selfexplain.hooks import ResidualPatch, patch_residual
+from selfexplain.injection import (
+    MAP_NAME,
+    Injector,
+    VectorMap,
+    inject_residual,
+    placeholder_token,
+    render_question,
+)
+from selfexplain.models import decoder_layers, resolve
+from selfexplain.tasks.features import feature_question
+from selfexplain.train import TrainConfig, encode_example, format_prompt, train_explainer
+
+
+def block_input(model, ids, layer=0):
+    """The hidden state entering block `layer` on ids (1, T)."""
+    store = {}
+
+    def hook(module, args, kwargs):
+        store["h"] = (args[0] if args else kwargs["hidden_states"]).detach().clone()
+
+    handle = decoder_layers(model)[layer].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model(input_ids=ids)
+    finally:
+        handle.remove()
+    return store["h"]
+
+
+def question_ids(tokenizer, injector):
+    text = format_prompt(injector.render([feature_question(3)])[0])
+    return torch.tensor([tokenizer(text)["input_ids"]])
+
+
+def test_placeholder_is_one_existing_token(tiny_llama):
+    _, tok = tiny_llama
+    text, pid = placeholder_token(tok)
+    assert tok(text, add_special_tokens=False)["input_ids"] == [pid]
+    q = render_question(feature_question(3), text)
+    assert "<vector>" not in q and q.startswith("At layer 3,")
+    assert tok(q, add_special_tokens=False)["input_ids"].count(pid) == 1
+
+
+@pytest.mark.parametrize("layer", [0, 2])
+def test_injection_off_untouched_on_equals_scaled_vector(tiny_llama, layer):
+    model, tok = tiny_llama
+    torch.manual_seed(0)
+    vec = torch.randn(1, 64) * 7.0
+    inj = Injector.setup(model, tok, d_in=64, layer=layer, scale=3.5)
+    ids = question_ids(tok, inj)
+    pos = int((ids[0] == inj.spec.placeholder_id).nonzero()[0])
+    clean = block_input(model, ids, layer)
+    if layer == 0:  # off: the placeholder's own token embedding enters block 0
+        emb = model.get_input_embeddings()(ids)[0, pos]
+        assert torch.allclose(clean[0, pos], emb)
+    with inj.inject(model, ids, vec):
+        hot = block_input(model, ids, layer)
+    expected = vec[0] / vec[0].norm() * 3.5
+    assert torch.allclose(hot[0, pos], expected, atol=1e-5)
+    assert torch.allclose(hot[0, pos].norm(), torch.tensor(3.5), atol=1e-5)
+    # positions before the placeholder are unchanged (later ones see it through attention)
+    assert torch.equal(hot[0, :pos], clean[0, :pos])
+    # after the block, nothing is left behind
+    assert torch.equal(block_input(model, ids, layer), clean)
+
+
+def test_inject_residual_equals_patch_residual(tiny_llama):
+    model, tok = tiny_llama
+    ids = torch.tensor([tok("The capital of France is Paris")["input_ids"]] * 2)
+    rows, positions = torch.tensor([0, 1]), torch.tensor([2, 4])
+    values = torch.randn(2, 64)
+    with torch.no_grad():
+        with patch_residual(model, [ResidualPatch(1, rows, positions, values, site="input")]):
+            ref = model(input_ids=ids).logits
+        with inject_residual(model, 1, rows, positions, values):
+            got = model(input_ids=ids).logits
+        plain = model(input_ids=ids).logits
+    assert torch.equal(ref, got)
+    assert not torch.allclose(got, plain)
+
+
+def test_generation_injects_at_prefill_only(tiny_llama):
+    model, tok = tiny_llama
+    inj = Injector.setup(model, tok, d_in=64)
+    vec = torch.randn(1, 64)
+    ids = question_ids(tok, inj)
+    with torch.no_grad(), inj.inject(model, ids, vec):
+        first = int(model(input_ids=ids).logits[0, -1].argmax())
+    (answer,) = generate_answers(
+        model, tok, [feature_question(3)], max_new_tokens=4, vectors=vec.tolist(), injector=inj
+    )
+    with torch.no_grad(), inj.inject(model, ids, vec):
+        out = model.generate(input_ids=ids, max_new_tokens=4, do_sample=False)
+    assert int(out[0, ids.shape[1]]) == first
+    expected = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    assert answer == expected.split("\n")[0].strip()
+
+
+def test_width_map_carries_vector_and_learns(tiny_gemma):
+    model, tok = tiny_gemma  # width 48; vectors from the 64-wide llama
+    inj = Injector.setup(model, tok, d_in=64, scale=2.0, seed=0)
+    assert inj.spec.has_map and isinstance(getattr(model, MAP_NAME), VectorMap)
+    vec = torch.randn(1, 64)
+    mapped = getattr(model, MAP_NAME)(vec)[0]
+    ids = question_ids(tok, inj)
+    pos = int((ids[0] == inj.spec.placeholder_id).nonzero()[0])
+    with inj.inject(model, ids, vec):
+        hot = block_input(model, ids)
+    assert hot.shape[-1] == 48
+    assert torch.allclose(hot[0, pos], mapped / mapped.norm() * 2.0, atol=1e-5)
+    # gradients reach the map through the injected forward
+    with inj.inject(model, ids, vec):
+        model(input_ids=ids).logits[0, -1].sum().backward()
+    assert getattr(model, MAP_NAME).weight.grad.abs().sum() > 0
+    delattr(model, MAP_NAME)
+    model.zero_grad()
+
+
+def test_training_with_vectors_saves_and_reloads_the_map(tmp_path, tiny_llama):
+    """A gemma explainer learns on 64-d (llama-width) vectors; the map is saved with the adapter
+    and restored on load, and the trained explainer's injection differs from the initial one."""
+    _, llama_tok = tiny_llama
+    model_dir = resolve("tiny-random-gemma", tmp_path / "gemma")
+    torch.manual_seed(0)
+    n = 8
+    vectors = torch.randn(n, 64)
+    answers = ["the tokens Paris and Rome", "the tokens cat and dog"] * (n // 2)
+    df = pl.DataFrame(
+        {
+            "id": [f"f{i}" for i in range(n)],
+            "question": [feature_question(1)] * n,
+            "answer": answers,
+            "vector": vectors.tolist(),
+        },
+        schema_overrides={"vector": pl.List(pl.Float32)},
+    )
+    cfg = TrainConfig(epochs=2, batch_size=4, lr=1e-2, save_steps=1000, seed=0)
+    out = tmp_path / "adapter"
+    summary = train_explainer(model_dir, df, out, cfg, tmp_path / "ckpt", injection={"layer": 0})
+    assert summary["steps"] == 4 and (out / "injection.json").is_file()
+    model, tok = load_explainer(model_dir, out)
+    inj = explainer_injector(model, tok, out, 64)
+    assert inj.spec.d_in == 64 and inj.spec.d_out == 48 and inj.map is not None
+    initial = VectorMap(64, 48, seed=0)
+    with torch.no_grad():
+        trained_values = inj.values(vectors[:2])
+        init_values = initial(vectors[:2])
+    assert not torch.allclose(trained_values / trained_values.norm(dim=-1, keepdim=True),
+                              init_values / init_values.norm(dim=-1, keepdim=True))
+    # the same explainer loaded again injects exactly the same values
+    model2, tok2 = load_explainer(model_dir, out)
+    with torch.no_grad():
+        again = explainer_injector(model2, tok2, out, 64).values(vectors[:2])
+    assert torch.equal(trained_values, again)
+    # loss on the training examples is computed with the vector in place
+    enc = encode_example(tok, inj.render([feature_question(1)])[0], answers[0], 64)
+    assert enc["labels"].count(-100) < len(enc["labels"])

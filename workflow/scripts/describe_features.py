@@ -1,0 +1,32 @@
+"""Top-activating contexts, top tokens and logit effect of every live latent, and a description."""
+
+import sys
+from pathlib import Path
+
+import torch
+
+from selfexplain.describe import describe_records
+from selfexplain.examples import write_parquet
+from selfexplain.models import load
+from selfexplain.sae import load_activations, load_sae
+from selfexplain.tasks.features import feature_records, records_frame, select_features
+
+sys.stderr = sys.stdout = open(snakemake.log[0], "w")
+torch.set_num_threads(snakemake.threads)
+
+s = snakemake.params.settings
+model, tokenizer = load(Path(snakemake.input.model).parent)
+windows, acts, _ = load_activations(snakemake.input.activations)
+sae = load_sae(Path(snakemake.input.sae).parent)
+records = feature_records(
+    model, tokenizer, sae, windows, acts, n_examples=s["n_examples"], min_count=s["min_count"]
+)
+print(f"{len(records)} live latents of {sae.n_latents}")
+records = select_features(records, s["n_features"])
+del model
+for record, text in zip(
+    records, describe_records(records, snakemake.params.describer), strict=True
+):
+    record.description = text
+write_parquet(records_frame(records), snakemake.output[0])
+print(f"{len(records)} descriptions, e.g. {[r.description for r in records[:3]]}")

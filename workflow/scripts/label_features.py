@@ -1,0 +1,27 @@
+"""Feature explainer examples (shared schema): decoder vector, question, description, split."""
+
+import sys
+from pathlib import Path
+
+from selfexplain.examples import read_parquet, to_frame, write_parquet
+from selfexplain.sae import load_activations, load_sae
+from selfexplain.tasks.features import feature_examples, records_from_frame
+
+sys.stderr = sys.stdout = open(snakemake.log[0], "w")
+
+s = snakemake.params.settings
+records = records_from_frame(read_parquet(snakemake.input.descriptions))
+sae = load_sae(Path(snakemake.input.sae).parent)
+layer = load_activations(snakemake.input.activations, meta_only=True)
+examples = feature_examples(
+    records,
+    sae.W_dec.detach(),
+    snakemake.wildcards.target,
+    layer,
+    test_fraction=s["test_fraction"],
+    holdout=s["holdout"],
+    n_bands=s["n_bands"],
+)
+write_parquet(to_frame(examples), snakemake.output[0])
+n_test = sum(ex.split == "test" for ex in examples)
+print(f"{len(examples)} feature examples ({len(examples) - n_test} train, {n_test} test)")
