@@ -67,7 +67,7 @@ def test_captum_scores_equal_hand_computed_logprob_difference(fixture, request):
     ids = encode(tok, text)
     y0 = _greedy(model, tok, ids)
     reference = llm_attribution_scores(model, tok, text, y0)  # Captum's one-forward-per-token
-    forward = RemovalForward(model, ids, list(range(len(ids))), tok.pad_token_id)
+    forward = RemovalForward(model, ids, list(range(len(ids))))
     batched = removal_scores(forward, y0, batch_size=4)  # Captum over batched removals
     assert reference.shape == batched.shape == (len(ids),)
     for i in range(len(ids)):

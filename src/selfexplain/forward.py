@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -41,3 +42,77 @@ def next_token_logprobs(
         ).logits[:, -1]
         out.append(torch.log_softmax(logits.float(), dim=-1).cpu())
     return torch.cat(out)
+
+
+class PrefixCache:
+    """The per-layer keys and values of one prompt, reused by forwards of perturbed copies of it.
+
+    Attention is causal, so a copy that first differs from the prompt at position c (a token
+    removed at c, a hidden state patched at c) has the same keys and values at positions < c in
+    every layer: only its suffix needs computing, on top of a cropped copy of this cache.
+    """
+
+    def __init__(self, model: torch.nn.Module, ids: Sequence[int]):
+        self.model = model
+        self.ids = list(ids)
+        self.device = next(model.parameters()).device
+        from transformers import DynamicCache
+
+        # Sliding-window layers (Gemma) keep their whole past only when recording is on, so
+        # the cache can be cropped back to any prefix.
+        self.cache = DynamicCache(config=model.config)
+        self.cache.activate_past_recording()
+        with torch.no_grad():
+            out = model(
+                input_ids=torch.tensor([self.ids], device=self.device),
+                past_key_values=self.cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        self.logprobs = torch.log_softmax(out.logits[0, -1].float(), dim=-1).cpu()
+
+    def expand(self, length: int, batch: int):
+        """A fresh cache of the prompt's first `length` tokens for `batch` rows (None if 0)."""
+        if not 0 <= length <= len(self.ids):
+            raise ValueError(f"prefix length {length} outside 0..{len(self.ids)}")
+        if length == 0:
+            return None
+        cache = copy.deepcopy(self.cache)
+        cache.crop(length - len(self.ids))  # a negative count removes that many trailing tokens
+        cache.batch_repeat_interleave(batch)
+        return cache
+
+    def logits(self, suffixes: Sequence[Sequence[int]], start: int) -> torch.Tensor:
+        """Next-token logits (B, vocab) of the sequences ids[:start] + suffixes[b] (suffixes of
+        equal, non-zero length); forward hooks on the model see only the suffix positions."""
+        batch = torch.tensor([list(s) for s in suffixes], device=self.device)
+        return self.model(
+            input_ids=batch,
+            past_key_values=self.expand(start, len(suffixes)),
+            use_cache=True,
+            logits_to_keep=1,
+        ).logits[:, -1]
+
+
+def prefix_chunks(
+    first: Sequence[int], *, max_rows: int, waste_tokens: int = 32
+) -> list[list[int]]:
+    """Group rows into forwards over a shared cached prefix.
+
+    first[r] is the first position at which row r differs from the clean prompt; a forward of
+    rows R computes every row from min(first[R]) on. Rows are taken from the latest first
+    position down, and a forward is closed when it is full or when adding the next row would
+    make the rows already in it recompute more than waste_tokens tokens in all (about what the
+    fixed cost of one more forward is worth on a CPU).
+    """
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    for row in sorted(range(len(first)), key=lambda r: (-first[r], r)):
+        waste = len(current) * (first[current[-1]] - first[row]) if current else 0
+        if current and (len(current) >= max_rows or waste > waste_tokens):
+            chunks.append(current)
+            current = []
+        current.append(row)
+    if current:
+        chunks.append(current)
+    return chunks

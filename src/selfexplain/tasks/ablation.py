@@ -20,7 +20,7 @@ from captum.attr import FeatureAblation, LLMAttribution, TextTokenInput
 from tqdm.auto import tqdm
 
 from selfexplain.examples import ExplainerExample, split_of
-from selfexplain.forward import next_token_logprobs
+from selfexplain.forward import PrefixCache, next_token_logprobs, prefix_chunks
 from selfexplain.metrics import change_answer
 
 if TYPE_CHECKING:
@@ -84,31 +84,47 @@ def llm_attribution_scores(model, tokenizer, text: str, target_id: int) -> torch
 class RemovalForward:
     """Forward function for Captum's FeatureAblation over token presence: a (B, n) mask of the
     ordinary tokens (1 = kept, 0 = removed) gives the next-token log-probs (B, vocab) of the
-    prompt with the absent tokens deleted, in one left-padded batch. Every row computed is
-    kept in ``rows`` (keyed by the removed positions) so labels reuse it."""
+    prompt with the absent tokens deleted. Every row computed is kept in ``rows`` (keyed by the
+    removed indices into positions) so labels reuse it.
 
-    def __init__(self, model, ids: Sequence[int], positions: Sequence[int], pad_id: int):
-        self.model, self.ids, self.positions, self.pad_id = (
-            model,
-            list(ids),
-            list(positions),
-            pad_id,
-        )
-        self.rows: dict[tuple[int, ...], torch.Tensor] = {}
+    A removal leaves the tokens before it, and so their keys and values, unchanged: each row is
+    computed from its first removed position on, over the clean prompt's cached prefix
+    (forward.PrefixCache), with rows batched by forward.prefix_chunks.
+    """
+
+    def __init__(self, model, ids: Sequence[int], positions: Sequence[int]):
+        self.model, self.ids, self.positions = model, list(ids), list(positions)
+        self.prefix = PrefixCache(model, self.ids)
+        self.rows: dict[tuple[int, ...], torch.Tensor] = {(): self.prefix.logprobs}
 
     def sequence(self, removed: Sequence[int]) -> list[int]:
         """The prompt ids without the tokens at the given indices into positions."""
         drop = {self.positions[k] for k in removed}
         return [t for i, t in enumerate(self.ids) if i not in drop]
 
+    @torch.no_grad()
+    def _compute(self, keys: Sequence[tuple[int, ...]]) -> None:
+        by_count: dict[int, list[tuple[int, ...]]] = {}
+        for key in keys:  # rows removing as many tokens have suffixes of one length
+            by_count.setdefault(len(key), []).append(key)
+        for group in by_count.values():
+            seqs = [self.sequence(k) for k in group]
+            # the first changed position; at least one token must be left to run
+            first = [
+                min(min(self.positions[i] for i in k), len(s) - 1)
+                for k, s in zip(group, seqs, strict=True)
+            ]
+            for chunk in prefix_chunks(first, max_rows=len(group)):
+                start = min(first[r] for r in chunk)
+                logits = self.prefix.logits([seqs[r][start:] for r in chunk], start)
+                logp = torch.log_softmax(logits.float(), dim=-1).cpu()
+                self.rows.update(zip([group[r] for r in chunk], logp, strict=True))
+
     def __call__(self, presence: torch.Tensor) -> torch.Tensor:
         keys = [tuple((row == 0).nonzero().flatten().tolist()) for row in presence]
         todo = [k for k in dict.fromkeys(keys) if k not in self.rows]
         if todo:
-            logp = next_token_logprobs(
-                self.model, [self.sequence(k) for k in todo], self.pad_id, batch_size=len(todo)
-            )
-            self.rows.update(zip(todo, logp, strict=True))
+            self._compute(todo)
         return torch.stack([self.rows[k] for k in keys])
 
 
@@ -161,7 +177,7 @@ def prompt_ablation_rows(
         raise ValueError(f"unknown ablation engine {engine!r}; use one of {list(ENGINES)}")
     ids = encode(tokenizer, prompt.text)
     positions = ablatable_positions(tokenizer, ids)
-    forward = RemovalForward(model, ids, positions, tokenizer.pad_token_id)
+    forward = RemovalForward(model, ids, positions)
     full = forward(torch.ones(1, len(positions)))
     y0 = greedy_content_tokens(full, tokenizer)[0]
     if engine == "feature_ablation":

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from selfexplain.examples import ExplainerExample, meta, split_of
-from selfexplain.forward import next_token_logprobs
+from selfexplain.forward import PrefixCache, next_token_logprobs, prefix_chunks
 from selfexplain.hooks import ResidualPatch, capture_residual, patch_residual
 from selfexplain.metrics import change_answer
 from selfexplain.models import decoder_layers
@@ -190,6 +190,7 @@ class _Setup:
             "cf_token_id": self.cf_id,
             "p_orig_clean": float(logp[0, self.orig_id].exp()),
         }
+        self.prefix = PrefixCache(model, self.ids)
         self.tokens = {p: tokenizer.decode([self.ids[p]]) for p in self.positions}
         self.kinds = kinds
         self.tokenizer = tokenizer
@@ -198,8 +199,9 @@ class _Setup:
         """(layer start, position) of every row, window start major."""
         return [(s, p) for s in self.starts for p in self.positions]
 
-    def patches(self, jobs: Sequence[tuple[int, int]]) -> list[ResidualPatch]:
-        """Patches for a batch whose row b is jobs[b]: one per layer any row's window covers."""
+    def patches(self, jobs: Sequence[tuple[int, int]], start: int = 0) -> list[ResidualPatch]:
+        """Patches for a batch whose row b is jobs[b] and whose first position is the prompt's
+        position `start`: one per layer any row's window covers."""
         out = []
         for layer in range(self.n_layers):
             rows = [b for b, (s, _) in enumerate(jobs) if s <= layer < s + self.window]
@@ -210,18 +212,24 @@ class _Setup:
                 ResidualPatch(
                     layer=layer,
                     rows=torch.tensor(rows, device=self.device),
-                    positions=pos,
+                    positions=pos - start,
                     values=self.cf_resid[layer][pos],
                 )
             )
         return out
 
     @torch.no_grad()
-    def run(self, model, jobs: Sequence[tuple[int, int]]) -> torch.Tensor:
-        """Next-token log-probs (len(jobs), vocab) of the clean prompt patched per row."""
-        batch = torch.tensor([self.ids] * len(jobs), device=self.device)
-        with patch_residual(model, self.patches(jobs)):
-            logits = model(input_ids=batch, logits_to_keep=1).logits[:, -1]
+    def run(
+        self, model, jobs: Sequence[tuple[int, int]], *, reuse_prefix: bool = True
+    ) -> torch.Tensor:
+        """Next-token log-probs (len(jobs), vocab) of the clean prompt patched per row.
+
+        A patch at position p leaves every earlier position unchanged (attention is causal), so
+        with reuse_prefix the positions before the earliest patched one come from the clean
+        run's cache and only the rest is computed."""
+        start = min(p for _, p in jobs) if reuse_prefix else 0
+        with patch_residual(model, self.patches(jobs, start)):
+            logits = self.prefix.logits([self.ids[start:]] * len(jobs), start)
         return torch.log_softmax(logits.float(), dim=-1).cpu()
 
     def rows(self, jobs: Sequence[tuple[int, int]], logp: torch.Tensor) -> list[dict]:
@@ -262,10 +270,12 @@ def patching_rows(
     batched forwards (batch_size rows each); rows ordered by window start, then position."""
     setup = _Setup(model, tokenizer, clean, counterfactual, window, layer_starts, max_positions)
     jobs = setup.jobs()
-    rows: list[dict] = []
-    for i in range(0, len(jobs), batch_size):
-        chunk = jobs[i : i + batch_size]
-        rows.extend(setup.rows(chunk, setup.run(model, chunk)))
+    rows: list[dict] = [{}] * len(jobs)
+    # rows patched at nearby positions share a forward over the cached clean prefix
+    for chunk in prefix_chunks([p for _, p in jobs], max_rows=batch_size):
+        part = [jobs[i] for i in chunk]
+        for i, row in zip(chunk, setup.rows(part, setup.run(model, part)), strict=True):
+            rows[i] = row
     return rows
 
 
@@ -284,7 +294,7 @@ def naive_patching_rows(
     setup = _Setup(model, tokenizer, clean, counterfactual, window, layer_starts, max_positions)
     rows: list[dict] = []
     for job in setup.jobs():
-        rows.extend(setup.rows([job], setup.run(model, [job])))
+        rows.extend(setup.rows([job], setup.run(model, [job], reuse_prefix=False)))
     return rows
 
 

@@ -1,0 +1,133 @@
+"""Shared helpers of the benchmark scripts: environment record, JSON output, tables, timing."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+
+def cpu_model() -> str:
+    """The host CPU's model name from /proc/cpuinfo (platform.processor() elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def environment(threads: int) -> dict:
+    """What a timing depends on besides the code: versions, date, CPU, threads."""
+    import transformers
+
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "date": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "host_cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+        # other work on the machine skews timings: 1/5/15-minute load averages at the end
+        "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+
+
+def write_record(path: str | Path, record: dict) -> Path:
+    """Write one benchmark's record as indented JSON (parent folders created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    return path
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """Print a plain fixed-width table (first column left-aligned, the rest right-aligned)."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for row in cells:
+        first, *rest = row
+        print(
+            f"{first:<{widths[0]}}"
+            + "".join(f"  {c:>{w}}" for c, w in zip(rest, widths[1:], strict=True))
+        )
+
+
+def timed(fn: Callable[[], object]) -> tuple[object, float]:
+    """(fn(), wall seconds)."""
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def linear_fit(xs: Sequence[float], ys: Sequence[float]) -> dict:
+    """Least-squares y = intercept + slope * x, with R^2 and the largest relative deviation of
+    the per-unit cost y/x from its mean (0 for perfectly proportional growth)."""
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx if sxx else 0.0
+    intercept = my - slope * mx
+    ss_tot = sum((y - my) ** 2 for y in ys)
+    ss_res = sum((y - intercept - slope * x) ** 2 for x, y in zip(xs, ys, strict=True))
+    per_unit = [y / x for x, y in zip(xs, ys, strict=True)]
+    mean_unit = sum(per_unit) / n
+    return {
+        "slope": slope,
+        "intercept": intercept,
+        "r2": 1 - ss_res / ss_tot if ss_tot else 1.0,
+        "per_unit": per_unit,
+        "per_unit_max_rel_dev": max(abs(u - mean_unit) / mean_unit for u in per_unit),
+    }
+
+
+def parse_scales(text: str) -> list[int]:
+    """ "1,2,4" -> [1, 2, 4] (empty string: no scaling runs)."""
+    return [int(s) for s in text.split(",") if s.strip()]
+
+
+def matmul_ceiling(n: int, repeats: int, warmup: int = 2) -> dict:
+    """fp32 FLOP/s of an n x n @ n x n torch.matmul (2 n^3 FLOP), per repeat."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=gen)
+    b = torch.randn(n, n, generator=gen)
+    out = torch.empty(n, n)
+    for _ in range(warmup):
+        torch.matmul(a, b, out=out)
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.matmul(a, b, out=out)
+        rates.append(2 * n**3 / (time.perf_counter() - start))
+    return {
+        "n": n,
+        "repeats": repeats,
+        "median_flops": statistics.median(rates),
+        "best_flops": max(rates),
+        "min_flops": min(rates),
+    }
+
+
+def compute_floor(flop: float, ceiling_flops: float) -> float:
+    """Seconds that flop floating-point operations take at the measured matmul ceiling: a lower
+    bound for any implementation on this machine (attention and elementwise work ignored)."""
+    return flop / ceiling_flops
+
+
+def body_params(model) -> int:
+    """Parameters used per token by a forward that computes logits for one position only: all
+    parameters but the input embedding matrix (a lookup; with tied weights the output head
+    then costs one position per sequence, ignored here)."""
+    total = sum(p.numel() for p in model.parameters())
+    return total - model.get_input_embeddings().weight.numel()

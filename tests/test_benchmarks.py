@@ -1,0 +1,125 @@
+"""Smoke test of the benchmark scripts: each main() runs on a tiny random model with tiny sizes
+and writes a JSON record with the keys the combined table (benchmarks/run_all.py) reads."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from selfexplain.examples import ExplainerExample, to_frame, write_parquet
+from selfexplain.models import load, resolve
+from selfexplain.train import TrainConfig, lora_model
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+ENV_KEYS = {"torch", "date", "host_cpu", "threads"}
+
+
+@pytest.fixture(scope="module")
+def bench():
+    """Import benchmark modules by name (the scripts import their sibling _common)."""
+    sys.path.insert(0, str(BENCH))
+    threads = torch.get_num_threads()
+    try:
+        yield importlib.import_module
+    finally:
+        torch.set_num_threads(threads)  # the scripts set the thread count
+        sys.path.remove(str(BENCH))
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A tiny model dir, an untrained LoRA adapter for it and a small examples parquet."""
+    root = tmp_path_factory.mktemp("bench")
+    model_dir = resolve("tiny-random-llama", root / "model")
+    model, tok = load(model_dir)
+    lora_model(model, TrainConfig()).save_pretrained(root / "adapter")
+    examples = []
+    for i in range(32):
+        changed = i % 2 == 0
+        examples.append(
+            ExplainerExample(
+                id=f"ablation/tiny/p{i}/t0",
+                task="ablation",
+                target="tiny",
+                split="test" if i % 4 == 3 else "train",
+                question=f'Prompt: "The capital of France is"\nIf token {i % 5} is removed, '
+                "what is the model's next token?",
+                answer='changes to " Paris"' if changed else "unchanged",
+                meta={"changed": changed},
+            )
+        )
+    write_parquet(to_frame(examples), root / "labels.parquet")
+    return root
+
+
+def _check(path: Path, record: dict, keys: set[str]) -> dict:
+    on_disk = json.loads(path.read_text())
+    assert on_disk == json.loads(json.dumps(record, default=str))
+    missing = (keys | ENV_KEYS) - set(on_disk)
+    assert not missing, missing
+    return on_disk
+
+
+def test_patching_labels(bench, workspace):
+    out = workspace / "out" / "patching_labels.json"
+    args = ["--model", str(workspace / "model"), "--pairs", "1", "--scales", "1,2"]
+    rec = bench("patching_labels").main([*args, "--threads", "1", "--out", str(out)])
+    rec = _check(out, rec, {"batched_s", "naive_s", "speedup", "identical_labels", "scaling"})
+    assert rec["identical_labels"] and rec["max_abs_prob_diff"] < 1e-5
+    assert [s["scale"] for s in rec["scaling"]] == [1, 2]
+    assert rec["scaling"][1]["rows"] > rec["scaling"][0]["rows"] > 0
+
+
+def test_ablation_labels(bench, workspace):
+    out = workspace / "out" / "ablation_labels.json"
+    args = ["--model", str(workspace / "model"), "--per-kind", "1", "--kinds", "fact,hint_mcq"]
+    rec = bench("ablation_labels").main([*args, "--threads", "1", "--out", str(out)])
+    rec = _check(out, rec, {"batched_s", "naive_s", "speedup", "max_abs_score_diff", "removals"})
+    assert rec["prompts"] == 2 and rec["kinds"] == ["fact", "hint_mcq"]
+    assert rec["max_abs_score_diff"] < 1e-4
+    assert set(rec["seconds"]) == {"batched", "llm_attribution", "ppe1"}
+
+
+def test_train_throughput(bench, workspace):
+    out = workspace / "out" / "train_throughput.json"
+    args = ["--model", str(workspace / "model"), "--labels", str(workspace / "labels.parquet")]
+    args += ["--steps", "1", "--scales", "1,2", "--warmup-steps", "0"]
+    args += ["--matmul-size", "128", "--matmul-repeats", "2"]
+    rec = bench("train_throughput").main([*args, "--threads", "1", "--out", str(out)])
+    rec = _check(
+        out,
+        rec,
+        {"tokens_per_s", "achieved_flops_6n", "matmul_ceiling_flops", "ratio_6n", "runs"},
+    )
+    assert [r["steps"] for r in rec["runs"]] == [1, 2]
+    for run in rec["runs"]:  # every example seen once: hook count == summary count
+        assert run["tokens"] == run["summary_tokens"] > 0
+    assert rec["params"] > rec["trainable_params"] > 0
+    assert rec["train_config"]["batch_size"] == 8 and rec["train_config"]["lora_r"] == 16
+
+
+def test_generation(bench, workspace):
+    out = workspace / "out" / "generation.json"
+    args = ["--model", str(workspace / "model"), "--adapter", str(workspace / "adapter")]
+    args += ["--labels", str(workspace / "labels.parquet"), "--n", "4", "--batch-size", "2"]
+    args += ["--max-new-tokens", "3"]
+    rec = bench("generation").main([*args, "--threads", "1", "--out", str(out)])
+    rec = _check(out, rec, {"batched_s", "naive_s", "speedup", "identical_answers"})
+    assert rec["questions"] == 4
+
+
+def test_run_all_table(bench, workspace):
+    """The combined table has one row per benchmark found (plus the scaling row)."""
+    run_all = bench("run_all")
+    folder = workspace / "out"
+    records = run_all.load_records(folder)
+    if len(records) < len(run_all.NAMES):
+        pytest.skip("needs the four benchmark tests above to have run")
+    table = run_all.main(["--table-only", "--dir", str(folder)])
+    body = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(body) == 1 + 5  # header + patching, scaling, ablation, training, generation
