@@ -48,6 +48,7 @@ from selfexplain.tasks.features import (
     frequency_bands,
     records_frame,
     records_from_frame,
+    token_mask,
     token_windows,
 )
 from selfexplain.variants import TASK_VARIANTS, applies, withhold_signal
@@ -412,3 +413,13 @@ def test_default_config_is_valid_and_runs_features():
     assert config_problems(config, REPO / "workflow/schemas/config.schema.yaml") == []
     assert "features" in config["tasks"]
     assert {"no_signal", "nearest_neighbour"} <= set(config["variants"])
+
+
+def test_norm_outliers_are_left_out():
+    windows = torch.zeros(2, 6, dtype=torch.long)
+    acts = torch.ones(2, 6, 4)
+    acts[1, 3] *= 500.0  # a sink-sized residual in the middle of a window
+    mask = token_mask(windows, acts)
+    assert not mask[:, 0].any() and not mask[1, 3] and int(mask.sum()) == 2 * 5 - 1
+    train, held = split_tokens(windows, acts, heldout_fraction=0.5)
+    assert len(train) == 5 and len(held) == 4 and float(held.norm(dim=-1).max()) == 2.0

@@ -283,10 +283,10 @@ def split_tokens(
     windows: torch.Tensor, acts: torch.Tensor, heldout_fraction: float = 0.1
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SAE training and held-out token vectors (n_tokens, d): the last heldout_fraction of the
-    windows is held out; the first position of every window is left out (see token_mask)."""
+    windows is held out; first positions and norm outliers are left out (see token_mask)."""
     from selfexplain.tasks.features import token_mask
 
-    mask = token_mask(windows)
+    mask = token_mask(windows, acts)
     n_held = max(1, round(len(windows) * heldout_fraction)) if len(windows) > 1 else 0
     cut = len(windows) - n_held
     train = acts[:cut][mask[:cut]]

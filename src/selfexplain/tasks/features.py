@@ -92,11 +92,21 @@ def collect_activations(
     return torch.cat(out)
 
 
-def token_mask(windows: torch.Tensor, skip_first: int = 1) -> torch.Tensor:
+OUTLIER_FACTOR = 10.0
+
+
+def token_mask(
+    windows: torch.Tensor, acts: torch.Tensor | None = None, skip_first: int = 1
+) -> torch.Tensor:
     """Positions used for the SAE and for top contexts: all but the first ``skip_first`` of each
-    window (the first position's residual is an outlier in most LMs: an attention sink)."""
+    window (the first position's residual is an outlier in most LMs: an attention sink) and,
+    given the activations, all but those whose norm exceeds OUTLIER_FACTOR x the median (a few
+    later tokens get sink-sized norms too; left in, they dominate the variance and the FVU)."""
     mask = torch.ones_like(windows, dtype=torch.bool)
     mask[:, :skip_first] = False
+    if acts is not None:
+        norms = acts.norm(dim=-1)
+        mask &= norms <= OUTLIER_FACTOR * norms[mask].median()
     return mask
 
 
@@ -123,7 +133,7 @@ def latent_stats(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """Per latent: firing count over the used positions (see token_mask), and per window its
     strongest activation and that position: (n_latents,), (n, n_latents) x 2, n_positions."""
-    mask = token_mask(windows)
+    mask = token_mask(windows, acts)
     counts = torch.zeros(sae.n_latents, dtype=torch.long)
     best, where = [], []
     for s in range(0, len(acts), batch_windows):
@@ -198,9 +208,11 @@ def feature_records(
             )
         tokens = Counter(ex["token"] for ex in examples)
         top_tokens = [t for t, _ in tokens.most_common()]
-        order = effects[i].argsort(descending=True).tolist()
-        promoted = [_decode(tokenizer, [t]) for t in order if t not in special][:n_logit_tokens]
-        suppressed = [_decode(tokenizer, [t]) for t in reversed(order) if t not in special]
+        n_top = n_logit_tokens + len(special)  # enough candidates after dropping specials
+        top = effects[i].topk(n_top).indices.tolist()
+        bottom = (-effects[i]).topk(n_top).indices.tolist()
+        promoted = [_decode(tokenizer, [t]) for t in top if t not in special][:n_logit_tokens]
+        suppressed = [_decode(tokenizer, [t]) for t in bottom if t not in special]
         records.append(
             FeatureRecord(
                 feature=f,
