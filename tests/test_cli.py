@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from selfexplain.cli import FEATURES_MESSAGE, main
+from selfexplain.cli import main
 from selfexplain.examples import read_examples, to_frame, write_parquet
 from selfexplain.metrics import change_answer, change_metrics, score_change_rows
 from selfexplain.models import decoder_layers, load, resolve
@@ -268,11 +268,125 @@ def test_labels_patching(ws, tiny, tmp_path, capsys):
     assert len({m["pair_id"] for m in metas}) == int(kept.group(1))
 
 
-def test_features_is_not_faked(capsys):
-    assert main(["ask", "features"]) == 2
-    assert FEATURES_MESSAGE in capsys.readouterr().err
-    assert main(["ask", "features", "--explainer", "x"]) == 2
-    assert "not implemented yet" in capsys.readouterr().err
+FEATURES = "results/explainers/features/tiny/tiny/trained"
+FEATURE_TEXT = (
+    "The capital of France is Paris. The capital of Italy is Rome. The cat sat on the mat. "
+    "The dog ran in the park with a red ball. Water boils at 100 degrees Celsius. "
+) * 6
+
+
+@pytest.fixture(scope="module")
+def feature_ws(ws):
+    """Feature labels of the tiny model (layer 1, a 32-latent SAE, deterministic descriptions)
+    and a LoRA explainer trained on their train split, laid out like the pipeline's."""
+    from selfexplain.corpus import Document
+    from selfexplain.describe import describe_records
+    from selfexplain.sae import SAEConfig, train_sae
+    from selfexplain.tasks.features import (
+        collect_activations,
+        feature_examples,
+        feature_records,
+        token_windows,
+    )
+
+    model, tok = load(ws / MODEL)
+    windows = token_windows(tok, [Document("d", FEATURE_TEXT)], context_len=16, n_windows=12)
+    acts = collect_activations(model, windows, layer=1)
+    sae, _ = train_sae(acts[:, 1:].reshape(-1, 64), SAEConfig(d_model=64, n_latents=32, k=4))
+    records = feature_records(model, tok, sae, windows, acts, n_examples=4, min_count=3)
+    for r, text in zip(records, describe_records(records), strict=True):
+        r.description = text
+    examples = to_frame(feature_examples(records, sae.W_dec.detach(), "tiny", 1))
+    write_parquet(examples, ws / "results/labels/features/tiny.parquet")
+    cfg = TrainConfig(epochs=1, batch_size=4, lr=1e-2, save_steps=1000, seed=0)
+    train = examples.filter(examples["split"] == "train")[:12]
+    train_explainer(ws / MODEL, train, ws / FEATURES / "s0", cfg, ws / "ckpt" / "f")
+    return ws, examples
+
+
+def test_ask_features_by_id_matches_the_library(feature_ws, tmp_path, capsys):
+    import polars as pl
+
+    from selfexplain.evaluate import (
+        evaluate_feature_task,
+        explainer_injector,
+        generate_answers,
+        load_explainer,
+    )
+    from selfexplain.feature_metrics import feature_metrics
+
+    ws, examples = feature_ws
+    test = examples.filter(pl.col("split") == "test")
+    fids = [json.loads(m)["feature"] for m in test["meta"][:2]]
+    out = tmp_path / "features.jsonl"
+    args = ["ask", "features", "--explainer", str(ws / FEATURES), "--out", str(out)]
+    assert main([*args, "--feature", str(fids[0]), "--feature", str(fids[1])]) == 0
+    stdout = capsys.readouterr().out
+    # the same answers and metrics as the pipeline's functions on the same rows
+    model, tok = load_explainer(ws / MODEL, ws / FEATURES / "s0")
+    injector = explainer_injector(model, tok, ws / FEATURES / "s0", 64)
+    rows = test[:2]
+    preds = generate_answers(
+        model,
+        tok,
+        rows["question"].to_list(),
+        max_new_tokens=40,
+        vectors=rows["vector"].to_list(),
+        injector=injector,
+    )
+    scored = evaluate_feature_task(rows, preds, labels={}, pool=examples)
+    records = _records(out)
+    assert [r["feature"] for r in records] == fids
+    assert [r["prediction"] for r in records] == preds
+    assert [r["answer"] for r in records] == rows["answer"].to_list()
+    for answer in rows["answer"]:
+        assert f"ground truth: {answer}" in stdout
+    first = json.loads(rows["meta"][0])["examples"][0]
+    assert f"{first['activation']:8.2f}" in stdout and "top-activating contexts" in stdout
+    m = feature_metrics(scored)
+    expected = f"similarity={m['similarity']:.3f} simulation={m['simulation']:.3f} n=2"
+    assert stdout.strip().splitlines()[-1] == expected
+
+
+def test_ask_features_by_vector_file(feature_ws, tmp_path, capsys):
+    import torch
+    from safetensors.torch import save_file
+
+    ws, examples = feature_ws
+    row = examples[3]
+    fid = json.loads(row["meta"][0])["feature"]
+    vec = tmp_path / "v.safetensors"
+    save_file({"vector": torch.tensor(row["vector"][0].to_list())}, str(vec))
+    args = ["ask", "features", "--explainer", str(ws / FEATURES), "--vector", str(vec)]
+    assert main(args) == 0
+    stdout = capsys.readouterr().out
+    assert f"nearest labelled feature {fid} (cos 1.000)" in stdout
+    assert f"ground truth: {row['answer'][0]}" in stdout
+    # no label file: the layer must be given, and only the explanation is printed
+    other = tmp_path / "elsewhere"
+    shutil.copytree(ws / FEATURES / "s0", other)
+    model = str(ws / MODEL)
+    args = ["ask", "features", "--explainer", str(other), "--vector", str(vec)]
+    args += ["--target-model", model, "--explainer-model", model]
+    assert main(args) == 2
+    assert "--layer" in capsys.readouterr().err
+    assert main([*args, "--layer", "1"]) == 0
+    stdout = capsys.readouterr().out
+    assert "explainer:" in stdout and "ground truth" not in stdout
+    assert stdout.strip().splitlines()[-1] == "n=1"
+
+
+def test_ask_features_bad_input(feature_ws, tmp_path, capsys):
+    ws, _ = feature_ws
+    args = ["ask", "features", "--explainer", str(ws / FEATURES)]
+    assert main([*args, "--feature", "99999"]) == 2
+    assert "--feature 99999 is not in" in capsys.readouterr().err
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not safetensors")
+    assert main([*args, "--vector", str(bad)]) == 2
+    assert "not a readable safetensors file" in capsys.readouterr().err
+    assert main(["ask", "features", "--explainer", str(ws / ABLATION), "--feature", "1"]) == 2
+    assert "selfexplain ask ablation" in capsys.readouterr().err
 
 
 def test_bad_input_exits_2_naming_file_and_line(tmp_path, capsys):
