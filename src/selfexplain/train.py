@@ -38,6 +38,8 @@ class TrainConfig:
     logging_steps: int = 5
     seed: int = 0
     deepspeed: str | None = None
+    # batches of similar-length examples (HF LengthGroupedSampler): less compute on padding
+    group_by_length: bool = True
     extra: dict = field(default_factory=dict)
 
 
@@ -284,6 +286,7 @@ def train_explainer(
         deepspeed=cfg.deepspeed,
         dataloader_num_workers=0,
         disable_tqdm=False,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         remove_unused_columns=injector is None,  # keep "vectors" for VectorTrainer
         **cfg.extra,
     )
