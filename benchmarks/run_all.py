@@ -4,7 +4,9 @@
     python benchmarks/run_all.py --table-only    # just the table from the JSON files
 
 Each script writes <dir>/<name>.json (default results/benchmarks/); the table is built from
-those files, so --table-only reprints the table of the last runs.
+those files, so --table-only reprints the table of the last runs. The training and generation
+benchmarks need explainer examples: --labels (default: ablation labels of 30 generated prompts,
+made with the pipeline's code into results/benchmarks/inputs/ when missing).
 """
 
 from __future__ import annotations
@@ -124,6 +126,25 @@ def rows(records: dict[str, dict]) -> list[list[str]]:
     return out
 
 
+INPUTS = Path("results/benchmarks/inputs")
+
+
+def ensure_labels(path: str | Path, model: str, per_kind: int = 6) -> None:
+    """Write ablation explainer examples for per_kind generated prompts of each kind to path
+    (the pipeline's prompt generator and labeller), unless the file exists."""
+    if Path(path).is_file():
+        return
+    from selfexplain.examples import to_frame, write_parquet
+    from selfexplain.models import load
+    from selfexplain.prompts import ablation_prompts
+    from selfexplain.tasks.ablation import ablation_examples, ablation_labels
+
+    m, tok = load(model)
+    rows = ablation_labels(m, tok, ablation_prompts(n_per_kind=per_kind))
+    write_parquet(to_frame(ablation_examples(rows, Path(model).name)), path)
+    print(f"benchmark inputs: {len(rows)} ablation labels -> {path}")
+
+
 HEADERS = ["hot path", "work", "fast path", "reference", "result", "target", "met", "check"]
 
 
@@ -161,21 +182,32 @@ def main(argv=None) -> str:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dir", default="results/benchmarks", help="where the JSON files go")
     ap.add_argument("--table-only", action="store_true", help="do not run, just print")
+    ap.add_argument("--model", default="resources/models/smollm2", help="target/explainer dir")
+    ap.add_argument("--labels", default=str(INPUTS / "ablation_labels.parquet"))
+    ap.add_argument("--adapter", default="none", help="LoRA adapter for generation, or none")
     args = ap.parse_args(argv)
     names = [n for n in args.only.split(",") if n]
     unknown = sorted(set(names) - set(NAMES))
     if unknown:
         ap.error(f"unknown benchmarks {unknown}; choose from {list(NAMES)}")
     if not args.table_only:
+        if {"train_throughput", "generation"} & set(names):
+            ensure_labels(args.labels, args.model)
         for name in names:
             cmd = [
                 sys.executable,
                 str(HERE / f"{name}.py"),
+                "--model",
+                args.model,
                 "--threads",
                 str(args.threads),
                 "--out",
                 str(Path(args.dir) / f"{name}.json"),
             ]
+            if name in ("train_throughput", "generation"):
+                cmd += ["--labels", args.labels]
+            if name == "generation":
+                cmd += ["--adapter", args.adapter]
             print(f"== {name} ({time.strftime('%H:%M:%S')}): {' '.join(cmd)}", flush=True)
             subprocess.run(cmd, check=True)
     table = markdown_table(load_records(args.dir, names))

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from selfexplain.hooks import ResidualPatch, capture_residual, patch_residual
+from selfexplain.hooks import ResidualPatch, capture_residual, patch_residual, replay_blocks
 from selfexplain.models import decoder_layers
 from selfexplain.tasks.ablation import encode
 
@@ -196,4 +196,35 @@ def test_bad_patches_are_rejected(tiny_llama):
     with pytest.raises(IndexError, match="out of range"), patch_residual(model, [patch]):
         pass
     with pytest.raises(IndexError, match="out of range"), capture_residual(model, [-1]):
+        pass
+
+
+def test_replayed_blocks_give_the_run_they_were_recorded_from(model_tok):
+    model, tok = model_tok
+    ids = _ids(tok, CLEAN, CLEAN, CLEAN)
+    clean_logits, resid = _capture(model, ids[:1])
+    blocks = list(decoder_layers(model))
+    replay = {layer: resid[layer][0] for layer in range(3)}
+    with torch.no_grad(), replay_blocks(model, replay):
+        assert list(decoder_layers(model))[3:] == blocks[3:]
+        replayed = model(input_ids=ids).logits
+    for row in replayed:
+        torch.testing.assert_close(row, clean_logits[0], atol=1e-5, rtol=0)
+    # replaying the wrong run changes the output: the blocks really were skipped
+    _, cf = _capture(model, _ids(tok, COUNTERFACTUAL))
+    with torch.no_grad(), replay_blocks(model, {1: cf[1][0]}):
+        moved = model(input_ids=ids[:1]).logits
+    assert not torch.allclose(moved, clean_logits, atol=1e-3)
+    assert list(decoder_layers(model)) == blocks
+
+
+def test_replay_rejects_shape_mismatch_and_restores_blocks(tiny_llama):
+    model, tok = tiny_llama
+    blocks = list(decoder_layers(model))
+    ids = _ids(tok, CLEAN)
+    wrong = torch.zeros(ids.shape[1] + 1, model.config.hidden_size)
+    with pytest.raises(ValueError, match="replayed block"), replay_blocks(model, {0: wrong}):
+        _logits(model, ids)
+    assert list(decoder_layers(model)) == blocks
+    with pytest.raises(IndexError, match="out of range"), replay_blocks(model, {99: wrong}):
         pass

@@ -10,7 +10,7 @@ Both context managers remove their hooks on exit, also when the body raises.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -19,7 +19,7 @@ import torch
 
 from selfexplain.models import decoder_layers
 
-__all__ = ["ResidualPatch", "capture_residual", "patch_residual"]
+__all__ = ["ResidualPatch", "capture_residual", "patch_residual", "replay_blocks"]
 
 Site = Literal["output", "input"]
 
@@ -139,3 +139,37 @@ def patch_residual(model, patches: Sequence[ResidualPatch]) -> Iterator[None]:
     finally:
         for h in handles:
             h.remove()
+
+
+class _Replay(torch.nn.Module):
+    """Stands in for a block: returns a fixed hidden state, the same for every batch row."""
+
+    def __init__(self, hidden: torch.Tensor):
+        super().__init__()
+        self.hidden = hidden
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if hidden_states.shape[1:] != self.hidden.shape:
+            raise ValueError(
+                f"replayed block output has shape {tuple(self.hidden.shape)}, the forward has "
+                f"hidden states of shape {tuple(hidden_states.shape[1:])}"
+            )
+        return self.hidden.to(hidden_states.dtype).expand(hidden_states.shape[0], -1, -1)
+
+
+@contextmanager
+def replay_blocks(model, outputs: Mapping[int, torch.Tensor]) -> Iterator[None]:
+    """Skip blocks during forwards inside the block: block L is not run, its output is
+    ``outputs[L]`` (``(seq, d_model)``, broadcast over the batch). Right when every row's
+    input to those blocks is known to equal the run the outputs were recorded from, e.g. the
+    blocks below a patch. The blocks are put back on exit, also when the body raises."""
+    blocks = decoder_layers(model)
+    _check_layers(len(blocks), list(outputs))
+    saved = {layer: blocks[layer] for layer in outputs}
+    try:
+        for layer, hidden in outputs.items():
+            blocks[layer] = _Replay(hidden)
+        yield
+    finally:
+        for layer, block in saved.items():
+            blocks[layer] = block

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from selfexplain.examples import ExplainerExample, meta, split_of
 from selfexplain.forward import PrefixCache, next_token_logprobs, prefix_chunks
-from selfexplain.hooks import ResidualPatch, capture_residual, patch_residual
+from selfexplain.hooks import ResidualPatch, capture_residual, patch_residual, replay_blocks
 from selfexplain.metrics import change_answer
 from selfexplain.models import decoder_layers
 from selfexplain.prompts import Prompt, same_length_pairs
@@ -176,7 +176,8 @@ class _Setup:
         batch = torch.tensor([self.ids, cf_ids], device=self.device)
         with torch.no_grad(), capture_residual(model, range(self.n_layers)) as resid:
             logits = model(input_ids=batch, logits_to_keep=1).logits[:, -1]
-        self.cf_resid = {layer: h[1] for layer, h in resid.items()}  # (seq, d_model) each
+        self.clean_resid = {layer: h[0] for layer, h in resid.items()}  # (seq, d_model) each
+        self.cf_resid = {layer: h[1] for layer, h in resid.items()}
         logp = torch.log_softmax(logits.float(), dim=-1).cpu()
         self.orig_id, self.cf_id = greedy_content_tokens(logp, tokenizer)
         self.base = {
@@ -224,11 +225,14 @@ class _Setup:
     ) -> torch.Tensor:
         """Next-token log-probs (len(jobs), vocab) of the clean prompt patched per row.
 
-        A patch at position p leaves every earlier position unchanged (attention is causal), so
-        with reuse_prefix the positions before the earliest patched one come from the clean
-        run's cache and only the rest is computed."""
+        A patch at position p in layers s.. leaves every earlier position and every block below
+        s as in the clean run (attention is causal), so with reuse_prefix the positions before
+        the earliest patched one come from the clean run's cache, the blocks below the lowest
+        window start replay the clean run's outputs, and only the rest is computed."""
         start = min(p for _, p in jobs) if reuse_prefix else 0
-        with patch_residual(model, self.patches(jobs, start)):
+        lowest = min(s for s, _ in jobs) if reuse_prefix else 0
+        replay = {layer: self.clean_resid[layer][start:] for layer in range(lowest)}
+        with replay_blocks(model, replay), patch_residual(model, self.patches(jobs, start)):
             logits = self.prefix.logits([self.ids[start:]] * len(jobs), start)
         return torch.log_softmax(logits.float(), dim=-1).cpu()
 
@@ -271,11 +275,14 @@ def patching_rows(
     setup = _Setup(model, tokenizer, clean, counterfactual, window, layer_starts, max_positions)
     jobs = setup.jobs()
     rows: list[dict] = [{}] * len(jobs)
-    # rows patched at nearby positions share a forward over the cached clean prefix
-    for chunk in prefix_chunks([p for _, p in jobs], max_rows=batch_size):
-        part = [jobs[i] for i in chunk]
-        for i, row in zip(chunk, setup.rows(part, setup.run(model, part)), strict=True):
-            rows[i] = row
+    # One window start at a time (the blocks below it are replayed, not run); rows patched at
+    # nearby positions share a forward over the cached clean prefix.
+    for start in dict.fromkeys(setup.starts):
+        idx = [i for i, (s, _) in enumerate(jobs) if s == start]
+        for chunk in prefix_chunks([jobs[i][1] for i in idx], max_rows=batch_size):
+            part = [jobs[idx[k]] for k in chunk]
+            for k, row in zip(chunk, setup.rows(part, setup.run(model, part)), strict=True):
+                rows[idx[k]] = row
     return rows
 
 
