@@ -43,8 +43,15 @@ def test_dag_runs_end_to_end_on_tiny_model(tmp_path):
         "results/explainers/ablation/tiny/tiny/trained/s0/adapter_model.safetensors",
         "results/eval/ablation/tiny/tiny/trained/s0.parquet",
         "results/eval/ablation/tiny/tiny/untrained/s0.parquet",
-        "results/tables/metrics.csv",
+        "results/tables/all_metrics.csv",
+        "results/tables/summary.csv",
+        "results/tables/compute.csv",
+        "results/figures/self_vs_other.png",
+        "results/figures/baselines.png",
+        "results/figures/scaling.png",
+        "results/figures/compute.png",
         "results/figures/ablation_metrics.png",
+        "results/eval/ablation/tiny/tinyg/no_signal/s0.parquet",
         "results/prompts/patching_pairs.jsonl",
         "results/labels/patching/tiny.parquet",
         "results/eval/patching/tiny/tiny/trained/s0.parquet",
@@ -60,15 +67,16 @@ def test_dag_runs_end_to_end_on_tiny_model(tmp_path):
         "results/explainers/features/tiny/tiny/trained/s0/injection.json",
         "results/explainers/features/tiny/tiny/no_signal/s0/adapter_model.safetensors",
         "results/eval/features/tiny/tiny/nearest_neighbour/s0.parquet",
+        "results/eval/features/tiny/tinyg/trained/s0.parquet",  # other: 64 -> tinyg width map
         "results/figures/features_metrics.png",
     ]
     for rel in expected:
         assert (tmp_path / rel).stat().st_size > 0, rel
-    table = pl.read_parquet(tmp_path / "results/tables/metrics.parquet")
+    table = pl.read_parquet(tmp_path / "results/tables/all_metrics.parquet")
     change = table.filter(pl.col("task") != "features")
-    assert sorted(change["variant"].unique()) == ["trained", "untrained"]
+    assert sorted(change["variant"].unique()) == ["no_signal", "trained", "untrained"]
     assert set(change["metric"]) == {"exact_match", "has_changed_f1", "content_match", "valid"}
-    assert len(change) == 2 * 2 * 4  # tasks x variants x metrics
+    assert len(change) == 2 * 2 * 3 * 4  # tasks x explainers x variants x metrics
     assert set(table["task"]) == {"ablation", "patching", "features"}
     feats = table.filter(pl.col("task") == "features")
     assert sorted(feats["variant"].unique()) == [
@@ -77,7 +85,8 @@ def test_dag_runs_end_to_end_on_tiny_model(tmp_path):
         "trained",
         "untrained",
     ]
-    assert set(feats["metric"]) == {"similarity", "simulation", "valid"} and len(feats) == 4 * 3
+    assert set(feats["metric"]) == {"similarity", "simulation", "valid"}
+    assert len(feats) == 2 * 4 * 3  # explainers x variants x metrics
     sae = json.loads((tmp_path / "results/features/tiny/sae_stats.json").read_text())
     assert 0 <= sae["fvu"] < 1 and 0 <= sae["dead_fraction"] <= 1 and sae["n_latents"] == 128
     flabels = pl.read_parquet(tmp_path / "results/labels/features/tiny.parquet")
@@ -87,7 +96,13 @@ def test_dag_runs_end_to_end_on_tiny_model(tmp_path):
     heat = pl.read_parquet(tmp_path / "results/eval/patching/tiny/tiny/untrained/s0.parquet")
     assert heat["heatmap"].any() and heat["in_sample"].sum() <= 12
     assert table.filter(pl.col("variant") == "trained")["n_train"].unique().to_list() == [24]
-    assert set(table["relation"]) == {"self"}
+    relation = {(r["explainer"], r["relation"]) for r in table.iter_rows(named=True)}
+    assert relation == {("tiny", "self"), ("tinyg", "other")}
+    summary = pl.read_csv(tmp_path / "results/tables/summary.csv")
+    assert set(summary["ci"]) <= {"bootstrap", "none"}  # one seed: CIs over test examples
+    compute = pl.read_csv(tmp_path / "results/tables/compute.csv")
+    assert {"train_explainer", "evaluate", "label_ablation"} <= set(compute["rule"])
+    assert compute.filter(pl.col("rule") == "train_explainer")["jobs"].sum() == 3 * 2 * 2
     labels = pl.read_parquet(tmp_path / "results/labels/ablation/tiny.parquet")
     assert set(labels["split"]) == {"train", "test"}
     # A second run has nothing to do.

@@ -112,7 +112,7 @@ BAD_CONFIGS = {
     "target not a model": (
         "targets",
         ["tiny", "big"],
-        ["'targets' names model 'big'", "defined: ['smollm2', 'tiny']"],
+        ["'targets' names model 'big'", "defined: ['gemma', 'smollm2', 'tiny', 'tinyg']"],
     ),
     "explainer not a model": ("explainers", ["tinyy"], ["'explainers' names model 'tinyy'"]),
     "no models": ("models", {}, ["'models'", "should be non-empty"]),

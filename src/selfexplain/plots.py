@@ -70,7 +70,8 @@ def metric_bars(
     """Bar chart of metrics per (target, explainer, variant) with 95% CI error bars."""
     table = table.filter(pl.col("metric").is_in(list(metrics)))
     groups = table.select("target", "explainer", "variant").unique(maintain_order=True).rows()
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
+    width = max(4.2, 1.4 * len(groups))  # room for each bar's two-line label
+    fig, axes = plt.subplots(1, len(metrics), figsize=(width * len(metrics), 3.6), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, metric in zip(axes[0], metrics, strict=True):
         for i, (target, explainer, variant) in enumerate(groups):
@@ -215,6 +216,216 @@ def patching_heatmaps(evals: Sequence[pl.DataFrame], path: str | Path, n_pairs: 
             ax.set_title(title if r == 0 else "", fontsize=9)
             if c == 0:
                 ax.set_ylabel(f"{pair}\nlayer window start", fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- figures of the matrix
+# All drawn from the seed summary (tables.seed_summary): mean over seeds, 95% CI.
+
+BASELINE_ORDER = ("trained", "untrained", "no_signal", "nearest_neighbour")
+
+
+def _empty_figure(path: str | Path, text: str) -> None:
+    fig, ax = plt.subplots(figsize=(5, 2))
+    ax.text(0.5, 0.5, text, ha="center", va="center")
+    ax.axis("off")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def _bar(ax, x, row, color, label=None):
+    mean, lo, hi = row["mean"], row["ci_lo"], row["ci_hi"]
+    if mean is None:
+        return
+    ax.bar(x, mean, width=0.8, color=color, label=label)
+    if lo is not None and hi is not None:
+        ax.errorbar(x, mean, yerr=[[max(mean - lo, 0)], [max(hi - mean, 0)]], color="k", capsize=3)
+
+
+def _n_note(sub: pl.DataFrame) -> str:
+    seeds = sorted(set(sub["n_seeds"].to_list()))
+    ns = sorted(set(x for x in sub["n"].to_list() if x is not None))
+    return f"seeds {'/'.join(map(str, seeds))}, n test {'/'.join(map(str, ns))}"
+
+
+def self_vs_other_figure(summary: pl.DataFrame, path: str | Path) -> None:
+    """Trained explainers per task (rows) and metric (columns): for each target, the self
+    explainer next to each other explainer; mean over seeds with 95% CI."""
+    table = summary.filter(pl.col("variant") == "trained")
+    tasks = [t for t in PLOT_METRICS if t in set(table["task"])]
+    if not tasks:
+        return _empty_figure(path, "no trained runs in the table")
+    ncols = max(len(PLOT_METRICS[t]) for t in tasks)
+    fig, axes = plt.subplots(
+        len(tasks), ncols, figsize=(3.6 * ncols, 3.0 * len(tasks)), squeeze=False
+    )
+    colors = {"self": "tab:blue", "other": "tab:orange"}
+    for r, task in enumerate(tasks):
+        sub_task = table.filter(pl.col("task") == task)
+        targets = sorted(set(sub_task["target"]))
+        for c in range(ncols):
+            ax = axes[r][c]
+            if c >= len(PLOT_METRICS[task]):
+                ax.axis("off")
+                continue
+            metric = PLOT_METRICS[task][c]
+            sub = sub_task.filter(pl.col("metric") == metric)
+            ticks, labels, x = [], [], 0
+            for target in targets:
+                rows = sub.filter(pl.col("target") == target).sort(
+                    pl.col("relation") != "self", "explainer"
+                )
+                for row in rows.iter_rows(named=True):
+                    _bar(ax, x, row, colors[row["relation"]])
+                    ticks.append(x)
+                    labels.append(f"{row['explainer']}\n→{target}")
+                    x += 1
+                x += 0.6
+            ax.set_xticks(ticks, labels, fontsize=7)
+            ax.set_ylim(0, 1)
+            ax.set_title(f"{task}: {metric}\n({_n_note(sub)})" if len(sub) else metric, fontsize=8)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=v) for v in colors.values()]
+    fig.legend(handles, list(colors), loc="upper right", fontsize=8)
+    fig.suptitle("Self vs other: trained explainers (mean over seeds, 95% CI)", fontsize=10)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def baselines_figure(summary: pl.DataFrame, path: str | Path) -> None:
+    """Per task (rows) and metric (columns): trained vs untrained, no_signal and (features)
+    nearest_neighbour, one group of bars per explainer → target pair."""
+    table = summary.filter(pl.col("variant").is_in(list(BASELINE_ORDER)))
+    tasks = [t for t in PLOT_METRICS if t in set(table["task"])]
+    if not tasks:
+        return _empty_figure(path, "no runs in the table")
+    ncols = max(len(PLOT_METRICS[t]) for t in tasks)
+    fig, axes = plt.subplots(
+        len(tasks), ncols, figsize=(4.2 * ncols, 3.0 * len(tasks)), squeeze=False
+    )
+    palette = dict(
+        zip(BASELINE_ORDER, ["tab:blue", "tab:gray", "tab:red", "tab:green"], strict=True)
+    )
+    for r, task in enumerate(tasks):
+        sub_task = table.filter(pl.col("task") == task)
+        pairs = sorted(set(sub_task.select("target", "explainer").iter_rows()))
+        variants = [v for v in BASELINE_ORDER if v in set(sub_task["variant"])]
+        for c in range(ncols):
+            ax = axes[r][c]
+            if c >= len(PLOT_METRICS[task]):
+                ax.axis("off")
+                continue
+            metric = PLOT_METRICS[task][c]
+            sub = sub_task.filter(pl.col("metric") == metric)
+            width = len(variants) + 1
+            for p, (target, explainer) in enumerate(pairs):
+                for v, variant in enumerate(variants):
+                    rows = sub.filter(
+                        (pl.col("target") == target)
+                        & (pl.col("explainer") == explainer)
+                        & (pl.col("variant") == variant)
+                    )
+                    for row in rows.iter_rows(named=True):
+                        _bar(ax, p * width + v, row, palette[variant])
+            ax.set_xticks(
+                [p * width + (len(variants) - 1) / 2 for p in range(len(pairs))],
+                [f"{e}→{t}" for t, e in pairs],
+                fontsize=7,
+            )
+            ax.set_ylim(0, 1)
+            ax.set_title(f"{task}: {metric}\n({_n_note(sub)})" if len(sub) else metric, fontsize=8)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=palette[v]) for v in BASELINE_ORDER]
+    fig.legend(handles, list(BASELINE_ORDER), loc="upper right", fontsize=8)
+    fig.suptitle("Trained explainers vs baselines (mean over seeds, 95% CI)", fontsize=10)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def scaling_figure(summary: pl.DataFrame, path: str | Path) -> None:
+    """Metric vs training examples (log x), one line per explainer → target pair, from the
+    data-scaling variants n{N} and the full trained variant (mean over seeds, 95% CI band)."""
+    table = summary.filter(
+        (pl.col("variant") == "trained") | pl.col("variant").str.contains(r"^n\d+$")
+    )
+    tasks = [t for t in PLOT_METRICS if t in set(table["task"])]
+    if not tasks:
+        return _empty_figure(path, "no trained runs in the table")
+    ncols = max(len(PLOT_METRICS[t]) for t in tasks)
+    fig, axes = plt.subplots(
+        len(tasks), ncols, figsize=(3.8 * ncols, 3.0 * len(tasks)), squeeze=False
+    )
+    for r, task in enumerate(tasks):
+        sub_task = table.filter(pl.col("task") == task)
+        pairs = sorted(set(sub_task.select("target", "explainer").iter_rows()))
+        for c in range(ncols):
+            ax = axes[r][c]
+            if c >= len(PLOT_METRICS[task]):
+                ax.axis("off")
+                continue
+            metric = PLOT_METRICS[task][c]
+            sub = sub_task.filter(pl.col("metric") == metric)
+            for target, explainer in pairs:
+                line = sub.filter(
+                    (pl.col("target") == target)
+                    & (pl.col("explainer") == explainer)
+                    & pl.col("mean").is_not_null()
+                ).sort("n_train")
+                if line.is_empty():
+                    continue
+                x = line["n_train"].to_list()
+                style = "-" if target == explainer else "--"
+                ax.plot(x, line["mean"].to_list(), style, marker="o", label=f"{explainer}→{target}")
+                lo = [
+                    v if v is not None else m
+                    for v, m in zip(line["ci_lo"], line["mean"], strict=True)
+                ]
+                hi = [
+                    v if v is not None else m
+                    for v, m in zip(line["ci_hi"], line["mean"], strict=True)
+                ]
+                ax.fill_between(x, lo, hi, alpha=0.15)
+            ax.set_xscale("log")
+            ax.set_ylim(0, 1)
+            ax.set_xlabel("training examples", fontsize=8)
+            ax.set_title(f"{task}: {metric}\n({_n_note(sub)})" if len(sub) else metric, fontsize=8)
+            ax.legend(fontsize=6)
+    fig.suptitle("Data scaling (solid: self, dashed: other; mean over seeds, 95% CI)", fontsize=10)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+MATRIX_FIGURES = {
+    "self_vs_other": self_vs_other_figure,
+    "baselines": baselines_figure,
+    "scaling": scaling_figure,
+}
+
+
+def compute_figure(table: pl.DataFrame, path: str | Path) -> None:
+    """Total wall time per rule family (bars) with the peak RSS written next to each bar."""
+    table = table.sort("wall_s_total")
+    labels = [
+        " ".join(x for x in (r, t, m) if x)
+        for r, t, m in table.select("rule", "task", "model").iter_rows()
+    ]
+    fig, ax = plt.subplots(figsize=(8, 0.3 * len(labels) + 1.2))
+    y = range(len(labels))
+    ax.barh(list(y), table["wall_s_total"].to_list(), color="tab:blue")
+    for i, (s, rss, jobs) in enumerate(table.select("wall_s_total", "max_rss_mb", "jobs").rows()):
+        rss_text = f"{rss:,.0f} MB" if rss is not None else "? MB"
+        ax.text(s, i, f" {s:,.0f} s, {jobs} jobs, peak {rss_text}", va="center", fontsize=7)
+    ax.set_yticks(list(y), labels, fontsize=7)
+    ax.set_xlabel("wall time, all jobs of the family (s)")
+    ax.set_xlim(0, max(table["wall_s_total"].max() or 1, 1) * 1.6)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)

@@ -16,11 +16,11 @@ import polars as pl
 VARIANTS = ("trained", "untrained", "no_signal", "nearest_neighbour")
 # variants that need rule train_explainer (an adapter)
 TRAINED_VARIANTS = ("trained", "no_signal")
-# task -> the variants it supports; extend no_signal to a task by adding it here and a branch
-# in withhold_signal
+# task -> the variants it supports (data-scaling variants n{N} apply wherever trained does: see
+# matrix.py); extend no_signal to a task by adding it here and a branch in withhold_signal
 TASK_VARIANTS: dict[str, tuple[str, ...]] = {
-    "ablation": ("trained", "untrained"),
-    "patching": ("trained", "untrained"),
+    "ablation": ("trained", "untrained", "no_signal"),
+    "patching": ("trained", "untrained", "no_signal"),
     "features": ("trained", "untrained", "no_signal", "nearest_neighbour"),
 }
 
@@ -35,7 +35,13 @@ def withhold_signal(examples: pl.DataFrame, task: str, seed: int = 0) -> pl.Data
 
     features: each vector becomes a Gaussian random vector of the same width, fixed per example
     id (so train and test see the same kind of input, carrying no information on the answer).
+    ablation, patching: each question names the removed token / patched position and layers of
+    another example of the same prompt (controls.shuffle_signal).
     """
+    if task in ("ablation", "patching"):
+        from selfexplain.controls import shuffle_signal
+
+        return shuffle_signal(examples, task, seed)
     if task != "features":
         raise ValueError(f"no_signal is not defined for task {task!r} (see variants.py)")
 

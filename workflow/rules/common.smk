@@ -3,7 +3,7 @@ import os
 from snakemake.utils import validate
 
 from selfexplain.config import check_config
-from selfexplain.variants import TRAINED_VARIANTS, applies
+from selfexplain.matrix import all_variants, is_trained, runs, trained_variants
 
 # Readable errors first (naming key, value, allowed values), then snakemake fills defaults.
 check_config(config, workflow.source_path("../schemas/config.schema.yaml"))
@@ -16,7 +16,8 @@ if config.get("offline", True):
 
 MODELS = sorted(config["models"])
 TASKS = config["tasks"]
-SEEDS = config["seeds"]
+VARIANTS = all_variants(config)  # config.variants + data-scaling variants n{N}
+TRAINED = trained_variants(config)
 
 
 wildcard_constraints:
@@ -24,7 +25,7 @@ wildcard_constraints:
     target="|".join(config["targets"]),
     explainer="|".join(config["explainers"]),
     task="|".join(TASKS),
-    variant="|".join(config["variants"]),
+    variant="|".join(VARIANTS),
     seed=r"\d+",
 
 
@@ -45,7 +46,7 @@ def adapter_path(task, target, explainer, variant, seed):
 
 def evaluate_input(wildcards):
     inputs = train_input(wildcards)
-    if wildcards.variant in TRAINED_VARIANTS:
+    if is_trained(wildcards.variant):
         inputs["adapter"] = adapter_path(
             wildcards.task, wildcards.target, wildcards.explainer, wildcards.variant, wildcards.seed
         )
@@ -53,17 +54,13 @@ def evaluate_input(wildcards):
 
 
 def eval_runs():
-    """(task, target, explainer, variant, seed) of every evaluation in the experiment."""
-    runs = []
-    for task in TASKS:
-        for target in config["targets"]:
-            for explainer in config["explainers"]:
-                for variant in config["variants"]:
-                    if not applies(task, variant):  # see selfexplain/variants.py
-                        continue
-                    seeds = SEEDS if variant in TRAINED_VARIANTS else SEEDS[:1]
-                    runs.extend((task, target, explainer, variant, s) for s in seeds)
-    return runs
+    """(task, target, explainer, variant, seed) of every evaluation (selfexplain/matrix.py)."""
+    return [(r.task, r.target, r.explainer, r.variant, r.seed) for r in runs(config)]
+
+
+def train_runs():
+    """The evaluations that need a trained adapter."""
+    return [r for r in eval_runs() if is_trained(r[3])]
 
 
 def eval_files():
@@ -72,8 +69,12 @@ def eval_files():
 
 def all_outputs():
     outputs = [
-        "results/tables/metrics.parquet",
-        "results/tables/metrics.csv",
+        "results/tables/all_metrics.parquet",
+        "results/tables/all_metrics.csv",
+        "results/tables/summary.csv",
+        "results/tables/compute.csv",
+        *[f"results/figures/{name}.png" for name in MATRIX_FIGURES],
+        "results/figures/compute.png",
         *[f"results/figures/{task}_metrics.png" for task in TASKS],
     ]
     if "features" in TASKS:
@@ -87,16 +88,46 @@ def all_outputs():
     return outputs
 
 
+# figures drawn from the tidy table (rule matrix_figure; plots.MATRIX_FIGURES draws them)
+MATRIX_FIGURES = ["self_vs_other", "baselines", "scaling"]
+
+
+def benchmark_files():
+    """The benchmark file of every job that declares one (the compute table reads them all)."""
+    per_target = [f"label_{task}" for task in TASKS if task != "features"]
+    if "features" in TASKS:
+        per_target += ["collect_activations", "train_sae", "describe_features", "label_features"]
+    used = set(config["targets"]) | set(config["explainers"])
+    describer = (config.get("features") or {}).get("describer") or {}
+    if "features" in TASKS and describer.get("kind") == "hf":
+        used |= {describer.get("model")} & set(config["models"])
+    used = sorted(used)
+    files = [f"results/benchmarks/get_model/{m}.tsv" for m in used]
+    files += [f"results/benchmarks/{r}/{t}.tsv" for r in per_target for t in config["targets"]]
+    for task, target, explainer, variant, seed in eval_runs():
+        run = f"{task}/{target}/{explainer}/{variant}/s{seed}.tsv"
+        files.append(f"results/benchmarks/evaluate/{run}")
+        if is_trained(variant):
+            files.append(f"results/benchmarks/train_explainer/{run}")
+    return files
+
+
 def patching_eval_files(wildcards):
-    return [f for f in eval_files() if f.startswith("results/eval/patching/")]
+    """Patching evaluations of trained / untrained / no_signal (every seed; no scaling runs)."""
+    return [
+        f"results/eval/{t}/{tg}/{e}/{v}/s{s}.parquet"
+        for t, tg, e, v, s in eval_runs()
+        if t == "patching" and v in config["variants"]
+    ]
 
 
 def heatmap_eval_files(wildcards):
-    return [
-        f
-        for f in patching_eval_files(wildcards)
-        if f.startswith(f"results/eval/patching/{wildcards.target}/")
-    ]
+    """One evaluation per (explainer, variant) of the target: its first seed."""
+    first = {}
+    for t, tg, e, v, s in eval_runs():
+        if t == "patching" and tg == wildcards.target and v in config["variants"]:
+            first.setdefault((e, v), f"results/eval/{t}/{tg}/{e}/{v}/s{s}.parquet")
+    return list(first.values())
 
 
 def features_dir(wildcards):

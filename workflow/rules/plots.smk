@@ -2,8 +2,8 @@ rule summarize:
     input:
         eval_files(),
     output:
-        parquet="results/tables/metrics.parquet",
-        csv="results/tables/metrics.csv",
+        parquet="results/tables/all_metrics.parquet",
+        csv="results/tables/all_metrics.csv",
     params:
         n_boot=config.get("plot", {}).get("n_boot", 1000),
     log:
@@ -16,9 +16,116 @@ rule summarize:
         "../scripts/summarize.py"
 
 
+rule summary_table:
+    input:
+        "results/tables/all_metrics.parquet",
+    output:
+        parquet="results/tables/summary.parquet",
+        csv=report(
+            "results/tables/summary.csv",
+            caption="../report/summary.rst",
+            category="Tables",
+        ),
+    log:
+        "logs/summary_table.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../scripts/summary_table.py"
+
+
+rule self_vs_other_figure:
+    input:
+        "results/tables/summary.parquet",
+    output:
+        report(
+            "results/figures/self_vs_other.png",
+            caption="../report/self_vs_other.rst",
+            category="Matrix",
+        ),
+    params:
+        figure="self_vs_other",
+    log:
+        "logs/plot/self_vs_other.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../scripts/plot_matrix.py"
+
+
+rule baselines_figure:
+    input:
+        "results/tables/summary.parquet",
+    output:
+        report(
+            "results/figures/baselines.png",
+            caption="../report/baselines.rst",
+            category="Matrix",
+        ),
+    params:
+        figure="baselines",
+    log:
+        "logs/plot/baselines.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../scripts/plot_matrix.py"
+
+
+rule scaling_figure:
+    input:
+        "results/tables/summary.parquet",
+    output:
+        report(
+            "results/figures/scaling.png",
+            caption="../report/scaling.rst",
+            category="Matrix",
+        ),
+    params:
+        figure="scaling",
+    log:
+        "logs/plot/scaling.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../scripts/plot_matrix.py"
+
+
+rule compute_table:
+    input:
+        benchmark_files(),
+    output:
+        table=report(
+            "results/tables/compute.csv",
+            caption="../report/compute.rst",
+            category="Compute",
+        ),
+        figure=report(
+            "results/figures/compute.png",
+            caption="../report/compute.rst",
+            category="Compute",
+        ),
+    log:
+        "logs/compute_table.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../scripts/compute_table.py"
+
+
 rule plot:
     input:
-        "results/tables/metrics.parquet",
+        "results/tables/all_metrics.parquet",
     output:
         report(
             "results/figures/{task}_metrics.png",

@@ -12,7 +12,7 @@ rule train_explainer:
             f"{wildcards.explainer}/{wildcards.variant}/s{wildcards.seed}"
         ),
     wildcard_constraints:
-        variant="|".join(TRAINED_VARIANTS),
+        variant="|".join(TRAINED),
     log:
         "logs/train_explainer/{task}/{target}/{explainer}/{variant}/s{seed}.log",
     benchmark:

@@ -10,7 +10,9 @@ from selfexplain.plots import PLOT_METRICS, metric_bars
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 
 task = snakemake.wildcards.task
-table = read_parquet(snakemake.input[0]).filter(pl.col("task") == task)
+table = read_parquet(snakemake.input[0]).filter(
+    (pl.col("task") == task) & ~pl.col("variant").str.contains(r"^n\d+$")  # scaling: own figure
+)
 metric_bars(
     table,
     snakemake.output[0],

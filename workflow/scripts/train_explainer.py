@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 
 from selfexplain.examples import read_examples, select, subsample
+from selfexplain.matrix import variant_n_train
 from selfexplain.train import TrainConfig, train_explainer
 from selfexplain.variants import withhold_signal
 
@@ -16,10 +17,13 @@ w, features = snakemake.wildcards, snakemake.params.features
 settings = dict(snakemake.params.train)
 seed = int(w.seed)
 n_train = settings.pop("n_train")
+settings.pop("scaling", None)  # the matrix's data-scaling fractions (matrix.py), not a TrainConfig
 stratify = None if w.task == "features" else "changed"
-train = subsample(select(read_examples(snakemake.input.labels), "train"), n_train, 0, stratify)
-if w.variant == "no_signal":
-    train = withhold_signal(train, w.task)
+train = select(read_examples(snakemake.input.labels), "train")
+if w.variant == "no_signal":  # before the draw: questions shuffled within each whole prompt
+    train = withhold_signal(train, w.task, seed)
+# one draw of n_train examples; a data-scaling variant n{N} trains on its first N
+train = subsample(train, n_train, 0, stratify).head(variant_n_train(w.variant, n_train))
 cfg = TrainConfig(seed=seed, **settings)
 injection = {"layer": features["inject_layer"], "scale": features["inject_scale"]}
 summary = train_explainer(

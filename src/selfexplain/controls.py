@@ -1,0 +1,70 @@
+"""The no_signal control for the change tasks (ablation, patching): questions whose privileged
+input (which token is removed; which position and layers are patched) is shuffled.
+
+Each question is replaced by the question of another example of the *same prompt* (same
+``prompt_id`` / ``pair_id``), so the prompt text, the template and the answer distribution are
+unchanged, but the token or (position, layers) it names belongs to a different example: the
+question no longer says which removal or patch the answer is about. Answers, ids and meta stay
+with their example, so metrics score the same labels as the trained variant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import polars as pl
+
+# meta key that identifies the prompt an example was made from, per task
+GROUP_KEY = {"ablation": "prompt_id", "patching": "pair_id"}
+
+
+def _rng(seed: int, key: str) -> np.random.Generator:
+    digest = hashlib.sha256(f"{seed}:shuffle_signal:{key}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "big"))
+
+
+def _derangement(n: int, rng: np.random.Generator) -> list[int]:
+    """A seeded permutation of range(n) with no fixed point (n >= 2): a random cyclic order."""
+    order = rng.permutation(n).tolist()
+    perm = [0] * n
+    for i, src in enumerate(order):
+        perm[src] = order[(i + 1) % n]
+    return perm
+
+
+def shuffle_signal(examples: pl.DataFrame, task: str, seed: int = 0) -> pl.DataFrame:
+    """Examples whose questions are permuted among the examples of the same prompt.
+
+    Within each prompt the permutation has no fixed point, so every question names another
+    example's token (ablation) or (position, layer window) (patching). A prompt with a single
+    example cannot be shuffled within itself: those examples are deranged among each other
+    (they then show another prompt's question; a single one gets any other example's). Rows
+    keep their order, ids, answers and meta; the result depends only on the frame and seed.
+    """
+    if task not in GROUP_KEY:
+        raise ValueError(f"shuffle_signal is for {sorted(GROUP_KEY)}, not {task!r}")
+    if examples.is_empty():
+        return examples
+    groups: dict[str, list[int]] = {}
+    for i, m in enumerate(examples["meta"].to_list()):
+        groups.setdefault(str(json.loads(m)[GROUP_KEY[task]]), []).append(i)
+    questions = examples["question"].to_list()
+    new = list(questions)
+    singles = []
+    for key in sorted(groups):
+        rows = groups[key]
+        if len(rows) == 1:
+            singles.extend(rows)
+            continue
+        for i, j in zip(rows, _derangement(len(rows), _rng(seed, key)), strict=True):
+            new[i] = questions[rows[j]]
+    rng = _rng(seed, "<singletons>")
+    if len(singles) >= 2:
+        for i, j in zip(singles, _derangement(len(singles), rng), strict=True):
+            new[i] = questions[singles[j]]
+    elif len(singles) == 1 and len(questions) >= 2:  # the one lone example: any other's question
+        others = [j for j in range(len(questions)) if j != singles[0]]
+        new[singles[0]] = questions[others[int(rng.integers(len(others)))]]
+    return examples.with_columns(pl.Series("question", new, dtype=pl.String))

@@ -1,0 +1,13 @@
+"""Wall time and peak memory per rule family, from the jobs' benchmark files."""
+
+import sys
+
+from selfexplain.plots import compute_figure
+from selfexplain.tables import compute_table, read_benchmarks
+
+sys.stderr = sys.stdout = open(snakemake.log[0], "w")
+
+table = compute_table(read_benchmarks(snakemake.input))
+table.write_csv(snakemake.output.table)
+compute_figure(table, snakemake.output.figure)
+print(table)

@@ -1,0 +1,13 @@
+"""Mean over seeds and 95% CI (over seeds, or bootstrap over examples for one seed)."""
+
+import sys
+
+from selfexplain.examples import read_parquet
+from selfexplain.plots import write_table
+from selfexplain.tables import seed_summary
+
+sys.stderr = sys.stdout = open(snakemake.log[0], "w")
+
+summary = seed_summary(read_parquet(snakemake.input[0]))
+write_table(summary, snakemake.output.parquet, snakemake.output.csv)
+print(summary)
