@@ -330,7 +330,8 @@ def test_no_signal_replaces_vectors_deterministically():
     vecs = out["vector"].to_list()
     assert [len(v) for v in vecs] == [3, 3] and vecs[0] != vecs[1]
     assert out["vector"].to_list() != df["vector"].to_list()
-    assert applies("features", "nearest_neighbour") and not applies("ablation", "no_signal")
+    assert applies("features", "nearest_neighbour") and applies("features", "no_signal")
+    assert not applies("patching", "nearest_neighbour")
     assert set(TASK_VARIANTS) == {"ablation", "patching", "features"}
 
 
