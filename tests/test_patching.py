@@ -4,6 +4,7 @@ import torch
 from selfexplain.metrics import parse_change
 from selfexplain.models import decoder_layers
 from selfexplain.prompts import Prompt, counterfactual_pairs
+from selfexplain.tasks import patching
 from selfexplain.tasks.ablation import encode
 from selfexplain.tasks.patching import (
     filter_pairs,
@@ -52,9 +53,12 @@ def _greedy(model, tok, text):
 
 
 @pytest.mark.parametrize("window", [1, 2])
-def test_batched_rows_equal_naive_loop(model_tok, window):
+@pytest.mark.parametrize("path", ["prefix_and_replay", "full_length"])
+def test_batched_rows_equal_naive_loop(model_tok, window, path, monkeypatch):
     model, tok = model_tok
     clean, cf = _pair()
+    # both batched paths: cached prefix + replayed blocks (long prompts), full length (short)
+    monkeypatch.setattr(patching, "PREFIX_MIN_TOKENS", 0 if path == "prefix_and_replay" else 10**6)
     batched = patching_rows(model, tok, clean, cf, window=window, batch_size=16)
     naive = naive_patching_rows(model, tok, clean, cf, window=window)
     assert len(batched) == len(naive) > 0

@@ -30,6 +30,9 @@ from selfexplain.prompts import Prompt, same_length_pairs
 from selfexplain.tasks.ablation import ablatable_positions, encode, greedy_content_tokens
 
 POSITION_KINDS = ("subject", "relation", "option", "other")
+# From this prompt length on, patched forwards skip the unchanged prefix and the blocks below the
+# window (measured on SmolLM2, 2 CPU threads: 1.5x faster at 49 tokens, 1.4x slower at 6).
+PREFIX_MIN_TOKENS = 16
 HOLDOUTS = ("prompt", "layer")
 
 _OPTION_LINE = re.compile(r"^[A-Z][.)] .*$", re.MULTILINE)
@@ -274,7 +277,15 @@ def patching_rows(
     batched forwards (batch_size rows each); rows ordered by window start, then position."""
     setup = _Setup(model, tokenizer, clean, counterfactual, window, layer_starts, max_positions)
     jobs = setup.jobs()
-    rows: list[dict] = [{}] * len(jobs)
+    if len(setup.ids) < PREFIX_MIN_TOKENS:
+        # Short prompt: a forward's fixed cost outweighs what skipping positions and blocks
+        # saves, so all rows go in as few full-length forwards as possible.
+        rows: list[dict] = []
+        for i in range(0, len(jobs), batch_size):
+            part = jobs[i : i + batch_size]
+            rows.extend(setup.rows(part, setup.run(model, part, reuse_prefix=False)))
+        return rows
+    rows = [{}] * len(jobs)
     # One window start at a time (the blocks below it are replayed, not run); rows patched at
     # nearby positions share a forward over the cached clean prefix.
     for start in dict.fromkeys(setup.starts):
