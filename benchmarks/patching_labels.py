@@ -7,9 +7,9 @@ labels (checked here too). The naive path runs one full forward of the clean pro
 window, position); the batched path is the pipeline's ``patching_rows``: rows patched at nearby
 positions share a forward that starts at their earliest patched position, over the clean run's
 cached keys and values (a patch changes nothing before its position).
-With --scales (default 1,2,4) the batched path also runs on 1x, 2x, 4x the pairs; the seconds
-per patched token (rows x prompt length: pairs differ in length) show whether time grows
-linearly with the work.
+With --scales (default 1,2,4) the batched path also runs on 1x, 2x, 4x the pairs (drawn from
+one length-sorted pool so that each set mixes prompt lengths alike); the seconds per patched
+token (rows x prompt length) show whether time grows linearly with the work.
 """
 
 from __future__ import annotations
@@ -55,7 +55,12 @@ def main(argv=None) -> dict:
             f"only {len(usable)} of {args.candidates} candidate pairs are usable, {need} needed: "
             "raise --candidates or lower --pairs/--scales"
         )
-    pairs = usable[: args.pairs]
+    # The 1x/2x/4x sets are every 4th, every 2nd and every pair of one length-sorted pool, so
+    # they mix short and long prompts alike and differ only in how much work they are; the 1x
+    # set is also the one timed on both paths.
+    top = max([1, *scales])
+    pool = sorted(usable[: args.pairs * top], key=lambda p: len(encode(tok, p[0].text)))
+    pairs = pool[::top]
     n_layers = len(decoder_layers(model))
     window = min(args.window, n_layers)
     starts = list(range(0, n_layers - window + 1, args.layer_stride))
@@ -84,7 +89,7 @@ def main(argv=None) -> dict:
     n_rows = len(results["batched"])
     scaling = []
     for scale in scales:
-        subset = usable[: args.pairs * scale]
+        subset = pool[:: top // scale] if top % scale == 0 else pool[: args.pairs * scale]
         per_pair, seconds = timed(lambda subset=subset: batched_per_pair(subset))
         # Pairs differ in length (cloze ~8 tokens, mcq ~50), so the work of a run is its
         # patched tokens: rows x prompt length, summed over pairs.
@@ -106,6 +111,7 @@ def main(argv=None) -> dict:
         "benchmark": "patching_labels",
         "model": args.model,
         "pairs": len(pairs),
+        "prompt_tokens": [len(encode(tok, c.text)) for c, _ in pairs],
         "rows": n_rows,
         "window": window,
         "layer_starts": starts,
