@@ -155,8 +155,10 @@ def test_training_with_vectors_saves_and_reloads_the_map(tmp_path, tiny_llama):
     with torch.no_grad():
         trained_values = inj.values(vectors[:2])
         init_values = initial(vectors[:2])
-    assert not torch.allclose(trained_values / trained_values.norm(dim=-1, keepdim=True),
-                              init_values / init_values.norm(dim=-1, keepdim=True))
+    assert not torch.allclose(
+        trained_values / trained_values.norm(dim=-1, keepdim=True),
+        init_values / init_values.norm(dim=-1, keepdim=True),
+    )
     # the same explainer loaded again injects exactly the same values
     model2, tok2 = load_explainer(model_dir, out)
     with torch.no_grad():
