@@ -18,6 +18,7 @@ from selfexplain.corpus import Document, clean_wikitext, corpus_documents, text_
 from selfexplain.describe import (
     OpenAIEndpoint,
     describe_records,
+    describer_prompt,
     deterministic_description,
     judge_scores,
 )
@@ -424,3 +425,22 @@ def test_norm_outliers_are_left_out():
     assert not mask[:, 0].any() and not mask[1, 3] and int(mask.sum()) == 2 * 5 - 1
     train, held = split_tokens(windows, acts, heldout_fraction=0.5)
     assert len(train) == 5 and len(held) == 4 and float(held.norm(dim=-1).max()) == 2.0
+
+
+def test_local_hf_describer_and_judge(tmp_path, tiny_records):
+    """kind "hf": a local model directory is prompted (greedy, so deterministic); an empty reply
+    falls back on the template, so every feature gets a description."""
+    from selfexplain.describe import LocalLM
+    from selfexplain.models import resolve
+
+    *_, records = tiny_records
+    model_dir = resolve("tiny-random-llama", tmp_path / "m")
+    settings = {"kind": "hf", "model": str(model_dir), "max_new_tokens": 6}
+    first = describe_records(records[:3], settings)
+    assert first == describe_records(records[:3], settings)
+    lm = LocalLM(model_dir, max_new_tokens=6)
+    replies = lm.complete([describer_prompt(r) for r in records[:3]])
+    for reply, text, r in zip(replies, first, records[:3], strict=True):
+        assert text == (reply or deterministic_description(r))
+    scores = judge_scores(lm, ["a", "b"], ["c", "d"])
+    assert all(s is None or 0 <= s <= 1 for s in scores) and len(scores) == 2

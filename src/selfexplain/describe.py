@@ -126,8 +126,8 @@ class LocalLM:
             for p in prompts[start : start + self.batch_size]:
                 if tok.chat_template:
                     msgs = [{"role": "user", "content": p}]
-                    ids = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
-                    ids = ids["input_ids"] if isinstance(ids, dict) else list(ids)
+                    text = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+                    ids = tok(text, add_special_tokens=False)["input_ids"]
                 else:
                     ids = tok(p + "\n")["input_ids"]
                 seqs.append(ids)
