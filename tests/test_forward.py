@@ -59,8 +59,8 @@ def test_prefix_chunks_cover_rows_once_and_bound_batch_and_waste():
     for chunk in chunks:
         assert 1 <= len(chunk) <= 4
         start = min(first[r] for r in chunk)
-        # rows beyond the first added recompute (first - start) tokens each; bounded by the rule
-        assert sum(first[r] - start for r in chunk) <= 6 * len(chunk)
+        # the tokens a chunk's rows recompute beyond what each needs stay within the bound
+        assert sum(first[r] - start for r in chunk) <= 6
     # rows with the same first position and room in the batch share a forward
     assert [7, 5, 6, 10] in chunks
 

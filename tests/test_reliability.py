@@ -104,9 +104,13 @@ BAD_CONFIGS = {
     "unknown task": (
         "tasks",
         ["ablation", "ablaton"],
-        ["'tasks[1]'", "'ablaton' is not allowed", "['ablation', 'patching']"],
+        ["'tasks[1]'", "'ablaton' is not allowed", "['ablation', 'patching', 'features']"],
     ),
-    "unknown variant": ("variants", ["trained", "fine-tuned"], ["['trained', 'untrained']"]),
+    "unknown variant": (
+        "variants",
+        ["trained", "fine-tuned"],
+        ["['trained', 'untrained', 'no_signal', 'nearest_neighbour']"],
+    ),
     "unknown ablation kind": ("ablation.kinds", ["fact", "facts"], ["'ablation.kinds[1]'"]),
     "unknown engine": ("ablation.engine", "captum", ["feature_ablation", "llm_attribution"]),
     "target not a model": (

@@ -100,19 +100,21 @@ def prefix_chunks(
     """Group rows into forwards over a shared cached prefix.
 
     first[r] is the first position at which row r differs from the clean prompt; a forward of
-    rows R computes every row from min(first[R]) on. Rows are taken from the latest first
-    position down, and a forward is closed when it is full or when adding the next row would
-    make the rows already in it recompute more than waste_tokens tokens in all (about what the
-    fixed cost of one more forward is worth on a CPU).
+    rows R computes every row from min(first[R]) on, so row r recomputes first[r] - min(...)
+    tokens it did not need to. Rows are taken from the latest first position down; a forward is
+    closed when it is full or when its rows would recompute more than waste_tokens such tokens
+    in all (about what the fixed cost of one more forward is worth on a CPU).
     """
     chunks: list[list[int]] = []
     current: list[int] = []
+    waste = 0
     for row in sorted(range(len(first)), key=lambda r: (-first[r], r)):
-        waste = len(current) * (first[current[-1]] - first[row]) if current else 0
-        if current and (len(current) >= max_rows or waste > waste_tokens):
+        extra = len(current) * (first[current[-1]] - first[row]) if current else 0
+        if current and (len(current) >= max_rows or waste + extra > waste_tokens):
             chunks.append(current)
-            current = []
+            current, waste, extra = [], 0, 0
         current.append(row)
+        waste += extra
     if current:
         chunks.append(current)
     return chunks
