@@ -289,9 +289,9 @@ def self_vs_other_figure(summary: pl.DataFrame, path: str | Path) -> None:
             ax.set_ylim(0, 1)
             ax.set_title(f"{task}: {metric}\n({_n_note(sub)})" if len(sub) else metric, fontsize=8)
     handles = [plt.Rectangle((0, 0), 1, 1, color=v) for v in colors.values()]
-    fig.legend(handles, list(colors), loc="upper right", fontsize=8)
     fig.suptitle("Self vs other: trained explainers (mean over seeds, 95% CI)", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.92, 1))
+    fig.legend(handles, list(colors), loc="upper right", fontsize=8)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)
     plt.close(fig)
@@ -334,15 +334,16 @@ def baselines_figure(summary: pl.DataFrame, path: str | Path) -> None:
                         _bar(ax, p * width + v, row, palette[variant])
             ax.set_xticks(
                 [p * width + (len(variants) - 1) / 2 for p in range(len(pairs))],
-                [f"{e}→{t}" for t, e in pairs],
+                [f"{e}\n→{t}" for t, e in pairs],
                 fontsize=7,
             )
             ax.set_ylim(0, 1)
             ax.set_title(f"{task}: {metric}\n({_n_note(sub)})" if len(sub) else metric, fontsize=8)
-    handles = [plt.Rectangle((0, 0), 1, 1, color=palette[v]) for v in BASELINE_ORDER]
-    fig.legend(handles, list(BASELINE_ORDER), loc="upper right", fontsize=8)
+    shown = [v for v in BASELINE_ORDER if v in set(table["variant"])]
+    handles = [plt.Rectangle((0, 0), 1, 1, color=palette[v]) for v in shown]
     fig.suptitle("Trained explainers vs baselines (mean over seeds, 95% CI)", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.88, 1))
+    fig.legend(handles, shown, loc="upper right", fontsize=8)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)
     plt.close(fig)

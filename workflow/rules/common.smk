@@ -121,6 +121,15 @@ def patching_eval_files(wildcards):
     ]
 
 
+def heatmap_pairs(wildcards):
+    """Test pairs whose every cell is evaluated: only in the runs the heatmap figure shows."""
+    shown = f"results/eval/{wildcards.task}/{wildcards.target}/{wildcards.explainer}/"
+    shown += f"{wildcards.variant}/s{wildcards.seed}.parquet"
+    if wildcards.task != "patching" or shown not in heatmap_eval_files(wildcards):
+        return 0
+    return config["patching"]["heatmap_pairs"]
+
+
 def heatmap_eval_files(wildcards):
     """One evaluation per (explainer, variant) of the target: its first seed."""
     first = {}

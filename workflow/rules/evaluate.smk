@@ -6,7 +6,7 @@ rule evaluate:
     params:
         settings=config["evaluate"],
         n_train=config["train"]["n_train"],
-        heatmap_pairs=config["patching"]["heatmap_pairs"],
+        heatmap_pairs=heatmap_pairs,
         features=config["features"],
     log:
         "logs/evaluate/{task}/{target}/{explainer}/{variant}/s{seed}.log",
