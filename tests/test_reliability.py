@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 from toy_data import toy_examples
 from transformers import TrainerCallback
 
-from selfexplain.config import check_config, config_problems
+from selfexplain.config import OFFLINE_ENV, apply_offline, check_config, config_problems
 from selfexplain.examples import ExplainerExample, read_parquet, to_frame, write_parquet
 from selfexplain.models import load, resolve
 from selfexplain.prompts import (
@@ -435,6 +435,15 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", blocked("create_connection"))
     monkeypatch.setattr(socket, "getaddrinfo", blocked("getaddrinfo"))
     return attempts
+
+
+@pytest.mark.parametrize("offline", [True, None, False])
+def test_offline_config_sets_the_hub_variables_for_every_job(monkeypatch, offline):
+    for name in OFFLINE_ENV:
+        monkeypatch.delenv(name, raising=False)
+    apply_offline({} if offline is None else {"offline": offline})
+    expected = None if offline is False else "1"  # the default is offline
+    assert [os.environ.get(name) for name in OFFLINE_ENV] == [expected, expected]
 
 
 def test_models_labels_and_training_need_no_network(no_network, tmp_path):

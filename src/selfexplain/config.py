@@ -195,3 +195,14 @@ def check_config(config: dict, schema_path: str | Path) -> None:
     problems = config_problems(config, schema_path)
     if problems:
         raise ValueError("invalid config:\n  - " + "\n  - ".join(problems))
+
+
+OFFLINE_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+def apply_offline(config: dict) -> None:
+    """With config 'offline' true (the default), set HF_HUB_OFFLINE=1 and TRANSFORMERS_OFFLINE=1
+    in this process: every job Snakemake starts from it inherits them, so none contacts a hub."""
+    if config.get("offline", True) is not False:
+        for name in OFFLINE_ENV:
+            os.environ[name] = "1"

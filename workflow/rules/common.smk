@@ -1,18 +1,14 @@
-import os
 
 from snakemake.utils import validate
 
-from selfexplain.config import check_config
+from selfexplain.config import apply_offline, check_config
 from selfexplain.matrix import all_variants, is_trained, runs, trained_variants
 
 # Readable errors first (naming key, value, allowed values), then snakemake fills defaults.
 check_config(config, workflow.source_path("../schemas/config.schema.yaml"))
 validate(config, schema="../schemas/config.schema.yaml")
 
-if config.get("offline", True):
-    # Never reach for a model hub; jobs inherit this environment.
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+apply_offline(config)  # offline (default): HF_HUB_OFFLINE=1 for this run and every job
 
 MODELS = sorted(config["models"])
 TASKS = config["tasks"]
