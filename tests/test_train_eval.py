@@ -8,7 +8,15 @@ from toy_data import toy_examples
 
 from selfexplain.evaluate import evaluate_change_task, generate_answers, load_explainer
 from selfexplain.models import resolve
-from selfexplain.train import IGNORE, TrainConfig, encode_example, format_prompt, train_explainer
+from selfexplain.train import (
+    IGNORE,
+    RightPadCollator,
+    TrainConfig,
+    answer_loss,
+    encode_example,
+    format_prompt,
+    train_explainer,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,6 +28,28 @@ def test_loss_only_on_answer_tokens(tiny_llama):
     assert enc["labels"][:n_prompt] == [IGNORE] * n_prompt
     assert enc["labels"][n_prompt:] == enc["input_ids"][n_prompt:]
     assert enc["labels"][-1] == tok.eos_token_id
+
+
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gemma"])
+def test_answer_loss_equals_the_models_loss_and_gradient(name, request):
+    """Logits only at labelled positions give the model's own loss and the same gradients."""
+    model, tok = request.getfixturevalue(name)
+    qa = [("Is it so?", "unchanged"), ("What if the third token goes?", 'changes to "Paris"')]
+    batch = RightPadCollator(tok.pad_token_id)([encode_example(tok, q, a, 64) for q, a in qa])
+    assert (batch["attention_mask"] == 0).any()  # right padding is exercised
+    grads = []
+    for loss_of in (lambda: model(**batch).loss, lambda: answer_loss(model, batch)[0]):
+        model.zero_grad()
+        loss = loss_of()
+        loss.backward()
+        grads.append((loss.detach(), model.get_output_embeddings().weight.grad.clone()))
+    (full, g_full), (ours, g_ours) = grads
+    torch.testing.assert_close(ours, full, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g_ours, g_full, rtol=1e-4, atol=1e-7)
+    n = int((batch["labels"][:, 1:] != IGNORE).sum())
+    summed, _ = answer_loss(model, batch, num_items_in_batch=2 * n)  # as with 2 accumulated batches
+    torch.testing.assert_close(summed, full / 2, rtol=1e-5, atol=1e-6)
+    model.zero_grad()
 
 
 def test_training_learns_and_resumes(tmp_path):

@@ -8,11 +8,13 @@ import os
 import re
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import polars as pl
 import torch
+import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 from transformers import Trainer, TrainingArguments, set_seed
 
@@ -78,7 +80,49 @@ class RightPadCollator:
         return out
 
 
-class VectorTrainer(Trainer):
+@contextmanager
+def logits_at(model, mask: torch.Tensor):
+    """Inside the block, the model's output layer sees only the hidden states where ``mask``
+    (batch, seq) is true: it returns logits (n_true, vocab) in row-major order. Whatever the
+    model does after the output layer (e.g. Gemma's logit soft-capping) still applies."""
+
+    def keep(_module, args):
+        return (args[0][mask], *args[1:])
+
+    handle = model.get_output_embeddings().register_forward_pre_hook(keep)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def answer_loss(model, inputs: dict, num_items_in_batch=None) -> tuple[torch.Tensor, object]:
+    """The causal-LM loss on the labelled (answer) tokens, computing logits only where a
+    next-token label exists: the output layer is the largest matmul of a step for models with
+    large vocabularies (Gemma-3: 262k) and the answer is a few tokens of a long question.
+    Equal to the model's own loss (mean over labelled tokens, or sum / num_items_in_batch)."""
+    inputs = dict(inputs)
+    labels = inputs.pop("labels")
+    target = labels[:, 1:]
+    labelled = target != IGNORE
+    with logits_at(model, F.pad(labelled, (0, 1), value=False)):
+        outputs = model(**inputs)
+    logits = outputs.logits.reshape(-1, outputs.logits.shape[-1]).float()
+    loss = F.cross_entropy(logits, target[labelled].to(logits.device), reduction="sum")
+    return loss / (labelled.sum() if num_items_in_batch is None else num_items_in_batch), outputs
+
+
+class AnswerTrainer(Trainer):
+    """A Trainer whose loss is answer_loss (identical value, less compute)."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = answer_loss(model, inputs, num_items_in_batch)
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+            loss = loss * self.accelerator.num_processes  # num_items counts every process
+        return (loss, outputs) if return_outputs else loss
+
+
+class VectorTrainer(AnswerTrainer):
     """A Trainer whose forwards carry each example's vector at its question's placeholder."""
 
     def __init__(self, *args, injector, **kwargs):
@@ -291,7 +335,7 @@ def train_explainer(
         **cfg.extra,
     )
     extra = {"injector": injector} if injector is not None else {}
-    trainer = (VectorTrainer if injector is not None else Trainer)(
+    trainer = (VectorTrainer if injector is not None else AnswerTrainer)(
         model=model,
         args=args,
         train_dataset=data,
