@@ -632,12 +632,15 @@ def _rule_blocks() -> dict[str, str]:
     return blocks
 
 
-def test_every_rule_declares_threads_memory_and_runtime():
+def test_every_rule_declares_threads_memory_runtime_and_its_environment():
     blocks = _rule_blocks()
     assert {"get_model", "label_patching", "make_pairs", "train_explainer", "plot"} <= set(blocks)
+    env = r'^    conda:\n        "\.\./\.\./envs/selfexplain\.yaml"$'  # for snakemake --sdm conda
+    assert (REPO / "workflow/rules/../../envs/selfexplain.yaml").is_file()
     for rule, body in blocks.items():
         body = re.split(r"^\S", body, flags=re.M)[0]  # up to the next top-level statement
-        for needed in (r"^    threads: \d+$", r"^        mem_mb=\d+,$", r"^        runtime=\d+,$"):
+        needs = (r"^    threads: \d+$", r"^        mem_mb=\d+,$", r"^        runtime=\d+,$", env)
+        for needed in needs:
             assert re.search(needed, body, re.M), f"rule {rule} lacks {needed}"
 
 

@@ -12,9 +12,12 @@ rule evaluate:
         "logs/evaluate/{task}/{target}/{explainer}/{variant}/s{seed}.log",
     benchmark:
         "results/benchmarks/evaluate/{task}/{target}/{explainer}/{variant}/s{seed}.tsv"
-    threads: 2
+    # one thread: two jobs at a time (see train_explainer)
+    threads: 1
     resources:
         mem_mb=6000,
         runtime=120,
+    conda:
+        "../../envs/selfexplain.yaml"
     script:
         "../scripts/evaluate.py"

@@ -13,6 +13,8 @@ rule collect_activations:
     resources:
         mem_mb=8000,
         runtime=60,
+    conda:
+        "../../envs/selfexplain.yaml"
     script:
         "../scripts/collect_activations.py"
 
@@ -33,6 +35,8 @@ rule train_sae:
     resources:
         mem_mb=8000,
         runtime=60,
+    conda:
+        "../../envs/selfexplain.yaml"
     script:
         "../scripts/train_sae.py"
 
@@ -53,6 +57,8 @@ rule describe_features:
     resources:
         mem_mb=8000,
         runtime=60,
+    conda:
+        "../../envs/selfexplain.yaml"
     script:
         "../scripts/describe_features.py"
 
@@ -74,5 +80,7 @@ rule label_features:
     resources:
         mem_mb=2000,
         runtime=10,
+    conda:
+        "../../envs/selfexplain.yaml"
     script:
         "../scripts/label_features.py"

@@ -9,6 +9,8 @@ rule make_prompts:
     resources:
         mem_mb=1000,
         runtime=10,
+    conda:
+        "../../envs/selfexplain.yaml"
     script:
         "../scripts/make_prompts.py"
 
@@ -29,6 +31,8 @@ rule label_ablation:
     resources:
         mem_mb=6000,
         runtime=120,
+    conda:
+        "../../envs/selfexplain.yaml"
     script:
         "../scripts/label_ablation.py"
 
@@ -44,6 +48,8 @@ rule make_pairs:
     resources:
         mem_mb=1000,
         runtime=10,
+    conda:
+        "../../envs/selfexplain.yaml"
     script:
         "../scripts/make_pairs.py"
 
@@ -64,5 +70,7 @@ rule label_patching:
     resources:
         mem_mb=6000,
         runtime=120,
+    conda:
+        "../../envs/selfexplain.yaml"
     script:
         "../scripts/label_patching.py"

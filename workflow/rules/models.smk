@@ -11,5 +11,7 @@ rule get_model:
     resources:
         mem_mb=6000,
         runtime=60,
+    conda:
+        "../../envs/selfexplain.yaml"
     script:
         "../scripts/get_model.py"

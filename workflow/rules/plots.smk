@@ -12,6 +12,8 @@ rule summarize:
     resources:
         mem_mb=2000,
         runtime=10,
+    conda:
+        "../../envs/selfexplain.yaml"
     script:
         "../scripts/summarize.py"
 
@@ -32,6 +34,8 @@ rule summary_table:
     resources:
         mem_mb=2000,
         runtime=10,
+    conda:
+        "../../envs/selfexplain.yaml"
     script:
         "../scripts/summary_table.py"
 
@@ -53,6 +57,8 @@ rule self_vs_other_figure:
     resources:
         mem_mb=2000,
         runtime=10,
+    conda:
+        "../../envs/selfexplain.yaml"
     script:
         "../scripts/plot_matrix.py"
 
@@ -74,6 +80,8 @@ rule baselines_figure:
     resources:
         mem_mb=2000,
         runtime=10,
+    conda:
+        "../../envs/selfexplain.yaml"
     script:
         "../scripts/plot_matrix.py"
 
@@ -95,6 +103,8 @@ rule scaling_figure:
     resources:
         mem_mb=2000,
         runtime=10,
+    conda:
+        "../../envs/selfexplain.yaml"
     script:
         "../scripts/plot_matrix.py"
 
@@ -119,6 +129,8 @@ rule compute_table:
     resources:
         mem_mb=2000,
         runtime=10,
+    conda:
+        "../../envs/selfexplain.yaml"
     script:
         "../scripts/compute_table.py"
 
@@ -139,6 +151,8 @@ rule plot:
     resources:
         mem_mb=2000,
         runtime=10,
+    conda:
+        "../../envs/selfexplain.yaml"
     script:
         "../scripts/plot.py"
 
@@ -159,6 +173,8 @@ rule patching_layers:
     resources:
         mem_mb=2000,
         runtime=10,
+    conda:
+        "../../envs/selfexplain.yaml"
     script:
         "../scripts/plot_patching_layers.py"
 
@@ -178,5 +194,7 @@ rule patching_heatmaps:
     resources:
         mem_mb=2000,
         runtime=10,
+    conda:
+        "../../envs/selfexplain.yaml"
     script:
         "../scripts/plot_patching_heatmaps.py"

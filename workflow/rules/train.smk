@@ -17,9 +17,13 @@ rule train_explainer:
         "logs/train_explainer/{task}/{target}/{explainer}/{variant}/s{seed}.log",
     benchmark:
         "results/benchmarks/train_explainer/{task}/{target}/{explainer}/{variant}/s{seed}.tsv"
-    threads: 2
+    # one thread: on a laptop two jobs at a time keep both cores busier than one job on two
+    # (Python start-up and model loading overlap; matmuls at batch 8 scale poorly past 1 core)
+    threads: 1
     resources:
         mem_mb=12000,
         runtime=240,
+    conda:
+        "../../envs/selfexplain.yaml"
     script:
         "../scripts/train_explainer.py"
