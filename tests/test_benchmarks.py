@@ -99,7 +99,9 @@ def test_train_throughput(bench, workspace):
     assert [r["steps"] for r in rec["runs"]] == [1, 2]
     for run in rec["runs"]:  # every example seen once: hook count == summary count
         assert run["tokens"] == run["summary_tokens"] > 0
+        assert 0 < run["logit_rows"] < run["tokens"]  # logits only where an answer is predicted
     assert rec["params"] > rec["trainable_params"] > 0
+    assert 0 < rec["executed_flops"] < rec["achieved_flops_6n"]
     assert rec["train_config"]["batch_size"] == 8 and rec["train_config"]["lora_r"] == 16
 
 
