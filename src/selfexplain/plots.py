@@ -23,6 +23,12 @@ PLOT_METRICS = {
 }
 
 
+def _save(fig, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
 def task_metrics(task: str):
     """The aggregator of a task's per-example evaluation rows."""
     if task == "features":
@@ -93,9 +99,7 @@ def metric_bars(
         ax.set_title(metric)
     fig.suptitle(title)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def eval_labels(task: str, target: str, explainer: str, variant: str, seed: int, n_train: int):
@@ -163,9 +167,7 @@ def layer_curves(table: pl.DataFrame, path: str | Path, metric: str = "exact_mat
         ax.set_title(f"target: {target}")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _grid(df: pl.DataFrame, column: str) -> tuple[list[int], list[int], list[list[float]]]:
@@ -217,9 +219,7 @@ def patching_heatmaps(evals: Sequence[pl.DataFrame], path: str | Path, n_pairs: 
             if c == 0:
                 ax.set_ylabel(f"{pair}\nlayer window start", fontsize=8)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    _save(fig, path)
 
 
 # ---------------------------------------------------------------- figures of the matrix
@@ -232,9 +232,7 @@ def _empty_figure(path: str | Path, text: str) -> None:
     fig, ax = plt.subplots(figsize=(5, 2))
     ax.text(0.5, 0.5, text, ha="center", va="center")
     ax.axis("off")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _bar(ax, x, row, color, label=None):
@@ -252,156 +250,138 @@ def _n_note(sub: pl.DataFrame) -> str:
     return f"seeds {'/'.join(map(str, seeds))}, n test {'/'.join(map(str, ns))}"
 
 
+def _plottable(summary: pl.DataFrame) -> pl.DataFrame:
+    """The rows of tasks that have plotted metrics."""
+    return summary.filter(pl.col("task").is_in(list(PLOT_METRICS)))
+
+
+def _task_metric_cells(table: pl.DataFrame, col_width: float):
+    """A figure with a row per task of the table and a column per plotted metric: the figure
+    and, per used cell, (ax, task, metric, the table's rows of that task and metric)."""
+    tasks = [t for t in PLOT_METRICS if t in set(table["task"])]
+    ncols = max(len(PLOT_METRICS[t]) for t in tasks)
+    fig, axes = plt.subplots(
+        len(tasks), ncols, figsize=(col_width * ncols, 3.0 * len(tasks)), squeeze=False
+    )
+    cells = []
+    for r, task in enumerate(tasks):
+        for c in range(ncols):
+            if c >= len(PLOT_METRICS[task]):
+                axes[r][c].axis("off")
+                continue
+            metric = PLOT_METRICS[task][c]
+            sub = table.filter((pl.col("task") == task) & (pl.col("metric") == metric))
+            cells.append((axes[r][c], task, metric, sub))
+    return fig, cells
+
+
+def _finish_cell(ax, task: str, metric: str, sub: pl.DataFrame) -> None:
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{task}: {metric}\n({_n_note(sub)})" if len(sub) else metric, fontsize=8)
+
+
 def self_vs_other_figure(summary: pl.DataFrame, path: str | Path) -> None:
     """Trained explainers per task (rows) and metric (columns): for each target, the self
     explainer next to each other explainer; mean over seeds with 95% CI."""
-    table = summary.filter(pl.col("variant") == "trained")
-    tasks = [t for t in PLOT_METRICS if t in set(table["task"])]
-    if not tasks:
+    table = _plottable(summary).filter(pl.col("variant") == "trained")
+    if table.is_empty():
         return _empty_figure(path, "no trained runs in the table")
-    ncols = max(len(PLOT_METRICS[t]) for t in tasks)
-    fig, axes = plt.subplots(
-        len(tasks), ncols, figsize=(3.6 * ncols, 3.0 * len(tasks)), squeeze=False
-    )
+    fig, cells = _task_metric_cells(table, 3.6)
     colors = {"self": "tab:blue", "other": "tab:orange"}
-    for r, task in enumerate(tasks):
-        sub_task = table.filter(pl.col("task") == task)
-        targets = sorted(set(sub_task["target"]))
-        for c in range(ncols):
-            ax = axes[r][c]
-            if c >= len(PLOT_METRICS[task]):
-                ax.axis("off")
-                continue
-            metric = PLOT_METRICS[task][c]
-            sub = sub_task.filter(pl.col("metric") == metric)
-            ticks, labels, x = [], [], 0
-            for target in targets:
-                rows = sub.filter(pl.col("target") == target).sort(
-                    pl.col("relation") != "self", "explainer"
-                )
-                for row in rows.iter_rows(named=True):
-                    _bar(ax, x, row, colors[row["relation"]])
-                    ticks.append(x)
-                    labels.append(f"{row['explainer']}\n→{target}")
-                    x += 1
-                x += 0.6
-            ax.set_xticks(ticks, labels, fontsize=7)
-            ax.set_ylim(0, 1)
-            ax.set_title(f"{task}: {metric}\n({_n_note(sub)})" if len(sub) else metric, fontsize=8)
+    for ax, task, metric, sub in cells:
+        ticks, labels, x = [], [], 0
+        for target in sorted(set(sub["target"])):
+            rows = sub.filter(pl.col("target") == target).sort(
+                pl.col("relation") != "self", "explainer"
+            )
+            for row in rows.iter_rows(named=True):
+                _bar(ax, x, row, colors[row["relation"]])
+                ticks.append(x)
+                labels.append(f"{row['explainer']}\n→{target}")
+                x += 1
+            x += 0.6
+        ax.set_xticks(ticks, labels, fontsize=7)
+        _finish_cell(ax, task, metric, sub)
     handles = [plt.Rectangle((0, 0), 1, 1, color=v) for v in colors.values()]
     fig.suptitle("Self vs other: trained explainers (mean over seeds, 95% CI)", fontsize=10)
     fig.tight_layout(rect=(0, 0, 0.92, 1))
     fig.legend(handles, list(colors), loc="upper right", fontsize=8)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def baselines_figure(summary: pl.DataFrame, path: str | Path) -> None:
     """Per task (rows) and metric (columns): trained vs untrained, no_signal and (features)
     nearest_neighbour, one group of bars per explainer → target pair."""
-    table = summary.filter(pl.col("variant").is_in(list(BASELINE_ORDER)))
-    tasks = [t for t in PLOT_METRICS if t in set(table["task"])]
-    if not tasks:
+    table = _plottable(summary).filter(pl.col("variant").is_in(list(BASELINE_ORDER)))
+    if table.is_empty():
         return _empty_figure(path, "no runs in the table")
-    ncols = max(len(PLOT_METRICS[t]) for t in tasks)
-    fig, axes = plt.subplots(
-        len(tasks), ncols, figsize=(4.2 * ncols, 3.0 * len(tasks)), squeeze=False
-    )
+    fig, cells = _task_metric_cells(table, 4.2)
     palette = dict(
         zip(BASELINE_ORDER, ["tab:blue", "tab:gray", "tab:red", "tab:green"], strict=True)
     )
-    for r, task in enumerate(tasks):
-        sub_task = table.filter(pl.col("task") == task)
-        pairs = sorted(set(sub_task.select("target", "explainer").iter_rows()))
-        variants = [v for v in BASELINE_ORDER if v in set(sub_task["variant"])]
-        for c in range(ncols):
-            ax = axes[r][c]
-            if c >= len(PLOT_METRICS[task]):
-                ax.axis("off")
-                continue
-            metric = PLOT_METRICS[task][c]
-            sub = sub_task.filter(pl.col("metric") == metric)
-            width = len(variants) + 1
-            for p, (target, explainer) in enumerate(pairs):
-                for v, variant in enumerate(variants):
-                    rows = sub.filter(
-                        (pl.col("target") == target)
-                        & (pl.col("explainer") == explainer)
-                        & (pl.col("variant") == variant)
-                    )
-                    for row in rows.iter_rows(named=True):
-                        _bar(ax, p * width + v, row, palette[variant])
-            ax.set_xticks(
-                [p * width + (len(variants) - 1) / 2 for p in range(len(pairs))],
-                [f"{e}\n→{t}" for t, e in pairs],
-                fontsize=7,
-            )
-            ax.set_ylim(0, 1)
-            ax.set_title(f"{task}: {metric}\n({_n_note(sub)})" if len(sub) else metric, fontsize=8)
+    for ax, task, metric, sub in cells:
+        in_task = table.filter(pl.col("task") == task)
+        pairs = sorted(set(in_task.select("target", "explainer").iter_rows()))
+        variants = [v for v in BASELINE_ORDER if v in set(in_task["variant"])]
+        width = len(variants) + 1
+        for p, (target, explainer) in enumerate(pairs):
+            for v, variant in enumerate(variants):
+                rows = sub.filter(
+                    (pl.col("target") == target)
+                    & (pl.col("explainer") == explainer)
+                    & (pl.col("variant") == variant)
+                )
+                for row in rows.iter_rows(named=True):
+                    _bar(ax, p * width + v, row, palette[variant])
+        ax.set_xticks(
+            [p * width + (len(variants) - 1) / 2 for p in range(len(pairs))],
+            [f"{e}\n→{t}" for t, e in pairs],
+            fontsize=7,
+        )
+        _finish_cell(ax, task, metric, sub)
     shown = [v for v in BASELINE_ORDER if v in set(table["variant"])]
     handles = [plt.Rectangle((0, 0), 1, 1, color=palette[v]) for v in shown]
     fig.suptitle("Trained explainers vs baselines (mean over seeds, 95% CI)", fontsize=10)
     fig.tight_layout(rect=(0, 0, 0.88, 1))
     fig.legend(handles, shown, loc="upper right", fontsize=8)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def scaling_figure(summary: pl.DataFrame, path: str | Path) -> None:
     """Metric vs training examples (log x), one line per explainer → target pair, from the
     data-scaling variants n{N} and the full trained variant (mean over seeds, 95% CI band)."""
-    table = summary.filter(
+    table = _plottable(summary).filter(
         (pl.col("variant") == "trained") | pl.col("variant").str.contains(r"^n\d+$")
     )
-    tasks = [t for t in PLOT_METRICS if t in set(table["task"])]
-    if not tasks:
+    if table.is_empty():
         return _empty_figure(path, "no trained runs in the table")
-    ncols = max(len(PLOT_METRICS[t]) for t in tasks)
-    fig, axes = plt.subplots(
-        len(tasks), ncols, figsize=(3.8 * ncols, 3.0 * len(tasks)), squeeze=False
-    )
-    for r, task in enumerate(tasks):
-        sub_task = table.filter(pl.col("task") == task)
-        pairs = sorted(set(sub_task.select("target", "explainer").iter_rows()))
-        for c in range(ncols):
-            ax = axes[r][c]
-            if c >= len(PLOT_METRICS[task]):
-                ax.axis("off")
+    fig, cells = _task_metric_cells(table, 3.8)
+    for ax, task, metric, sub in cells:
+        pairs = sorted(
+            set(table.filter(pl.col("task") == task).select("target", "explainer").iter_rows())
+        )
+        for target, explainer in pairs:
+            line = sub.filter(
+                (pl.col("target") == target)
+                & (pl.col("explainer") == explainer)
+                & pl.col("mean").is_not_null()
+            ).sort("n_train")
+            if line.is_empty():
                 continue
-            metric = PLOT_METRICS[task][c]
-            sub = sub_task.filter(pl.col("metric") == metric)
-            for target, explainer in pairs:
-                line = sub.filter(
-                    (pl.col("target") == target)
-                    & (pl.col("explainer") == explainer)
-                    & pl.col("mean").is_not_null()
-                ).sort("n_train")
-                if line.is_empty():
-                    continue
-                x = line["n_train"].to_list()
-                style = "-" if target == explainer else "--"
-                ax.plot(x, line["mean"].to_list(), style, marker="o", label=f"{explainer}→{target}")
-                lo = [
-                    v if v is not None else m
-                    for v, m in zip(line["ci_lo"], line["mean"], strict=True)
-                ]
-                hi = [
-                    v if v is not None else m
-                    for v, m in zip(line["ci_hi"], line["mean"], strict=True)
-                ]
-                ax.fill_between(x, lo, hi, alpha=0.15)
-            ax.set_xscale("log")
-            ax.set_ylim(0, 1)
-            ax.set_xlabel("training examples", fontsize=8)
-            ax.set_title(f"{task}: {metric}\n({_n_note(sub)})" if len(sub) else metric, fontsize=8)
-            ax.legend(fontsize=6)
+            x = line["n_train"].to_list()
+            style = "-" if target == explainer else "--"
+            ax.plot(x, line["mean"].to_list(), style, marker="o", label=f"{explainer}→{target}")
+            means = line["mean"]
+            lo = [v if v is not None else m for v, m in zip(line["ci_lo"], means, strict=True)]
+            hi = [v if v is not None else m for v, m in zip(line["ci_hi"], means, strict=True)]
+            ax.fill_between(x, lo, hi, alpha=0.15)
+        ax.set_xscale("log")
+        ax.set_xlabel("training examples", fontsize=8)
+        _finish_cell(ax, task, metric, sub)
+        ax.legend(fontsize=6)
     fig.suptitle("Data scaling (solid: self, dashed: other; mean over seeds, 95% CI)", fontsize=10)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    _save(fig, path)
 
 
 MATRIX_FIGURES = {
@@ -428,6 +408,4 @@ def compute_figure(table: pl.DataFrame, path: str | Path) -> None:
     ax.set_xlabel("wall time, all jobs of the family (s)")
     ax.set_xlim(0, max(table["wall_s_total"].max() or 1, 1) * 1.6)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    _save(fig, path)
