@@ -125,3 +125,12 @@ def test_run_all_table(bench, workspace):
     table = run_all.main(["--table-only", "--dir", str(folder)])
     body = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
     assert len(body) == 1 + 5  # header + patching, scaling, ablation, training, generation
+
+
+def test_answer_loss(bench, workspace):
+    out = workspace / "out" / "answer_loss.json"
+    args = ["--model", str(workspace / "model"), "--labels", str(workspace / "labels.parquet")]
+    rec = bench("answer_loss").main([*args, "--repeats", "1", "--threads", "1", "--out", str(out)])
+    rec = _check(out, rec, {"best_s", "speedup", "loss", "max_abs_loss_diff"})
+    assert rec["max_abs_loss_diff"] < 1e-5
+    assert 0 < rec["answer_positions"] < rec["tokens"]
