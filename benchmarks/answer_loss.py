@@ -22,6 +22,7 @@ from _common import environment, print_table, timed, write_record
 from selfexplain.examples import read_examples, select, subsample
 from selfexplain.models import load
 from selfexplain.train import (
+    IGNORE,
     RightPadCollator,
     TrainConfig,
     answer_loss,
@@ -80,7 +81,7 @@ def main(argv=None) -> dict:
         "labels": args.labels,
         "batch_shape": list(batch["input_ids"].shape),
         "tokens": int(batch["attention_mask"].sum()),
-        "answer_positions": int((batch["labels"][:, 1:] != -100).sum()),
+        "answer_positions": int((batch["labels"][:, 1:] != IGNORE).sum()),
         "vocab": model.get_output_embeddings().weight.shape[0],
         "seconds": seconds,
         "best_s": best,

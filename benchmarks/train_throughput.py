@@ -32,6 +32,7 @@ from dataclasses import asdict
 
 import torch
 from _common import (
+    body_params,
     environment,
     linear_fit,
     matmul_ceiling,
@@ -69,9 +70,8 @@ class StepTimer(TrainerCallback):
         self.trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         head = model.get_output_embeddings()
         self.head_params = head.weight.numel()
-        embed = {id(p) for p in model.get_input_embeddings().parameters()}
-        embed |= {id(p) for p in head.parameters()}
-        self.body_params = sum(p.numel() for p in model.parameters() if id(p) not in embed)
+        tied = head.weight is model.get_input_embeddings().weight
+        self.body_params = body_params(model) - (0 if tied else self.head_params)
         self._hooks = [
             model.register_forward_pre_hook(self._count, with_kwargs=True),
             head.register_forward_hook(  # after answer_loss's own pre-hook kept its rows
