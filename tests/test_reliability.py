@@ -104,12 +104,12 @@ BAD_CONFIGS = {
     "unknown task": (
         "tasks",
         ["ablation", "ablaton"],
-        ["'tasks[1]'", "'ablaton' is not allowed", "['ablation', 'patching', 'features']"],
+        ["'tasks[1]'", "'ablaton' is not allowed", "['ablation', 'patching', 'hint', 'features']"],
     ),
     "unknown variant": (
         "variants",
         ["trained", "fine-tuned"],
-        ["['trained', 'untrained', 'no_signal', 'nearest_neighbour']"],
+        ["'fine-tuned' is not allowed", "'prompt_only', 'constant', 'surface'"],
     ),
     "unknown ablation kind": ("ablation.kinds", ["fact", "facts"], ["'ablation.kinds[1]'"]),
     "unknown engine": ("ablation.engine", "captum", ["feature_ablation", "llm_attribution"]),
@@ -139,7 +139,7 @@ BAD_CONFIGS = {
     "not a hub id": ("models.tiny", "my model!", ["'models.tiny'", "nor a valid hub id"]),
     "zero batch size": ("train.batch_size", 0, ["'train.batch_size'", "minimum of 1"]),
     "negative window": ("patching.window", -2, ["'patching.window'", "minimum of 1"]),
-    "zero test items": ("evaluate.n_test", 0, ["'evaluate.n_test'", "minimum of 1"]),
+    "zero test items": ("evaluate.n_test", 0, ["'evaluate.n_test'", "minimum of 2"]),
     "test_fraction 1": (
         "ablation.test_fraction",
         1.0,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 import numpy as np
 import polars as pl
@@ -68,3 +69,37 @@ def shuffle_signal(examples: pl.DataFrame, task: str, seed: int = 0) -> pl.DataF
         others = [j for j in range(len(questions)) if j != singles[0]]
         new[singles[0]] = questions[others[int(rng.integers(len(others)))]]
     return examples.with_columns(pl.Series("question", new, dtype=pl.String))
+
+
+# the clause of a question that names the removed token / patched position and layers
+_SIGNAL = {
+    "ablation": (
+        re.compile(r"^If (token \d+ \(.*?\)|the hint .*?) is removed", re.M),
+        "If one part",
+    ),
+    "patching": (
+        re.compile(
+            r"^If the hidden state at token \d+ \(.*?\) in layers? [\d to]+ is replaced", re.M
+        ),
+        "If one hidden state",
+    ),
+}
+
+
+def strip_signal(examples: pl.DataFrame, task: str) -> pl.DataFrame:
+    """The prompt_only control's examples: each question with the clause that names the removed
+    token (ablation) or the patched position and layers (patching) replaced by a generic one
+    ("If one part is removed ...", "If one hidden state is replaced ..."), so all questions of a
+    prompt read alike. What remains learnable: each prompt's base rate of change and the
+    outputs it tends to change to, from the prompt text alone."""
+    if task not in _SIGNAL:
+        raise ValueError(f"prompt_only is for {sorted(_SIGNAL)}, not {task!r}")
+    pattern, generic = _SIGNAL[task]
+    verb = "removed" if task == "ablation" else "replaced"
+    questions = []
+    for q in examples["question"].to_list():
+        new, n = pattern.subn(f"{generic} is {verb}", q, count=1)
+        if n != 1:
+            raise ValueError(f"{task} question without the expected signal clause: {q!r}")
+        questions.append(new)
+    return examples.with_columns(pl.Series("question", questions, dtype=pl.String))

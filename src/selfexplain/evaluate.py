@@ -97,19 +97,28 @@ def evaluate_change_task(
     max_new_tokens: int = 16,
     batch_size: int = 16,
 ) -> pl.DataFrame:
-    """One row per test example: ids, gold answer, prediction, and the change-task metrics."""
+    """One row per test example: ids, gold answer, the generated prediction, the teacher-forced
+    has-changed score (tf_score, scoring.change_scores) and the change-task metrics."""
+    from selfexplain.scoring import change_scores
+
+    questions = examples["question"].to_list()
     preds = generate_answers(
-        model,
-        tokenizer,
-        examples["question"].to_list(),
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
+        model, tokenizer, questions, max_new_tokens=max_new_tokens, batch_size=batch_size
     )
-    scored = score_change_rows(examples["answer"].to_list(), preds)
+    tf = change_scores(model, tokenizer, questions, batch_size=batch_size, progress=True)
+    return change_rows(examples, preds, tf, labels)
+
+
+def change_rows(
+    examples: pl.DataFrame, predictions: Sequence[str], tf_scores, labels: dict
+) -> pl.DataFrame:
+    """Evaluation rows of a change task from predictions and has-changed scores (> 0: changed)."""
+    scored = score_change_rows(examples["answer"].to_list(), list(predictions))
     keep = ["id", "task", "target", "answer", "meta"]
     keep += [c for c in ("in_sample", "heatmap") if c in examples.columns]
     base = examples.select(keep).with_columns(
-        pl.Series("prediction", preds, dtype=pl.String),
+        pl.Series("prediction", list(predictions), dtype=pl.String),
+        pl.Series("tf_score", [float(x) for x in tf_scores], dtype=pl.Float64),
         *[pl.lit(v).alias(k) for k, v in labels.items()],
     )
     return pl.concat([base, scored], how="horizontal")
@@ -160,6 +169,8 @@ def evaluate_features(
 
     trained / untrained: the explainer answers with the vector injected (untrained: no
     adapter); no_signal: trained and evaluated on random vectors (variants.withhold_signal);
+    floor / ceiling: another test feature's true description (a random derangement) / the
+    true description itself, scored as predictions: where the metrics start and end.
     nearest_neighbour: the description of the most cosine-similar vector among the n_train
     training features the explainers are trained on (no model).
     """
@@ -172,14 +183,26 @@ def evaluate_features(
     test = subsample(select(examples, "test"), settings["n_test"], 0)
     if test.is_empty():
         raise ValueError("no test features: raise features.n_features or test_fraction")
-    if variant == "nearest_neighbour":
+    if variant in ("floor", "ceiling"):  # reading aids: a random other feature's description,
+        # and the true description itself, scored as predictions (no model)
+        answers = test["answer"].to_list()
+        if variant == "ceiling":
+            preds = answers
+        else:
+            from selfexplain.controls import _derangement, _rng
+
+            perm = _derangement(len(answers), _rng(labels["seed"], "floor"))
+            preds = [answers[j] for j in perm] if len(answers) > 1 else answers
+    elif variant == "nearest_neighbour":
         train = subsample(select(examples, "train"), n_train, 0)
         preds, _ = nearest_neighbour_answers(
             train["vector"].to_list(), train["answer"].to_list(), test["vector"].to_list()
         )
     else:
         model, tokenizer = load_explainer(model_dir, adapter_dir)
-        asked = withhold_signal(test, "features") if variant == "no_signal" else test
+        asked = test
+        if variant == "no_signal":
+            asked = withhold_signal(test, "features", labels["seed"])
         vectors = asked["vector"].to_list()
         injector = explainer_injector(
             model,

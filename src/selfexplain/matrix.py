@@ -1,9 +1,8 @@
 """The experiment matrix: which (task, target, explainer, variant, seed) runs a config asks for.
 
 workflow/rules/common.smk expands the DAG from :func:`runs`; the tests check the expansion
-without Snakemake. Variants: ``trained``, ``untrained``, ``no_signal``, ``nearest_neighbour``
-(see variants.py for which task supports which) and data-scaling variants ``n{N}``: trained on
-the first N examples of the same draw of ``train.n_train`` examples, one per fraction in
+without Snakemake. Variants: see variants.py (which task supports which) and data-scaling
+variants ``n{N}``: trained on the first N rows of the same draw, one per entry of
 ``train.scaling``.
 """
 
@@ -38,10 +37,21 @@ def relation(target: str, explainer: str) -> str:
 
 
 def scaling_sizes(config: dict) -> list[int]:
-    """The training-set sizes of the data-scaling variants (distinct, below train.n_train)."""
-    n_train = config["train"]["n_train"]
-    sizes = {max(1, round(f * n_train)) for f in config["train"].get("scaling") or []}
-    return sorted(n for n in sizes if n < n_train)
+    """The training-set sizes of the data-scaling variants (distinct; below train.n_train when
+    it is set). An entry above 1 is a row count, one in (0, 1] a fraction of train.n_train."""
+    n_train = config["train"].get("n_train")
+    sizes = set()
+    for f in config["train"].get("scaling") or []:
+        if f > 1:
+            sizes.add(int(f))
+        elif n_train is None:
+            raise ValueError(
+                f"train.scaling entry {f} is a fraction of train.n_train, which is null (all "
+                "rows): give scaling sizes as row counts above 1, or set train.n_train"
+            )
+        else:
+            sizes.add(max(1, round(f * n_train)))
+    return sorted(n for n in sizes if n_train is None or n < n_train)
 
 
 def scaling_variants(config: dict) -> list[str]:
@@ -55,6 +65,11 @@ def all_variants(config: dict) -> list[str]:
     return list(config["variants"]) + scaling
 
 
+def base_variant(variant: str) -> str:
+    """The variant a run behaves as: "trained" for a data-scaling variant n{N}."""
+    return "trained" if SCALING.fullmatch(variant) else variant
+
+
 def is_trained(variant: str) -> bool:
     """Whether the variant needs a trained adapter (rule train_explainer)."""
     return variant in TRAINED_VARIANTS or SCALING.fullmatch(variant) is not None
@@ -65,12 +80,13 @@ def trained_variants(config: dict) -> list[str]:
     return [v for v in all_variants(config) if is_trained(v)]
 
 
-def variant_n_train(variant: str, n_train: int) -> int:
-    """Training examples behind a variant: N for n{N}, 0 untrained, else train.n_train."""
+def variant_n_train(variant: str, n_train: int | None) -> int | None:
+    """Training rows behind a variant: N for n{N}, 0 without training (untrained and the
+    model-free baselines), else train.n_train (None: all balanced rows)."""
     match = SCALING.fullmatch(variant)
     if match:
         return int(match.group(1))
-    return 0 if variant == "untrained" else n_train
+    return n_train if variant in TRAINED_VARIANTS else 0
 
 
 def variant_seeds(config: dict, variant: str) -> list[int]:
@@ -92,7 +108,7 @@ def runs(config: dict) -> list[Run]:
         for target in config["targets"]:
             for explainer in config["explainers"]:
                 for variant in list(config["variants"]) + scaling:
-                    base = "trained" if SCALING.fullmatch(variant) else variant
+                    base = base_variant(variant)
                     if not applies(task, base):
                         continue
                     for seed in variant_seeds(config, variant):

@@ -61,6 +61,36 @@ def macro_f1(gold: Sequence[bool], pred: Sequence[bool | None]) -> float:
     return float(np.mean(scores)) if scores else float("nan")
 
 
+def auc(gold: Sequence[bool], score: Sequence[float]) -> float:
+    """Area under the ROC curve of score for gold (ties count one half); nan with one class."""
+    gold = np.asarray(gold, dtype=bool)
+    score = np.asarray(score, dtype=float)
+    n_pos, n_neg = int(gold.sum()), int((~gold).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(score, kind="mergesort")
+    ranks = np.empty(len(score))
+    sorted_scores = score[order]
+    # average ranks over ties
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    avg = first + (counts - 1) / 2.0 + 1.0
+    ranks[order] = np.repeat(avg, counts)
+    return float((ranks[gold].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def balanced_accuracy(gold: Sequence[bool], pred: Sequence[bool | None]) -> float:
+    """Mean recall of the two classes; a missing prediction (None) is wrong; nan with one
+    class in gold."""
+    gold = list(gold)
+    recalls = []
+    for cls in (True, False):
+        idx = [i for i, g in enumerate(gold) if g == cls]
+        if not idx:
+            return float("nan")
+        recalls.append(sum(1 for i in idx if pred[i] == cls) / len(idx))
+    return float(np.mean(recalls))
+
+
 def score_change_rows(gold_answers: Sequence[str], predictions: Sequence[str]) -> pl.DataFrame:
     """Per-example columns: exact_match, gold/pred changed flags, content_match (changed only)."""
     rows = []
@@ -96,9 +126,14 @@ def score_change_rows(gold_answers: Sequence[str], predictions: Sequence[str]) -
 
 
 def change_metrics(rows: pl.DataFrame) -> dict[str, float]:
-    """Aggregate metrics of per-example rows from score_change_rows."""
+    """Aggregate metrics of per-example rows from score_change_rows; with a teacher-forced
+    score column (tf_score, see scoring.py) also the has-changed AUC and balanced accuracy."""
     changed = rows.filter(pl.col("gold_changed"))
-    return {
+    tf = {}
+    if "tf_score" in rows.columns and rows["tf_score"].null_count() < len(rows):
+        gold, score = rows["gold_changed"].to_list(), rows["tf_score"].to_numpy()
+        tf = {"auc": auc(gold, score), "balanced_accuracy": balanced_accuracy(gold, score > 0)}
+    return tf | {
         "exact_match": float(rows["exact_match"].mean()) if len(rows) else float("nan"),
         "has_changed_f1": macro_f1(rows["gold_changed"].to_list(), rows["pred_changed"].to_list()),
         "content_match": float(changed["content_match"].mean()) if len(changed) else float("nan"),

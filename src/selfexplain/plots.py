@@ -16,9 +16,12 @@ from selfexplain.metrics import bootstrap_ci, change_metrics  # noqa: E402
 
 GROUP = ["task", "target", "explainer", "relation", "variant", "n_train", "seed"]
 # the metrics plotted per task (the table holds every metric of the task's aggregator)
+# (teacher-forced has-changed balanced accuracy and AUC first: the primary metrics)
+_CHANGE_PLOTS = ("balanced_accuracy", "auc", "exact_match", "has_changed_f1", "content_match")
 PLOT_METRICS = {
-    "ablation": ("exact_match", "has_changed_f1", "content_match"),
-    "patching": ("exact_match", "has_changed_f1", "content_match"),
+    "ablation": _CHANGE_PLOTS,
+    "patching": _CHANGE_PLOTS,
+    "hint": _CHANGE_PLOTS,
     "features": ("similarity", "simulation"),
 }
 
@@ -225,7 +228,17 @@ def patching_heatmaps(evals: Sequence[pl.DataFrame], path: str | Path, n_pairs: 
 # ---------------------------------------------------------------- figures of the matrix
 # All drawn from the seed summary (tables.seed_summary): mean over seeds, 95% CI.
 
-BASELINE_ORDER = ("trained", "untrained", "no_signal", "nearest_neighbour")
+BASELINE_ORDER = (
+    "trained",
+    "untrained",
+    "no_signal",
+    "prompt_only",
+    "surface",
+    "constant",
+    "nearest_neighbour",
+    "floor",
+    "ceiling",
+)
 
 
 def _empty_figure(path: str | Path, text: str) -> None:
@@ -316,9 +329,9 @@ def baselines_figure(summary: pl.DataFrame, path: str | Path) -> None:
     if table.is_empty():
         return _empty_figure(path, "no runs in the table")
     fig, cells = _task_metric_cells(table, 4.2)
-    palette = dict(
-        zip(BASELINE_ORDER, ["tab:blue", "tab:gray", "tab:red", "tab:green"], strict=True)
-    )
+    colors = ["tab:blue", "tab:gray", "tab:red", "tab:purple", "tab:orange", "black", "tab:green"]
+    colors += ["tab:brown", "tab:olive"]
+    palette = dict(zip(BASELINE_ORDER, colors, strict=True))
     for ax, task, metric, sub in cells:
         in_task = table.filter(pl.col("task") == task)
         pairs = sorted(set(in_task.select("target", "explainer").iter_rows()))
@@ -382,6 +395,116 @@ def scaling_figure(summary: pl.DataFrame, path: str | Path) -> None:
     fig.suptitle("Data scaling (solid: self, dashed: other; mean over seeds, 95% CI)", fontsize=10)
     fig.tight_layout()
     _save(fig, path)
+
+
+def comparisons_figure(table: pl.DataFrame, path: str | Path) -> None:
+    """Forest plot of the paired comparisons (compare.comparisons): one panel per task and
+    metric, one line per comparison (difference with its clustered 95% bootstrap CI)."""
+    if table.is_empty():
+        return _empty_figure(path, "no comparisons: the runs share no test items")
+    panels = table.select("task", "metric").unique(maintain_order=True).rows()
+    n_rows = max(
+        len(table.filter((pl.col("task") == t) & (pl.col("metric") == m))) for t, m in panels
+    )
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(3.6 * len(panels), 0.35 * n_rows + 1.4), squeeze=False
+    )
+    for ax, (task, metric) in zip(axes[0], panels, strict=True):
+        sub = table.filter((pl.col("task") == task) & (pl.col("metric") == metric))
+        labels = []
+        for y, row in enumerate(sub.iter_rows(named=True)):
+            excludes = row["ci_lo"] > 0 or row["ci_hi"] < 0
+            color = "tab:blue" if row["diff"] > 0 else "tab:red"
+            ax.errorbar(
+                row["diff"],
+                y,
+                xerr=[[row["diff"] - row["ci_lo"]], [row["ci_hi"] - row["diff"]]],
+                fmt="o",
+                color=color if excludes else "tab:gray",
+                capsize=3,
+            )
+            who = row["a_explainer"]
+            if row["comparison"] == "self - other":
+                who = f"{row['a_explainer']} - {row['b_explainer']}"
+            labels.append(f"{row['comparison']}\n{who}→{row['target']}")
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_yticks(range(len(labels)), labels, fontsize=6)
+        ax.invert_yaxis()
+        ax.set_title(f"{task}: {metric}", fontsize=8)
+        ax.set_xlabel("difference (95% CI, clustered)", fontsize=7)
+    fig.suptitle("Paired comparisons on the same test items (colour: CI excludes 0)", fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def learning_curves_figure(curves: pl.DataFrame, path: str | Path) -> None:
+    """Validation metric against training step, one panel per task, one line per run
+    (explainer → target, variant, seed); the best step marked."""
+    if curves.is_empty():
+        return _empty_figure(path, "no validation curves (train.val_fraction is 0)")
+    tasks = sorted(set(curves["task"]))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.4), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        sub = curves.filter(pl.col("task") == task)
+        metric = sub["metric"][0]
+        for (target, explainer, variant, seed), run in sub.group_by(
+            ["target", "explainer", "variant", "seed"], maintain_order=True
+        ):
+            run = run.sort("step")
+            style = "-" if variant == "trained" else ":"
+            line = ax.plot(
+                run["step"].to_list(),
+                run["value"].to_list(),
+                style,
+                marker=".",
+                label=f"{explainer}→{target} {variant} s{seed}",
+            )[0]
+            best = run.filter(pl.col("best"))
+            if len(best):
+                ax.plot(best["step"], best["value"], "*", ms=10, color=line.get_color())
+        ax.set_xlabel("optimizer step", fontsize=8)
+        ax.set_ylabel(f"validation {metric}", fontsize=8)
+        ax.set_title(task, fontsize=9)
+        ax.legend(fontsize=5)
+    fig.suptitle("Learning curves on the validation split (star: kept adapter)", fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def curve_table(summaries: Sequence[tuple[dict, dict]]) -> pl.DataFrame:
+    """Tidy learning curves from (run labels, train_summary.json) pairs: one row per run and
+    validation step with the selecting metric's value (its first part) and whether it is the
+    kept step."""
+    rows = []
+    for labels, summary in summaries:
+        best = summary.get("best") or {}
+        metric = str(best.get("metric", "")).split("+")[0]
+        for point in summary.get("validation") or []:
+            if metric not in point:
+                continue
+            rows.append(
+                labels
+                | {
+                    "metric": metric,
+                    "step": point["step"],
+                    "value": point[metric],
+                    "train_loss": point.get("train_loss"),
+                    "best": point["step"] == best.get("step"),
+                }
+            )
+    schema = {
+        "task": pl.String,
+        "target": pl.String,
+        "explainer": pl.String,
+        "variant": pl.String,
+        "seed": pl.Int64,
+        "metric": pl.String,
+        "step": pl.Int64,
+        "value": pl.Float64,
+        "train_loss": pl.Float64,
+        "best": pl.Boolean,
+    }
+    return pl.DataFrame(rows, schema=schema)
 
 
 MATRIX_FIGURES = {

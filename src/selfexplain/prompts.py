@@ -389,6 +389,16 @@ def ablation_prompts(
     return out
 
 
+def hint_prompts(n: int = 1000, seed: int = 0) -> list[Prompt]:
+    """n distinct hinted multiple-choice prompts (kind "hint_mcq", ids hint-0000, ...) for the
+    hint task, deterministic by seed; each prompt's hint is its removable hint sentence."""
+    rng = random.Random(f"{seed}:hint")
+    return [
+        Prompt(f"hint-{i:04d}", "hint_mcq", text, hint, meta)
+        for i, (text, meta, hint) in enumerate(_unique(n, rng, _hint_mcq, "hint"))
+    ]
+
+
 # --------------------------------------------------------------------------- patching prompts
 
 

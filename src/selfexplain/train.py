@@ -16,7 +16,7 @@ import polars as pl
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
-from transformers import Trainer, TrainingArguments, set_seed
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from selfexplain.models import MANIFEST, load
 
@@ -31,18 +31,36 @@ class TrainConfig:
     batch_size: int = 8
     grad_accum: int = 1
     lr: float = 3e-4
+    # HF scheduler name: constant_with_warmup (the reference configs' constant LR), cosine, linear
+    lr_scheduler: str = "constant_with_warmup"
+    warmup_ratio: float = 0.05  # fraction of the steps spent warming up
+    weight_decay: float = 0.0
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     target_modules: list[str] | str = "all-linear"
     max_length: int = 256
-    save_steps: int = 20
+    save_steps: int = 20  # checkpoint interval (with a validation split: eval_steps)
     logging_steps: int = 5
+    # validation (when a validation split is given): score it every eval_steps optimizer steps,
+    # keep the best adapter, stop after `patience` scores without improvement (0: never stop)
+    eval_steps: int = 25
+    patience: int = 4
     seed: int = 0
     deepspeed: str | None = None
-    # batches of similar-length examples (HF LengthGroupedSampler): less compute on padding
-    group_by_length: bool = True
+    # batches of similar-length examples (HF LengthGroupedSampler): less compute on padding,
+    # but one prompt's questions (same length) then share batches; off = random order
+    group_by_length: bool = False
     extra: dict = field(default_factory=dict)
+
+
+def train_config(settings: dict, seed: int) -> TrainConfig:
+    """TrainConfig from the config's ``train`` section (keys that are not TrainConfig fields,
+    such as n_train, scaling and the validation split's size, belong to the run's rows)."""
+    from dataclasses import fields
+
+    names = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(seed=seed, **{k: v for k, v in settings.items() if k in names})
 
 
 def format_prompt(question: str) -> str:
@@ -171,6 +189,97 @@ def single_process_env() -> None:
     os.environ.update(defaults | {"MASTER_PORT": str(port)})
 
 
+class Validation(TrainerCallback):
+    """Learning diagnostics: score a held-out validation split every ``eval_steps`` optimizer
+    steps (and before the first), keep the best adapter in memory, stop after ``patience``
+    scores without improvement.
+
+    ``score(model) -> dict`` returns metrics, ``metric`` names the one that selects (higher is
+    better; "a+b": a, ties broken by b).
+    The curve, the best step and the best adapter's weights travel inside each Trainer
+    checkpoint (written in on_save, after the Trainer's own files), so a resumed run continues
+    the same curve and still returns the best adapter seen before the interruption.
+    """
+
+    STATE = "selfexplain_validation.json"
+    BEST = "selfexplain_best.safetensors"
+
+    def __init__(self, score, metric: str, eval_steps: int, patience: int, resume: str | None):
+        self.score, self.metric = score, metric
+        self.eval_steps, self.patience = eval_steps, patience
+        self.curve: list[dict] = []
+        self.best: dict | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.model = None
+        if resume and (Path(resume) / self.STATE).is_file():
+            from safetensors.torch import load_file
+
+            state = json.loads((Path(resume) / self.STATE).read_text())
+            self.curve, self.best = state["curve"], state["best"]
+            if (Path(resume) / self.BEST).is_file():
+                self.best_state = load_file(str(Path(resume) / self.BEST))
+
+    def _evaluate(self, state, control) -> None:
+        if self.curve and self.curve[-1]["step"] == state.global_step:
+            return
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            metrics = self.score(self.model)
+        self.model.train(was_training)
+        losses = [e["loss"] for e in state.log_history if "loss" in e]
+        point = {"step": state.global_step, "epoch": state.epoch or 0.0} | metrics
+        point["train_loss"] = losses[-1] if losses else None
+        self.curve.append(point)
+        value = [metrics[m] for m in self.metric.split("+")]  # ties go to the second metric
+        if any(v != v for v in value):  # nan: one class in the validation split
+            value = [float("-inf")] * len(value)
+        if self.best is None or value > self.best["value"]:
+            from peft import get_peft_model_state_dict
+
+            self.best = {"step": state.global_step, "value": value, "metric": self.metric}
+            weights = get_peft_model_state_dict(self.model)
+            self.best_state = {k: v.detach().cpu().clone() for k, v in weights.items()}
+        since = sum(1 for p in self.curve if p["step"] > self.best["step"])
+        print(f"validation step {state.global_step}: {metrics} (best step {self.best['step']})")
+        if self.patience and since >= self.patience:
+            print(f"early stop: no improvement of {self.metric} in {since} validation scores")
+            control.should_training_stop = True
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.model = model
+        if not self.curve:  # fresh run: the starting point of the curve
+            self._evaluate(state, control)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.eval_steps == 0 or state.global_step >= state.max_steps:
+            self._evaluate(state, control)
+            control.should_save = True
+
+    def on_save(self, args, state, control, **kwargs):
+        if os.environ.get("RANK", "0") != "0":
+            return
+        from safetensors.torch import save_file
+
+        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if not ckpt.is_dir():
+            return
+        if self.best_state is not None:
+            save_file(self.best_state, str(ckpt / f".{self.BEST}.tmp"))
+            os.replace(ckpt / f".{self.BEST}.tmp", ckpt / self.BEST)
+        (ckpt / f".{self.STATE}.tmp").write_text(
+            json.dumps({"curve": self.curve, "best": self.best}, default=float)
+        )
+        os.replace(ckpt / f".{self.STATE}.tmp", ckpt / self.STATE)
+
+    def restore_best(self, model) -> None:
+        """Load the best validation step's adapter weights into the model."""
+        if self.best_state is not None:
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(model, self.best_state)
+
+
 FINGERPRINT = "selfexplain_fingerprint.json"
 SUMMARY = "train_summary.json"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -181,6 +290,7 @@ def run_fingerprint(
     examples: pl.DataFrame,
     cfg: TrainConfig,
     injection: dict | None = None,
+    validation: pl.DataFrame | None = None,
 ) -> str:
     """sha256 of what a training run depends on: its settings, its data and its base model.
 
@@ -209,6 +319,8 @@ def run_fingerprint(
     for question, answer in zip(examples["question"], examples["answer"], strict=True):
         h.update(json.dumps([question, answer]).encode())
         h.update(b"\n")
+    if validation is not None:  # the validation ids select the adapter that is returned
+        h.update(json.dumps(sorted(validation["id"].to_list())).encode())
     vectors = example_vectors(examples)
     if vectors is not None:  # only for tasks with vectors: other fingerprints stay as they were
         h.update(json.dumps({"injection": injection}, sort_keys=True).encode())
@@ -261,6 +373,56 @@ def last_complete_checkpoint(checkpoint_dir: str | Path, fingerprint: str) -> st
     return None
 
 
+def _encode_rows(tokenizer, examples: pl.DataFrame, cfg: TrainConfig, injector) -> list[dict]:
+    """Encoded (question, answer) rows; with an injector, questions carry its placeholder and
+    each row its vector."""
+    questions = examples["question"].to_list()
+    if injector is not None:
+        questions = injector.render(questions)
+    data = [
+        encode_example(tokenizer, q, a, cfg.max_length)
+        for q, a in zip(questions, examples["answer"], strict=True)
+    ]
+    for d, v in zip(data, example_vectors(examples) or [], strict=False):
+        d["vector"] = v
+    return data
+
+
+def validation_scorer(tokenizer, validation: pl.DataFrame, cfg: TrainConfig, collator, injector):
+    """(score(model) -> metrics, the metric that selects the best step) for a validation split.
+
+    Rows with vectors: the answer-token loss (negated as ``neg_loss``, higher is better).
+    Change-task rows: the teacher-forced has-changed balanced accuracy (ties: AUC)."""
+    if injector is not None:
+        data = _encode_rows(tokenizer, validation, cfg, injector)
+
+        def loss_score(model) -> dict:
+            device = next(model.parameters()).device
+            total, count = 0.0, 0
+            for i in range(0, len(data), cfg.batch_size):
+                batch = {k: v.to(device) for k, v in collator(data[i : i + cfg.batch_size]).items()}
+                vectors = batch.pop("vectors")
+                prompt = (batch["labels"] == IGNORE) & batch["attention_mask"].bool()
+                n = int((batch["labels"][:, 1:] != IGNORE).sum())
+                with injector.inject(model, batch["input_ids"], vectors, allowed=prompt):
+                    loss, _ = answer_loss(model, batch, num_items_in_batch=n)
+                total, count = total + float(loss) * n, count + n
+            return {"loss": total / count, "neg_loss": -total / count}
+
+        return loss_score, "neg_loss"
+    from selfexplain.metrics import auc, balanced_accuracy, parse_change
+    from selfexplain.scoring import change_scores
+
+    questions = validation["question"].to_list()
+    gold = [bool(parse_change(a).changed) for a in validation["answer"]]
+
+    def change_score(model) -> dict:
+        score = change_scores(model, tokenizer, questions, batch_size=cfg.batch_size * 2)
+        return {"auc": auc(gold, score), "balanced_accuracy": balanced_accuracy(gold, score > 0)}
+
+    return change_score, "balanced_accuracy+auc"
+
+
 def train_explainer(
     model_path: str | Path,
     examples: pl.DataFrame,
@@ -269,6 +431,7 @@ def train_explainer(
     checkpoint_dir: str | Path | None = None,
     callbacks: list | None = None,
     injection: dict | None = None,
+    validation: pl.DataFrame | None = None,
 ) -> dict:
     """Fine-tune a LoRA explainer on (question, answer) rows; resume from the last checkpoint.
 
@@ -278,6 +441,11 @@ def train_explainer(
     Rows with a vector (feature task) get it injected at their question's placeholder
     (``injection``: {"layer", "scale"}, see selfexplain.injection); a linear map is trained
     with the adapter when the vector's width differs from the explainer's.
+
+    validation: held-out rows of the same kind (grouped apart from the training rows by the
+    caller). Scored every cfg.eval_steps steps: change tasks by the teacher-forced has-changed
+    balanced accuracy and AUC (scoring.py), vector tasks by the answer-token loss.
+    The adapter saved is the best validation step's; the curve goes into train_summary.json.
     """
     out_dir = Path(out_dir)
     checkpoint_dir = Path(checkpoint_dir or out_dir / "checkpoints")
@@ -288,7 +456,6 @@ def train_explainer(
     model.train()
     vectors = example_vectors(examples)
     injector = None
-    questions = examples["question"].to_list()
     if vectors is not None:
         from selfexplain.injection import MAP_NAME, Injector
 
@@ -296,17 +463,11 @@ def train_explainer(
         injector = Injector.setup(
             model, tokenizer, len(vectors[0]), inj.get("layer", 0), inj.get("scale"), cfg.seed
         )
-        questions = injector.render(questions)
     to_save = [MAP_NAME] if injector is not None and injector.spec.has_map else None
     model = lora_model(model, cfg, modules_to_save=to_save)
     if injector is not None:
         injector.bind(model)
-    data = [
-        encode_example(tokenizer, q, a, cfg.max_length)
-        for q, a in zip(questions, examples["answer"], strict=True)
-    ]
-    for d, v in zip(data, vectors or [], strict=False):
-        d["vector"] = v
+    data = _encode_rows(tokenizer, examples, cfg, injector)
     if not data:
         raise ValueError("no training examples: check the task's labels and n_train in config")
     use_cuda = torch.cuda.is_available()
@@ -316,11 +477,12 @@ def train_explainer(
         gradient_accumulation_steps=cfg.grad_accum,
         num_train_epochs=cfg.epochs,
         learning_rate=cfg.lr,
-        lr_scheduler_type="linear",
-        warmup_steps=0,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,  # a float below 1 is a fraction of the steps
+        weight_decay=cfg.weight_decay,
         logging_steps=cfg.logging_steps,
         save_strategy="steps",
-        save_steps=cfg.save_steps,
+        save_steps=cfg.eval_steps if validation is not None else cfg.save_steps,
         save_total_limit=2,
         report_to=[],
         seed=cfg.seed,
@@ -335,16 +497,23 @@ def train_explainer(
         **cfg.extra,
     )
     extra = {"injector": injector} if injector is not None else {}
+    collator = RightPadCollator(tokenizer.pad_token_id)
+    fingerprint = run_fingerprint(model_path, examples, cfg, injection, validation)
+    last = last_complete_checkpoint(checkpoint_dir, fingerprint)
+    callbacks = list(callbacks or [])
+    validator = None
+    if validation is not None and len(validation):
+        score, metric = validation_scorer(tokenizer, validation, cfg, collator, injector)
+        validator = Validation(score, metric, cfg.eval_steps, cfg.patience, last)
+        callbacks.append(validator)
     trainer = (VectorTrainer if injector is not None else AnswerTrainer)(
         model=model,
         args=args,
         train_dataset=data,
-        data_collator=RightPadCollator(tokenizer.pad_token_id),
+        data_collator=collator,
         callbacks=callbacks,
         **extra,
     )
-    fingerprint = run_fingerprint(model_path, examples, cfg, injection)
-    last = last_complete_checkpoint(checkpoint_dir, fingerprint)
     if os.environ.get("RANK", "0") == "0":
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         marker = json.dumps({"fingerprint": fingerprint}) + "\n"
@@ -352,6 +521,8 @@ def train_explainer(
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=last)
     seconds = time.perf_counter() - start
+    if validator is not None:
+        validator.restore_best(model)
     for stale in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):  # left by a killed run
         shutil.rmtree(stale, ignore_errors=True)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
@@ -366,6 +537,10 @@ def train_explainer(
         "train_loss": result.training_loss,
         "final_logged_loss": losses[-1] if losses else None,
         "seconds": seconds,
+        "n_validation": 0 if validation is None else len(validation),
+        "validation": validator.curve if validator else [],
+        "best": validator.best if validator else None,
+        "stopped_early": bool(validator and trainer.state.global_step < trainer.state.max_steps),
         "resumed_from": last,
         "fingerprint": fingerprint,
         "config": asdict(cfg),

@@ -2,8 +2,12 @@
 privileged signal. The one place the workflow (common.smk) and the scripts consult.
 
 - ``trained``: LoRA fine-tuned on the task; ``untrained``: same prompt (and injection), no
-  training; ``no_signal``: trained and evaluated with the privileged input withheld;
-  ``nearest_neighbour``: the description of the most similar training vector (no model).
+  training; ``no_signal``: trained and evaluated with the privileged input withheld (questions
+  shuffled within each prompt; features: random vectors); ``prompt_only``: trained and evaluated
+  on questions whose token / position / layer clause is removed (controls.py);
+  ``constant`` / ``surface``: no LM (baselines.py); ``nearest_neighbour``: the description of
+  the most similar training vector (no model); ``floor`` / ``ceiling`` (features): another
+  feature's true description / the true description itself, scored as predictions.
 """
 
 from __future__ import annotations
@@ -13,15 +17,30 @@ import hashlib
 import numpy as np
 import polars as pl
 
-VARIANTS = ("trained", "untrained", "no_signal", "nearest_neighbour")
+VARIANTS = (
+    "trained",
+    "untrained",
+    "no_signal",
+    "prompt_only",
+    "constant",
+    "surface",
+    "nearest_neighbour",
+    "floor",
+    "ceiling",
+)
 # variants that need rule train_explainer (an adapter)
-TRAINED_VARIANTS = ("trained", "no_signal")
+TRAINED_VARIANTS = ("trained", "no_signal", "prompt_only")
+# variants answered without any language model
+MODEL_FREE = ("constant", "surface", "nearest_neighbour", "floor", "ceiling")
 # task -> the variants it supports (data-scaling variants n{N} apply wherever trained does: see
-# matrix.py); extend no_signal to a task by adding it here and a branch in withhold_signal
+# matrix.py). hint has one question per prompt, so nothing to shuffle within a prompt and no
+# clause to strip: its controls are constant and surface (README).
+_CHANGE = ("trained", "untrained", "no_signal", "prompt_only", "constant", "surface")
 TASK_VARIANTS: dict[str, tuple[str, ...]] = {
-    "ablation": ("trained", "untrained", "no_signal"),
-    "patching": ("trained", "untrained", "no_signal"),
-    "features": ("trained", "untrained", "no_signal", "nearest_neighbour"),
+    "ablation": _CHANGE,
+    "patching": _CHANGE,
+    "hint": ("trained", "untrained", "constant", "surface"),
+    "features": ("trained", "untrained", "no_signal", "nearest_neighbour", "floor", "ceiling"),
 }
 
 

@@ -69,12 +69,17 @@ def all_outputs():
         "results/tables/all_metrics.csv",
         "results/tables/summary.csv",
         "results/tables/compute.csv",
+        "results/tables/comparisons.csv",
+        "results/figures/comparisons.png",
         *[f"results/figures/{name}.png" for name in MATRIX_FIGURES],
         "results/figures/compute.png",
         *[f"results/figures/{task}_metrics.png" for task in TASKS],
     ]
+    if train_runs():
+        outputs += ["results/tables/learning_curves.csv", "results/figures/learning_curves.png"]
     if "features" in TASKS:
         outputs += [f"results/features/{t}/sae_stats.json" for t in config["targets"]]
+        outputs += token_identity_files()  # features.smk
     if "patching" in TASKS:
         outputs += [
             "results/tables/patching_layers.csv",
@@ -109,7 +114,7 @@ def benchmark_files():
 
 
 def patching_eval_files(wildcards):
-    """Patching evaluations of trained / untrained / no_signal (every seed; no scaling runs)."""
+    """Patching evaluations of the configured variants (every seed; no scaling runs)."""
     return [
         f"results/eval/{t}/{tg}/{e}/{v}/s{s}.parquet"
         for t, tg, e, v, s in eval_runs()

@@ -5,7 +5,7 @@ rule evaluate:
         "results/eval/{task}/{target}/{explainer}/{variant}/s{seed}.parquet",
     params:
         settings=config["evaluate"],
-        n_train=config["train"]["n_train"],
+        train=config["train"],
         heatmap_pairs=heatmap_pairs,
         features=config["features"],
     log:

@@ -84,3 +84,52 @@ rule label_features:
         "../../envs/selfexplain.yaml"
     script:
         "../scripts/label_features.py"
+
+
+def token_identity_settings():
+    """features.token_identity (schema defaults filled in): run settings and TrainConfig
+    overrides."""
+    ti = {"n_train": 1000, "n_test": 200, "epochs": 3, "lr": 0.001, "scales": [0.5, 1.0, 2.0, 4.0]}
+    ti |= config["features"].get("token_identity") or {}
+    check = {k: ti[k] for k in ("n_train", "n_test", "scales")}
+    return check, {k: ti[k] for k in ("epochs", "lr")}
+
+
+def token_identity_files():
+    """The token identity results of every (target, explainer) pair (for rule all)."""
+    return [
+        f"results/features/token_identity/{t}/{e}.json"
+        for t in config["targets"]
+        for e in config["explainers"]
+    ]
+
+
+rule token_identity:
+    input:
+        target=lambda wildcards: model_marker(wildcards.target),
+        explainer=lambda wildcards: model_marker(wildcards.explainer),
+    output:
+        "results/features/token_identity/{target}/{explainer}.json",
+    params:
+        check=token_identity_settings()[0],
+        overrides=token_identity_settings()[1],
+        train=config["train"],
+        injection={
+            "layer": config["features"]["inject_layer"],
+            "scale": config["features"]["inject_scale"],
+        },
+        relation=lambda wildcards: "self" if wildcards.target == wildcards.explainer else "other",
+        # adapter and checkpoints of the check's explainer (resumable), next to the JSON
+        workdir=lambda wildcards, output: output[0].removesuffix(".json"),
+    log:
+        "logs/token_identity/{target}/{explainer}.log",
+    benchmark:
+        "results/benchmarks/token_identity/{target}/{explainer}.tsv"
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    conda:
+        "../../envs/selfexplain.yaml"
+    script:
+        "../scripts/token_identity.py"

@@ -74,3 +74,42 @@ rule label_patching:
         "../../envs/selfexplain.yaml"
     script:
         "../scripts/label_patching.py"
+
+
+rule make_hint_prompts:
+    output:
+        "results/prompts/hint.jsonl",
+    params:
+        settings=config["hint"],
+    log:
+        "logs/make_prompts/hint.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../../envs/selfexplain.yaml"
+    script:
+        "../scripts/make_hint_prompts.py"
+
+
+rule label_hint:
+    input:
+        model=lambda wildcards: model_marker(wildcards.target),
+        prompts="results/prompts/hint.jsonl",
+    output:
+        "results/labels/hint/{target}.parquet",
+    params:
+        settings=config["hint"],
+    log:
+        "logs/label_hint/{target}.log",
+    benchmark:
+        "results/benchmarks/label_hint/{target}.tsv"
+    threads: 2
+    resources:
+        mem_mb=6000,
+        runtime=120,
+    conda:
+        "../../envs/selfexplain.yaml"
+    script:
+        "../scripts/label_hint.py"

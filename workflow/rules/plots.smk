@@ -18,6 +18,60 @@ rule summarize:
         "../scripts/summarize.py"
 
 
+rule comparisons:
+    input:
+        eval_files(),
+    output:
+        parquet="results/tables/comparisons.parquet",
+        csv=report(
+            "results/tables/comparisons.csv",
+            caption="../report/comparisons.rst",
+            category="Tables",
+        ),
+        figure=report(
+            "results/figures/comparisons.png",
+            caption="../report/comparisons.rst",
+            category="Matrix",
+        ),
+    params:
+        n_boot=config.get("plot", {}).get("n_boot", 1000),
+    log:
+        "logs/comparisons.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        "../../envs/selfexplain.yaml"
+    script:
+        "../scripts/comparisons.py"
+
+
+rule learning_curves:
+    input:
+        [
+            f"results/explainers/{t}/{tg}/{e}/{v}/s{s}/train_summary.json"
+            for t, tg, e, v, s in train_runs()
+        ],
+    output:
+        table="results/tables/learning_curves.csv",
+        figure=report(
+            "results/figures/learning_curves.png",
+            caption="../report/learning_curves.rst",
+            category="Training",
+        ),
+    log:
+        "logs/plot/learning_curves.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/selfexplain.yaml"
+    script:
+        "../scripts/learning_curves.py"
+
+
 rule summary_table:
     input:
         "results/tables/all_metrics.parquet",

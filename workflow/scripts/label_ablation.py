@@ -17,7 +17,12 @@ settings = snakemake.params.settings
 model, tokenizer = load(Path(snakemake.input.model).parent)
 prompts = read_prompts_jsonl(snakemake.input.prompts)
 rows = ablation_labels(
-    model, tokenizer, prompts, batch_size=settings["batch_size"], engine=settings["engine"]
+    model,
+    tokenizer,
+    prompts,
+    batch_size=settings["batch_size"],
+    engine=settings["engine"],
+    drop_last=settings.get("drop_last", True),
 )
 examples = ablation_examples(
     rows,

@@ -160,6 +160,28 @@ def _token_str(tokenizer, token_id: int) -> str:
     return tokenizer.decode([token_id])
 
 
+def token_class(token: str) -> str:
+    """Coarse class of a token string: "space" (whitespace only), "digit", "punct" (no letter
+    or digit), "capitalised" (starts with an upper-case letter) or "word"."""
+    core = token.strip()
+    if not core:
+        return "space"
+    if core.isdigit():
+        return "digit"
+    if not any(c.isalnum() for c in core):
+        return "punct"
+    return "capitalised" if core[0].isupper() else "word"
+
+
+def end_distance_bucket(distance: int) -> str:
+    """Bucket of a position's distance from the end of the prompt (1 = the last token)."""
+    if distance < 1:
+        raise ValueError(f"distance from the end counts from 1 (the last token), got {distance}")
+    if distance <= 3:
+        return str(distance)
+    return "4-5" if distance <= 5 else "6+"
+
+
 def prompt_ablation_rows(
     model,
     tokenizer,
@@ -167,12 +189,16 @@ def prompt_ablation_rows(
     *,
     batch_size: int = 32,
     engine: str = "feature_ablation",
+    drop_last: bool = False,
 ) -> list[dict]:
     """Labels for removing each token (and the hint span, if any) of one prompt.
 
     engine "feature_ablation": Captum FeatureAblation over a batched removal forward (scores
     and top-1 tokens from the same forwards); "llm_attribution": Captum's LLMAttribution, one
-    forward per token, for the scores (top-1 tokens still from the batched forward)."""
+    forward per token, for the scores (top-1 tokens still from the batched forward).
+    drop_last: emit no row for removing the prompt's last token (it is still ablated for the
+    attribution scores), whose removal changes the output format rather than the computation.
+    Every row has n_positions, the number of removable tokens (row "position" counts them)."""
     if engine not in ENGINES:
         raise ValueError(f"unknown ablation engine {engine!r}; use one of {list(ENGINES)}")
     ids = encode(tokenizer, prompt.text)
@@ -200,9 +226,12 @@ def prompt_ablation_rows(
         "orig_token": _token_str(tokenizer, y0),
         "orig_token_id": y0,
         "logp_orig": float(logp[0, y0]),
+        "n_positions": len(positions),
     }
     rows = []
     for k, pos in enumerate(positions):
+        if drop_last and k == len(positions) - 1:
+            continue
         new_id = top1[k + 1]
         rows.append(
             base
@@ -245,13 +274,22 @@ def ablation_labels(
     *,
     batch_size: int = 32,
     engine: str = "feature_ablation",
+    drop_last: bool = False,
 ) -> list[dict]:
-    """Ablation label rows for every prompt (progress bar over prompts)."""
+    """Ablation label rows for every prompt (progress bar over prompts); drop_last as in
+    prompt_ablation_rows."""
     prompts = list(prompts)
     rows: list[dict] = []
     for prompt in tqdm(prompts, desc="ablation labels", unit="prompt"):
         rows.extend(
-            prompt_ablation_rows(model, tokenizer, prompt, batch_size=batch_size, engine=engine)
+            prompt_ablation_rows(
+                model,
+                tokenizer,
+                prompt,
+                batch_size=batch_size,
+                engine=engine,
+                drop_last=drop_last,
+            )
         )
     return rows
 
@@ -290,3 +328,26 @@ def ablation_examples(
             )
         )
     return out
+
+
+def surface_features(meta: dict) -> dict[str, str]:
+    """Features of an ablation row that a non-LM baseline may use: only what the question
+    states or what follows from its text (never the label: changed, new token, log-probs).
+    kind, unit, end_distance (bucketed; 1 = the last token; "hint" for the hint row, "unknown"
+    without n_positions), token_class of the removed token ("hint" for the hint row) and
+    removed_is_output (the removed token, stripped, equals the model's next token)."""
+    hint = meta["unit"] == "hint"
+    if hint:
+        distance = "hint"
+    elif meta.get("n_positions") is None:
+        distance = "unknown"
+    else:
+        distance = end_distance_bucket(meta["n_positions"] - meta["position"])
+    removed, orig = str(meta["removed"]).strip(), str(meta["orig_token"]).strip()
+    return {
+        "kind": str(meta["kind"]),
+        "unit": str(meta["unit"]),
+        "end_distance": distance,
+        "token_class": "hint" if hint else token_class(str(meta["removed"])),
+        "removed_is_output": "yes" if removed and removed == orig else "no",
+    }

@@ -27,7 +27,13 @@ from selfexplain.hooks import ResidualPatch, capture_residual, patch_residual, r
 from selfexplain.metrics import change_answer
 from selfexplain.models import decoder_layers
 from selfexplain.prompts import Prompt, same_length_pairs
-from selfexplain.tasks.ablation import ablatable_positions, encode, greedy_content_tokens
+from selfexplain.tasks.ablation import (
+    ablatable_positions,
+    encode,
+    end_distance_bucket,
+    greedy_content_tokens,
+    token_class,
+)
 
 POSITION_KINDS = ("subject", "relation", "option", "other")
 # From this prompt length on, patched forwards skip the unchanged prefix and the blocks below the
@@ -193,6 +199,7 @@ class _Setup:
             "cf_token": tokenizer.decode([self.cf_id]),
             "cf_token_id": self.cf_id,
             "p_orig_clean": float(logp[0, self.orig_id].exp()),
+            "n_tokens": len(self.ids),
         }
         self.prefix = PrefixCache(model, self.ids)
         self.tokens = {p: tokenizer.decode([self.ids[p]]) for p in self.positions}
@@ -413,6 +420,27 @@ def patching_examples(
             )
         )
     return out
+
+
+def surface_features(meta: dict) -> dict[str, str]:
+    """Features of a patching row that a non-LM baseline may use: only what the question states
+    or what follows from its text (never the label: changed, new token, probabilities, the
+    counterfactual's output). position_kind, end_distance (bucketed; 1 = the last token;
+    "unknown" without n_tokens), layer_start, is_last ("yes"/"no"/"unknown") and token_class
+    of the patched token."""
+    n_tokens = meta.get("n_tokens")
+    if n_tokens is None:
+        distance, last = "unknown", "unknown"
+    else:
+        distance = end_distance_bucket(n_tokens - meta["position"])
+        last = "yes" if meta["position"] == n_tokens - 1 else "no"
+    return {
+        "position_kind": str(meta["position_kind"]),
+        "end_distance": distance,
+        "layer_start": str(meta["layer_start"]),
+        "is_last": last,
+        "token_class": token_class(str(meta["token"])),
+    }
 
 
 def heatmap_rows(test: pl.DataFrame, n_pairs: int) -> pl.DataFrame:

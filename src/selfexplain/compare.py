@@ -1,0 +1,217 @@
+"""Paired comparisons of variants on the same test items, with bootstrap CIs clustered by
+prompt / pair / question.
+
+Every variant of a task is scored on the same test rows (experiment.evaluation_rows), so a
+difference between two variants is measured item by item. The CI resamples whole clusters (the
+questions of one prompt are not independent), recomputes each metric for both sides on the
+resampled items and takes percentiles of the difference. With several seeds on a side, that
+side's metric on a resample is the mean over its seeds.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import numpy as np
+import polars as pl
+
+from selfexplain.experiment import group_of
+from selfexplain.metrics import auc
+
+# metrics compared: change tasks (teacher-forced balanced accuracy and AUC, generated exact
+# match) and features (per-item similarity and simulation)
+CHANGE_METRICS = ("balanced_accuracy", "auc", "exact_match")
+FEATURE_METRICS = ("similarity", "simulation")
+COLUMNS = [
+    "task",
+    "target",
+    "comparison",
+    "a_explainer",
+    "a_variant",
+    "b_explainer",
+    "b_variant",
+    "metric",
+    "a",
+    "b",
+    "diff",
+    "ci_lo",
+    "ci_hi",
+    "n_items",
+    "n_clusters",
+    "a_seeds",
+    "b_seeds",
+]
+
+
+def _arrays(df: pl.DataFrame, ids: Sequence[str], task: str) -> dict[str, np.ndarray]:
+    """A run's per-item columns, in the order of ids."""
+    df = df.filter(pl.col("id").is_in(list(ids))).unique("id", keep="first").sort("id")
+    if task == "features":
+        return {m: df[m].cast(pl.Float64).to_numpy() for m in FEATURE_METRICS if m in df.columns}
+    out = {
+        "gold": df["gold_changed"].to_numpy().astype(bool),
+        "exact_match": df["exact_match"].to_numpy().astype(float),
+    }
+    if "tf_score" in df.columns and df["tf_score"].null_count() == 0:
+        out["score"] = df["tf_score"].to_numpy().astype(float)
+    return out
+
+
+def _metric(arr: dict[str, np.ndarray], metric: str, idx: np.ndarray) -> float:
+    if metric in ("similarity", "simulation"):
+        vals = arr[metric][idx]
+        vals = vals[~np.isnan(vals)]
+        return float(vals.mean()) if len(vals) else float("nan")
+    if metric == "exact_match":
+        return float(arr["exact_match"][idx].mean())
+    if "score" not in arr:
+        return float("nan")
+    gold, score = arr["gold"][idx], arr["score"][idx]
+    if metric == "auc":
+        return auc(gold, score)
+    pred = score > 0
+    if gold.all() or (~gold).all():
+        return float("nan")
+    return float((pred[gold].mean() + (~pred[~gold]).mean()) / 2)
+
+
+def _in_sample(df: pl.DataFrame) -> pl.DataFrame:
+    return df.filter(pl.col("in_sample")) if "in_sample" in df.columns else df
+
+
+def paired_difference(
+    a_runs: Sequence[pl.DataFrame],
+    b_runs: Sequence[pl.DataFrame],
+    task: str,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> list[dict]:
+    """Metric of side a minus side b on their common test items, with a percentile CI from a
+    bootstrap over clusters (group_of: prompt, pair, question, feature). One dict per metric:
+    metric, a, b, diff, ci_lo, ci_hi, n_items, n_clusters."""
+    a_runs = [_in_sample(d) for d in a_runs]
+    b_runs = [_in_sample(d) for d in b_runs]
+    ids = set(a_runs[0]["id"].to_list())
+    for d in [*a_runs, *b_runs]:
+        ids &= set(d["id"].to_list())
+    ids = sorted(ids)
+    if not ids:
+        return []
+    ref = a_runs[0].filter(pl.col("id").is_in(ids)).unique("id", keep="first").sort("id")
+    clusters = [
+        group_of(task, json.loads(m), i) for m, i in zip(ref["meta"], ref["id"], strict=True)
+    ]
+    names = sorted(set(clusters))
+    members = [np.flatnonzero(np.array(clusters) == c) for c in names]
+    a_arr = [_arrays(d, ids, task) for d in a_runs]
+    b_arr = [_arrays(d, ids, task) for d in b_runs]
+    metrics = FEATURE_METRICS if task == "features" else CHANGE_METRICS
+    rng = np.random.default_rng(seed)
+    draws = [
+        np.concatenate([members[j] for j in rng.integers(0, len(names), len(names))])
+        for _ in range(n_boot)
+    ]
+    full = np.arange(len(ids))
+    out = []
+    for metric in metrics:
+        if task == "features" and not all(metric in arr for arr in [*a_arr, *b_arr]):
+            continue
+
+        def side(arrs, idx, metric=metric) -> float:
+            vals = [v for v in (_metric(arr, metric, idx) for arr in arrs) if not np.isnan(v)]
+            return float(np.mean(vals)) if vals else float("nan")
+
+        a_val, b_val = side(a_arr, full), side(b_arr, full)
+        if np.isnan(a_val) or np.isnan(b_val):
+            continue
+        diffs = np.array([side(a_arr, idx) - side(b_arr, idx) for idx in draws])
+        diffs = diffs[~np.isnan(diffs)]
+        lo, hi = np.percentile(diffs, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
+        out.append(
+            {
+                "metric": metric,
+                "a": a_val,
+                "b": b_val,
+                "diff": a_val - b_val,
+                "ci_lo": float(lo),
+                "ci_hi": float(hi),
+                "n_items": len(ids),
+                "n_clusters": len(names),
+            }
+        )
+    return out
+
+
+BASELINES = (
+    "no_signal",
+    "prompt_only",
+    "surface",
+    "constant",
+    "untrained",
+    "nearest_neighbour",
+    "floor",
+)
+
+
+def comparisons(evals: Sequence[pl.DataFrame], *, n_boot: int = 1000) -> pl.DataFrame:
+    """Every paired comparison the runs allow: trained - each baseline (same explainer), and
+    self - other (trained, same target). Columns: COLUMNS."""
+    runs: dict[tuple[str, str, str, str], list[pl.DataFrame]] = {}
+    for df in evals:
+        if df.is_empty():
+            continue
+        key = (df["task"][0], df["target"][0], df["explainer"][0], df["variant"][0])
+        runs.setdefault(key, []).append(df)
+    rows = []
+
+    def add(task, target, name, a_key, b_key):
+        a, b = runs[a_key], runs[b_key]
+        for r in paired_difference(a, b, task, n_boot=n_boot):
+            rows.append(
+                {
+                    "task": task,
+                    "target": target,
+                    "comparison": name,
+                    "a_explainer": a_key[2],
+                    "a_variant": a_key[3],
+                    "b_explainer": b_key[2],
+                    "b_variant": b_key[3],
+                }
+                | r
+                | {
+                    "a_seeds": ",".join(str(d["seed"][0]) for d in a),
+                    "b_seeds": ",".join(str(d["seed"][0]) for d in b),
+                }
+            )
+
+    for task, target, explainer, variant in sorted(runs):
+        if variant != "trained":
+            continue
+        for baseline in BASELINES:
+            if (task, target, explainer, baseline) in runs:
+                add(
+                    task,
+                    target,
+                    f"trained - {baseline}",
+                    (task, target, explainer, "trained"),
+                    (task, target, explainer, baseline),
+                )
+        if explainer == target:
+            for other in sorted({k[2] for k in runs if k[:2] == (task, target)} - {target}):
+                if (task, target, other, "trained") in runs:
+                    add(
+                        task,
+                        target,
+                        "self - other",
+                        (task, target, explainer, "trained"),
+                        (task, target, other, "trained"),
+                    )
+    schema = {c: pl.String for c in COLUMNS[:8]} | {
+        c: pl.Float64 for c in ("a", "b", "diff", "ci_lo", "ci_hi")
+    }
+    schema |= {"n_items": pl.Int64, "n_clusters": pl.Int64, "a_seeds": pl.String}
+    schema |= {"b_seeds": pl.String}
+    return pl.DataFrame(rows, schema=schema).select(COLUMNS)

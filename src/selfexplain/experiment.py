@@ -1,0 +1,201 @@
+"""One run of the matrix, in the library: which rows a variant trains, validates and is tested
+on, and how each variant answers. The workflow scripts and the CLI call these.
+
+Rows:
+- the test rows of a task are the same for every variant, explainer and seed (balanced
+  changed / unchanged, drawn with seed 0), so variants are compared item by item;
+- a validation split is carved from the train split, grouped by prompt / pair / question /
+  feature, and fixed across seeds (so learning curves are comparable);
+- the training draw is balanced (and, for ablation, every prompt kind gets the same number of
+  rows of each class), drawn with the run's seed: seeds vary the data as well as the
+  initialisation; a data-scaling variant n{N} trains on the first N rows of the seed's draw.
+"""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+
+from selfexplain.examples import select, split_of, subsample
+
+# meta key whose value groups the rows that share a prompt (for splits and clustered CIs)
+GROUP_KEYS = {"ablation": "prompt_id", "patching": "pair_id", "hint": "prompt_id"}
+CHANGE_TASKS = ("ablation", "patching", "hint")
+
+
+def group_of(task: str, meta: dict, row_id: str) -> str:
+    """The cluster a row belongs to: its prompt (ablation), pair (patching), question (hint:
+    the prompts of one (relation, subject) question) or the row itself (features)."""
+    if task == "hint":
+        from selfexplain.tasks.hint import question_key
+
+        return question_key(meta)
+    key = GROUP_KEYS.get(task)
+    return str(meta[key]) if key else row_id
+
+
+def groups(df: pl.DataFrame, task: str) -> list[str]:
+    """group_of for every row of a frame."""
+    return [group_of(task, json.loads(m), i) for m, i in zip(df["meta"], df["id"], strict=True)]
+
+
+def strata(df: pl.DataFrame, task: str) -> list[str]:
+    """The balancing key of each row: has-changed, and for ablation the prompt kind too."""
+    out = []
+    for m in df["meta"]:
+        meta = json.loads(m)
+        key = str(meta.get("changed"))
+        out.append(f"{meta.get('kind')}|{key}" if task == "ablation" else key)
+    return out
+
+
+def balanced(df: pl.DataFrame, task: str, n: int | None, seed: int) -> pl.DataFrame:
+    """Equal rows per stratum (see strata), as many as the smallest stratum allows (at most n in
+    all), in a seeded random order. Features rows have no classes: n rows at random."""
+    if task not in CHANGE_TASKS:
+        return subsample(df, n, seed)
+    keyed = df.with_columns(pl.Series("_stratum", strata(df, task), dtype=pl.String))
+    parts = {p["_stratum"][0]: p for p in keyed.partition_by("_stratum", maintain_order=True)}
+    if task == "ablation":  # a kind with one class only cannot be balanced: it is left out
+        kinds = {k.split("|")[0] for k in parts}
+        kept = {k for k in kinds if f"{k}|True" in parts and f"{k}|False" in parts}
+        parts = {s: p for s, p in parts.items() if s.split("|")[0] in kept}
+    if len(parts) < 2:
+        return keyed.head(0).drop("_stratum")
+    per = min(len(p) for p in parts.values())
+    if n is not None:
+        per = min(per, n // len(parts))
+    out = pl.concat([p.sample(n=per, shuffle=True, seed=seed) for p in parts.values()])
+    out = out.drop("_stratum")
+    return out.sample(fraction=1.0, shuffle=True, seed=seed)
+
+
+def train_validation(
+    examples: pl.DataFrame, task: str, val_fraction: float
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The train split divided into training and validation rows by whole groups (fixed, not
+    seeded: every run of a task validates on the same groups)."""
+    train = select(examples, "train")
+    if not val_fraction:
+        return train, train.head(0)
+    is_val = [split_of(f"val:{g}", val_fraction, 0) == "test" for g in groups(train, task)]
+    mask = pl.Series(is_val, dtype=pl.Boolean)
+    return train.filter(~mask), train.filter(mask)
+
+
+def apply_control(df: pl.DataFrame, task: str, variant: str, seed: int) -> pl.DataFrame:
+    """The questions a variant is asked: no_signal shuffles the privileged clause within each
+    prompt (features: random vectors), prompt_only removes it; other variants as they are."""
+    if variant == "no_signal":
+        from selfexplain.variants import withhold_signal
+
+        return withhold_signal(df, task, seed)
+    if variant == "prompt_only":
+        from selfexplain.controls import strip_signal
+
+        return strip_signal(df, task)
+    return df
+
+
+def training_rows(
+    examples: pl.DataFrame,
+    task: str,
+    variant: str,
+    seed: int,
+    *,
+    n_train: int | None,
+    n_variant: int | None,
+    val_fraction: float,
+    n_val: int | None = None,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(training rows, validation rows) of one trained run. n_train: the draw's size (None = all
+    balanced rows); n_variant: rows of this variant (the first n_variant of the draw for a
+    data-scaling variant; None = the whole draw). Controls are applied before the draw, so a
+    control trains on exactly the trained variant's rows with its questions changed."""
+    train, val = train_validation(examples, task, val_fraction)
+    train = apply_control(train, task, variant, seed)
+    val = apply_control(val, task, variant, seed)
+    draw = balanced(train, task, n_train, seed)
+    if n_variant is not None:
+        draw = draw.head(n_variant)
+    return draw, balanced(val, task, n_val, 0)
+
+
+def evaluation_rows(examples: pl.DataFrame, task: str, n_test: int | None) -> pl.DataFrame:
+    """The test rows every variant of a task is scored on (balanced, seed 0; at most n_test)."""
+    return balanced(select(examples, "test"), task, n_test, 0)
+
+
+def evaluate_run(
+    examples: pl.DataFrame,
+    run,
+    *,
+    model_dir,
+    adapter_dir,
+    settings: dict,
+    train_settings: dict,
+    features: dict,
+    heatmap_pairs: int = 0,
+) -> pl.DataFrame:
+    """Evaluation rows of one run (run: task, target, explainer, variant, seed attributes, e.g.
+    the rule's wildcards). Change tasks: every variant answers the same test rows (evaluation_rows;
+    plus, for patching, the full layer x position grid of heatmap_pairs test pairs, marked
+    in_sample False); model variants generate an answer and get a teacher-forced has-changed
+    score, constant and surface answer without a model (baselines.py), fitted on seed 0's
+    training draw. Features: evaluate.evaluate_features."""
+    from selfexplain.matrix import base_variant
+    from selfexplain.plots import eval_labels, read_json
+
+    task, variant, seed = run.task, run.variant, int(run.seed)
+    n_train = 0
+    if adapter_dir is not None:
+        n_train = read_json(f"{adapter_dir}/train_summary.json")["n_examples"]
+    labels = eval_labels(task, run.target, run.explainer, variant, seed, n_train)
+    if task == "features":
+        from selfexplain.evaluate import evaluate_features
+
+        return evaluate_features(
+            examples,
+            model_dir,
+            adapter_dir,
+            labels=labels,
+            n_train=train_settings.get("n_train"),
+            settings=settings,
+            features=features,
+        )
+    from selfexplain.evaluate import change_rows, evaluate_change_task, load_explainer
+
+    test = evaluation_rows(examples, task, settings.get("n_test")).with_columns(in_sample=True)
+    if task == "patching" and heatmap_pairs:
+        from selfexplain.tasks.patching import heatmap_rows
+
+        grid = heatmap_rows(select(examples, "test"), heatmap_pairs)
+        extra = grid.filter(~pl.col("id").is_in(test["id"].to_list()))
+        test = pl.concat([test, extra.with_columns(in_sample=False)]).with_columns(
+            heatmap=pl.col("id").is_in(grid["id"].to_list())
+        )
+    asked = apply_control(test, task, base_variant(variant), seed)
+    if variant in ("constant", "surface"):
+        from selfexplain.baselines import baseline_predictions
+
+        train, _ = training_rows(
+            examples,
+            task,
+            "trained",
+            0,
+            n_train=train_settings.get("n_train"),
+            n_variant=None,
+            val_fraction=train_settings.get("val_fraction", 0.0),
+        )
+        preds, scores = baseline_predictions(variant, task, train, asked)
+        return change_rows(asked, preds, scores, labels | {"n_train": len(train)})
+    model, tokenizer = load_explainer(model_dir, adapter_dir)
+    return evaluate_change_task(
+        model,
+        tokenizer,
+        asked,
+        labels=labels,
+        max_new_tokens=settings["max_new_tokens"],
+        batch_size=settings["batch_size"],
+    )

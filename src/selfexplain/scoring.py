@@ -1,0 +1,54 @@
+"""Teacher-forced scoring of change-task explainers, and the metrics built on it.
+
+A change-task answer starts either with "unchanged" or with "changes to ...". Instead of
+generating, the explainer's belief is read off one forward: after the question (and the tokens
+the two answer forms share, if any), the log-probability of the first token of the
+"changes to" form minus that of the "unchanged" form. This score is > 0 exactly when greedy
+decoding, restricted to the two forms, starts with "changes to" (so it agrees with generation
+whenever generation writes either form: tested). It ranks questions, giving a has-changed AUC,
+and thresholded at 0 a balanced accuracy: both see a real effect on a few hundred questions,
+where exact match over generated strings is dominated by formatting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from selfexplain.forward import next_token_logprobs
+from selfexplain.metrics import UNCHANGED, change_answer
+from selfexplain.train import format_prompt
+
+
+def answer_forms(tokenizer) -> tuple[list[int], int, int]:
+    """The tokens both answer forms start with, and the first token where "changes to ..."
+    and "unchanged" differ (as encoded for training: the answer without special tokens)."""
+    unchanged = tokenizer(UNCHANGED, add_special_tokens=False)["input_ids"]
+    changed = tokenizer(change_answer(True, "x"), add_special_tokens=False)["input_ids"]
+    k = 0
+    while k < min(len(unchanged), len(changed)) and unchanged[k] == changed[k]:
+        k += 1
+    if k == min(len(unchanged), len(changed)):
+        raise ValueError("the tokenizer encodes one answer form as a prefix of the other")
+    return unchanged[:k], changed[k], unchanged[k]
+
+
+@torch.no_grad()
+def change_scores(
+    model, tokenizer, questions: Sequence[str], *, batch_size: int = 16, progress: bool = False
+) -> np.ndarray:
+    """log p("changes to" form) - log p("unchanged" form) at the first token where they differ,
+    per question (batched, left-padded forwards with the last position's logits only)."""
+    common, changed_id, unchanged_id = answer_forms(tokenizer)
+    seqs = [tokenizer(format_prompt(q))["input_ids"] + common for q in questions]
+    out = []
+    starts = range(0, len(seqs), batch_size)
+    for start in tqdm(starts, desc="teacher-forced", unit="batch", disable=not progress):
+        logp = next_token_logprobs(
+            model, seqs[start : start + batch_size], tokenizer.pad_token_id, batch_size
+        )
+        out.append((logp[:, changed_id] - logp[:, unchanged_id]).numpy())
+    return np.concatenate(out) if out else np.zeros(0)

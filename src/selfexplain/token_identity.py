@@ -1,0 +1,302 @@
+"""Token identity: can an explainer read a vector injected as a continuous token at all?
+
+A sanity check of the injection path used by the feature-description task. Each example's
+vector is the target's *input embedding* of one ordinary vocabulary word and the answer is
+that word, so an explainer that reads the injected vector (through ``injection.Injector``,
+with the trained ``vector_map`` when the widths differ) can answer perfectly, and one that
+ignores it cannot beat chance. Train and test words are disjoint.
+
+:func:`run_token_identity` trains a LoRA explainer on such examples with ``train_explainer``
+(the feature task's path), scores its held-out answers by exact match, and scores the
+untrained explainer (no adapter) at several injection norms, SelfIE / Patchscopes style: with
+a few-shot identity prompt (and, as its ceiling, the same prompt with the word written out) and
+with the trained question.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import os
+import random
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import polars as pl
+import torch
+
+from selfexplain.examples import ExplainerExample, meta, to_frame
+from selfexplain.forward import pad_left
+from selfexplain.tasks.features import PLACEHOLDER
+
+if TYPE_CHECKING:
+    from selfexplain.train import TrainConfig
+
+TASK = "token_identity"
+QUESTION = f"Which word does {PLACEHOLDER} stand for?"
+# The Patchscopes token-identity prompt (Ghandeharioun et al. 2024), used as is (not through
+# train.format_prompt, whose "\nAnswer: " ending makes SmolLM2 answer with numbers or nothing
+# even when the word is written out): the untrained model repeats the word at the placeholder.
+IDENTITY_PROMPT = f"cat -> cat\nhouse -> house\n1135 -> 1135\nhello -> hello\n {PLACEHOLDER} ->"
+_WORD = re.compile(r"^ ?[A-Za-z]{3,}$")
+
+
+def _normalise(text: str) -> str:
+    return text.strip().lower()
+
+
+def word_tokens(tokenizer, vocab_rows: int | None = None) -> list[tuple[int, str]]:
+    """(id, decoded string) of every ordinary word token: not special or added, decodes to one
+    word of at least 3 ASCII letters with an optional leading space, id < vocab_rows."""
+    n = len(tokenizer) if vocab_rows is None else min(len(tokenizer), vocab_rows)
+    skip = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
+    ids = [i for i in range(n) if i not in skip]
+    texts = tokenizer.batch_decode([[i] for i in ids], skip_special_tokens=False)
+    return [(i, t) for i, t in zip(ids, texts, strict=True) if _WORD.match(t)]
+
+
+def token_identity_examples(
+    target_model,
+    target_tokenizer,
+    *,
+    n_train: int = 1000,
+    n_test: int = 200,
+    seed: int = 0,
+    target: str = "target",
+) -> pl.DataFrame:
+    """n_train + n_test examples in the shared schema: a seeded choice of word tokens of the
+    target (see word_tokens; one per stripped lowercase word, so the splits share no word),
+    vector = the token's input-embedding row (float32), answer = the stripped token string."""
+    embeddings = target_model.get_input_embeddings().weight.detach().float().cpu()
+    candidates = word_tokens(target_tokenizer, embeddings.shape[0])
+    random.Random(seed).shuffle(candidates)
+    chosen: dict[str, tuple[int, str]] = {}
+    for token_id, text in candidates:
+        chosen.setdefault(_normalise(text), (token_id, text))
+        if len(chosen) == n_train + n_test:
+            break
+    if len(chosen) < n_train + n_test:
+        raise ValueError(
+            f"the target's vocabulary has {len(chosen)} distinct word tokens, "
+            f"fewer than n_train + n_test = {n_train + n_test}"
+        )
+    examples = []
+    for k, (token_id, text) in enumerate(chosen.values()):
+        examples.append(
+            ExplainerExample(
+                id=f"{TASK}/{target}/t{token_id}",
+                task=TASK,
+                target=target,
+                split="train" if k < n_train else "test",
+                question=QUESTION,
+                answer=text.strip(),
+                vector=embeddings[token_id].tolist(),
+                meta={"token_id": token_id, "token": text},
+            )
+        )
+    return to_frame(examples)
+
+
+def score_token_identity(predictions: Sequence[str], answers: Sequence[str]) -> float:
+    """Fraction of exact matches after stripping and lowercasing (0.0 for no rows)."""
+    if len(predictions) != len(answers):
+        raise ValueError(f"{len(predictions)} predictions for {len(answers)} answers")
+    if len(answers) == 0:
+        return 0.0
+    hits = sum(_normalise(p) == _normalise(a) for p, a in zip(predictions, answers, strict=True))
+    return hits / len(answers)
+
+
+@torch.no_grad()
+def generate_raw(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 6,
+    batch_size: int = 16,
+    vectors: Sequence[Sequence[float]] | None = None,
+    injector=None,
+) -> list[str]:
+    """Greedy continuations of prompts used as they are (evaluate.generate_answers wraps them in
+    train.format_prompt), first line, stripped of spaces and quotes; with vectors, vector i is
+    injected at prompt i's placeholder by the injector."""
+    device = next(model.parameters()).device
+    eos = tokenizer.eos_token_id
+    if vectors is not None:
+        prompts = injector.render(prompts)
+    out: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        seqs = [tokenizer(p)["input_ids"] for p in prompts[start : start + batch_size]]
+        ids, mask = pad_left(seqs, tokenizer.pad_token_id)
+        injected = contextlib.nullcontext()
+        if vectors is not None:
+            vecs = torch.tensor(vectors[start : start + batch_size], dtype=torch.float32)
+            injected = injector.inject(model, ids, vecs, allowed=mask)
+        with injected:
+            gen = model.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=eos,
+            )
+        for row in gen[:, ids.shape[1] :].tolist():
+            row = row[: row.index(eos)] if eos in row else row
+            text = tokenizer.decode(row, skip_special_tokens=True).split("\n")[0]
+            out.append(text.strip().strip('"').strip())
+    return out
+
+
+def _write_json(data: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def run_token_identity(
+    target_dir: str | Path,
+    explainer_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    n_train: int,
+    n_test: int,
+    train_cfg: TrainConfig,
+    injection: dict | None,
+    scales: Sequence[float],
+    seed: int = 0,
+    batch_size: int = 16,
+    relation: str | None = None,
+    json_path: str | Path | None = None,
+    max_new_tokens: int = 6,
+    n_samples: int = 10,
+    n_errors: int = 50,
+) -> dict:
+    """Train an explainer to name injected input embeddings of the target, score it on held-out
+    words, and score the untrained explainer at each injection norm in ``scales`` (multiples of
+    its reference norm at the injection layer). The adapter and checkpoints go under out_dir;
+    the result (returned) is written atomically to json_path (default out_dir/result.json).
+
+    train_cfg: a train.TrainConfig; injection: {"layer", "scale"} as for the feature task;
+    relation: "self" / "other" (default: by the model directories' names).
+    """
+    from selfexplain.evaluate import explainer_injector, generate_answers, load_explainer
+    from selfexplain.injection import Injector, reference_norm
+    from selfexplain.models import load
+    from selfexplain.train import train_explainer
+
+    start = time.perf_counter()
+    target_dir, explainer_dir, out_dir = Path(target_dir), Path(explainer_dir), Path(out_dir)
+    json_path = Path(json_path) if json_path is not None else out_dir / "result.json"
+    if relation is None:
+        relation = "self" if target_dir.name == explainer_dir.name else "other"
+    injection = dict(injection or {})
+    layer = injection.get("layer", 0)
+
+    target_model, target_tok = load(target_dir)
+    frame = token_identity_examples(
+        target_model, target_tok, n_train=n_train, n_test=n_test, seed=seed, target=target_dir.name
+    )
+    del target_model, target_tok
+    gc.collect()
+    train = frame.filter(pl.col("split") == "train")
+    test = frame.filter(pl.col("split") == "test")
+    d_in = len(frame["vector"][0])
+    vectors = test["vector"].to_list()
+    answers = test["answer"].to_list()
+
+    # untrained explainer (no adapter): the identity prompt (with the word written out: the
+    # prompt's ceiling) and the trained question, the vector at each multiple of the ref. norm
+    model, tok = load_explainer(explainer_dir)
+    ref = reference_norm(model, tok, layer)
+    written = [IDENTITY_PROMPT.replace(PLACEHOLDER, m["token"].lstrip()) for m in meta(test)]
+    text_ceiling = score_token_identity(
+        generate_raw(model, tok, written, max_new_tokens=max_new_tokens, batch_size=batch_size),
+        answers,
+    )
+    untrained: dict[str, dict[str, float]] = {"identity": {}, "question": {}}
+    for scale in scales:
+        injector = Injector.setup(model, tok, d_in, layer, scale=scale * ref, seed=0)
+        kwargs = {"max_new_tokens": max_new_tokens, "batch_size": batch_size}
+        kwargs |= {"vectors": vectors, "injector": injector}
+        identity = generate_raw(model, tok, [IDENTITY_PROMPT] * len(test), **kwargs)
+        question = generate_answers(model, tok, [QUESTION] * len(test), **kwargs)
+        untrained["identity"][str(float(scale))] = score_token_identity(identity, answers)
+        untrained["question"][str(float(scale))] = score_token_identity(question, answers)
+    del model, tok, injector
+    gc.collect()
+
+    adapter = out_dir / "adapter"
+    train_start = time.perf_counter()
+    summary = train_explainer(
+        model_path=explainer_dir,
+        examples=train,
+        out_dir=adapter,
+        cfg=train_cfg,
+        checkpoint_dir=out_dir / "checkpoints",
+        injection=injection,
+    )
+    train_seconds = time.perf_counter() - train_start
+
+    model, tok = load_explainer(explainer_dir, adapter)
+    injector = explainer_injector(model, tok, adapter, d_in, injection)
+    preds = generate_answers(
+        model,
+        tok,
+        test["question"].to_list(),
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        vectors=vectors,
+        injector=injector,
+    )
+    train_preds = generate_answers(
+        model,
+        tok,
+        train["question"].head(len(test)).to_list(),
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        vectors=train["vector"].head(len(test)).to_list(),
+        injector=injector,
+    )
+    spec_norm = injector.spec.norm
+    del model, tok, injector
+    gc.collect()
+
+    result = {
+        "target": target_dir.name,
+        "explainer": explainer_dir.name,
+        "relation": relation,
+        "n_train": len(train),
+        "n_test": len(test),
+        "accuracy": score_token_identity(preds, answers),
+        "train_accuracy": score_token_identity(
+            train_preds, train["answer"].head(len(test)).to_list()
+        ),
+        "untrained_by_scale": untrained["identity"],
+        "untrained_text_ceiling": text_ceiling,
+        "untrained_question_by_scale": untrained["question"],
+        "samples": [
+            {"token": a, "prediction": p}
+            for a, p in zip(answers[:n_samples], preds[:n_samples], strict=True)
+        ],
+        "errors": [  # held-out misses, for a look at what goes wrong
+            {"token": a, "prediction": p}
+            for a, p in zip(answers, preds, strict=True)
+            if _normalise(a) != _normalise(p)
+        ][:n_errors],
+        "injection": {"layer": layer, "scale": injection.get("scale"), "norm": spec_norm},
+        "reference_norm": ref,
+        "steps": summary["steps"],
+        "train_loss": summary["train_loss"],
+        "final_logged_loss": summary["final_logged_loss"],
+        "train_seconds": train_seconds,
+        "seconds": time.perf_counter() - start,
+    }
+    _write_json(result, json_path)
+    return result

@@ -1,0 +1,216 @@
+"""Learning diagnostics: teacher-forced scoring, validation in training, the rows a run trains
+and is tested on, the model-free baselines and the paired clustered bootstrap."""
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from toy_data import toy_examples
+
+from selfexplain.baselines import SurfaceModel, baseline_predictions
+from selfexplain.compare import comparisons, paired_difference
+from selfexplain.controls import strip_signal
+from selfexplain.evaluate import evaluate_change_task, load_explainer
+from selfexplain.examples import ExplainerExample, to_frame
+from selfexplain.experiment import balanced, evaluation_rows, groups, training_rows
+from selfexplain.forward import pad_left
+from selfexplain.metrics import auc, balanced_accuracy, change_metrics
+from selfexplain.models import resolve
+from selfexplain.scoring import answer_forms, change_scores
+from selfexplain.tasks.patching import patching_question
+from selfexplain.train import TrainConfig, format_prompt, train_explainer
+
+
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gemma"])
+def test_teacher_forced_score_is_generations_first_step(name, request):
+    """The score is the difference of the two forms' logits at generation's first step
+    (batched, left-padded), so it orders them exactly as greedy decoding does."""
+    model, tok = request.getfixturevalue(name)
+    questions = ["short?", "a much longer question about the tokens here?", "mid length one?"]
+    common, changed_id, unchanged_id = answer_forms(tok)
+    assert not common and changed_id != unchanged_id
+    scores = change_scores(model, tok, questions, batch_size=3)
+    ids, mask = pad_left([tok(format_prompt(q))["input_ids"] for q in questions], tok.pad_token_id)
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=1,
+        do_sample=False,
+        output_logits=True,
+        return_dict_in_generate=True,
+        pad_token_id=tok.pad_token_id,
+    )
+    logp = torch.log_softmax(out.logits[0].float(), dim=-1)
+    expected = (logp[:, changed_id] - logp[:, unchanged_id]).numpy()
+    np.testing.assert_allclose(scores, expected, atol=1e-4)
+
+
+def test_teacher_forced_decision_equals_generated_answer(tmp_path):
+    """On a tiny model trained to answer, every generated answer that follows a template has
+    the has-changed value the teacher-forced score gives; validation picks the best step."""
+    model_dir = resolve("tiny-random-llama", tmp_path / "model")
+    examples = toy_examples(24)
+    cfg = TrainConfig(epochs=6, batch_size=4, lr=1e-2, eval_steps=4, patience=0, seed=0)
+    summary = train_explainer(
+        model_dir, examples.head(16), tmp_path / "a", cfg, tmp_path / "c", validation=examples
+    )
+    curve = summary["validation"]
+    assert [p["step"] for p in curve] == [0, 4, 8, 12, 16, 20, 24]
+    assert curve[0]["balanced_accuracy"] < 1.0 and summary["best"]["value"][0] == 1.0
+    model, tok = load_explainer(model_dir, tmp_path / "a")
+    rows = evaluate_change_task(
+        model, tok, examples, labels={"variant": "trained"}, max_new_tokens=8, batch_size=8
+    )
+    valid = rows.filter(pl.col("valid"))
+    assert len(valid) >= len(rows) // 2
+    assert (valid["pred_changed"] == (valid["tf_score"] > 0)).all()
+    metrics = change_metrics(rows)
+    assert metrics["balanced_accuracy"] == 1.0 and metrics["auc"] == 1.0
+
+
+def test_validation_state_survives_resume(tmp_path):
+    """A rerun resumes from the last checkpoint with the same curve and best step."""
+    model_dir = resolve("tiny-random-llama", tmp_path / "model")
+    ex = toy_examples(16)
+    cfg = TrainConfig(epochs=2, batch_size=4, lr=1e-2, eval_steps=4, patience=0, seed=0)
+    first = train_explainer(model_dir, ex, tmp_path / "a", cfg, tmp_path / "c", validation=ex)
+    again = train_explainer(model_dir, ex, tmp_path / "b", cfg, tmp_path / "c", validation=ex)
+    assert again["resumed_from"].endswith("checkpoint-8")
+    assert again["validation"] == first["validation"] and again["best"] == first["best"]
+
+
+def test_auc_and_balanced_accuracy_known_cases():
+    assert auc([True, False, True, False], [0.9, 0.1, 0.8, 0.2]) == 1.0
+    assert auc([True, False], [0.5, 0.5]) == 0.5  # ties count one half
+    assert auc([True, False, True, False], [0.1, 0.9, 0.8, 0.2]) == 0.25  # 1 of 4 pairs
+    gold, pred = [True, True, True, False], [True, False, False, False]
+    assert balanced_accuracy(gold, pred) == pytest.approx((1 / 3 + 1) / 2)
+    assert balanced_accuracy([True, False], [None, False]) == 0.5
+
+
+def _patching_rows(n_pairs: int = 6, per_pair: int = 8) -> pl.DataFrame:
+    rows = []
+    for p in range(n_pairs):
+        for k in range(per_pair):
+            changed = k % 4 == 0
+            meta = {
+                "pair_id": f"pair{p}",
+                "clean": f"Clean {p}",
+                "counterfactual": f"Counter {p}",
+                "orig_token": " A",
+                "position": k,
+                "token": f" t{k}",
+                "position_kind": "subject" if changed else "relation",
+                "layer_start": 4 * (k % 2),
+                "layer_end": 4 * (k % 2) + 3,
+                "window": 4,
+                "n_tokens": per_pair,
+                "changed": changed,
+                "new_token": " B" if changed else " A",
+            }
+            rows.append(
+                ExplainerExample(
+                    id=f"patching/t/pair{p}/l{meta['layer_start']}/t{k}",
+                    task="patching",
+                    target="t",
+                    split="test" if p < 2 else "train",
+                    question=patching_question(meta),
+                    answer='changes to " B"' if changed else "unchanged",
+                    meta=meta,
+                )
+            )
+    return to_frame(rows)
+
+
+def test_rows_balanced_grouped_and_seeded():
+    ex = _patching_rows()
+    train, val = training_rows(
+        ex, "patching", "trained", 0, n_train=None, n_variant=None, val_fraction=0.3
+    )
+    changed = [json.loads(m)["changed"] for m in train["meta"]]
+    assert sum(changed) == len(changed) - sum(changed)  # balanced
+    assert not set(groups(train, "patching")) & set(groups(val, "patching"))  # grouped
+    other, _ = training_rows(
+        ex, "patching", "trained", 1, n_train=None, n_variant=None, val_fraction=0.3
+    )
+    # seeds vary the draw: which rows of the larger class, and their order
+    assert len(other) == len(train) and other["id"].to_list() != train["id"].to_list()
+    small, _ = training_rows(
+        ex, "patching", "trained", 0, n_train=None, n_variant=4, val_fraction=0.3
+    )
+    assert small["id"].to_list() == train["id"].to_list()[:4]
+    test = evaluation_rows(ex, "patching", None)
+    assert set(test["split"]) == {"test"} and len(test) == 2 * 2 * 2  # 2 changed per pair
+    assert balanced(ex, "patching", 4, 0).height == 4
+
+
+def test_prompt_only_strips_the_signal_clause():
+    ex = _patching_rows(1, 4)
+    stripped = strip_signal(ex, "patching")
+    assert stripped["question"].n_unique() == 1
+    assert "If one hidden state is replaced" in stripped["question"][0]
+    assert stripped["answer"].to_list() == ex["answer"].to_list()
+
+
+def test_surface_baseline_cannot_see_the_answer():
+    """Fitted on training rows; its test predictions depend only on the surface features: the
+    same when the test rows' answers and label fields are changed or removed."""
+    ex = _patching_rows()
+    train, test = ex.filter(pl.col("split") == "train"), ex.filter(pl.col("split") == "test")
+    answers, scores = baseline_predictions("surface", "patching", train, test)
+    assert (
+        balanced_accuracy([json.loads(m)["changed"] for m in test["meta"]], list(scores > 0)) == 1.0
+    )  # position_kind gives it away in this toy set
+
+    def scrub(m: str) -> str:
+        meta = json.loads(m)
+        for key in ("changed", "new_token"):
+            meta.pop(key)
+        return json.dumps(meta)
+
+    blind = test.with_columns(
+        answer=pl.lit("unchanged"), meta=pl.col("meta").map_elements(scrub, pl.String)
+    )
+    answers2, scores2 = baseline_predictions("surface", "patching", train, blind)
+    assert answers2 == answers
+    np.testing.assert_array_equal(scores2, scores)
+    constant, const_scores = baseline_predictions("constant", "patching", train, test)
+    assert set(constant) == {"unchanged"} and (const_scores < 0).all()
+    model = SurfaceModel("patching").fit([json.loads(m) for m in train["meta"]], [1, 0] * 16)
+    assert len(model.vocab) > 5
+
+
+def _eval(ids, clusters, correct, gold, variant, explainer="e", seed=0):
+    return pl.DataFrame(
+        {
+            "id": ids,
+            "meta": [json.dumps({"pair_id": c}) for c in clusters],
+            "gold_changed": gold,
+            "exact_match": correct,
+            # the score says "changed" when that is right for a correct item, wrong otherwise
+            "tf_score": [1.0 if g == c else -1.0 for c, g in zip(correct, gold, strict=True)],
+            "task": "patching",
+            "target": "t",
+            "explainer": explainer,
+            "variant": variant,
+            "seed": seed,
+        }
+    )
+
+
+def test_paired_cluster_bootstrap_hand_computed():
+    """Two clusters, A (two items: a right, b wrong) and B (one item: both right). Resampling
+    whole clusters gives AA (p 1/4, diff 1), BB (1/4, diff 0) and AB (1/2, diff 2/3): the
+    point difference is 2/3 and the 95% interval spans [0, 1]."""
+    ids, clusters, gold = ["i1", "i2", "i3"], ["A", "A", "B"], [True, False, True]
+    a = _eval(ids, clusters, [True, True, True], gold, "trained")
+    b = _eval(ids, clusters, [False, False, True], gold, "no_signal")
+    res = {r["metric"]: r for r in paired_difference([a], [b], "patching", n_boot=2000)}
+    em = res["exact_match"]
+    assert em["diff"] == pytest.approx(2 / 3) and em["n_clusters"] == 2 and em["n_items"] == 3
+    assert em["ci_lo"] == 0.0 and em["ci_hi"] == 1.0
+    table = comparisons([a, b], n_boot=200)
+    assert set(table["comparison"]) == {"trained - no_signal"}
+    assert table.filter(pl.col("metric") == "exact_match")["diff"][0] == pytest.approx(2 / 3)

@@ -1,0 +1,14 @@
+"""Paired comparisons of variants on the same test items (clustered bootstrap CIs)."""
+
+import sys
+
+from selfexplain.compare import comparisons
+from selfexplain.examples import read_parquet
+from selfexplain.plots import comparisons_figure, write_table
+
+sys.stderr = sys.stdout = open(snakemake.log[0], "w")
+
+table = comparisons([read_parquet(p) for p in snakemake.input], n_boot=snakemake.params.n_boot)
+write_table(table, snakemake.output.parquet, snakemake.output.csv)
+comparisons_figure(table, snakemake.output.figure)
+print(table)

@@ -1,0 +1,28 @@
+"""Token identity check: can the explainer name the target word whose embedding is injected?"""
+
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+
+from selfexplain.token_identity import run_token_identity
+from selfexplain.train import TrainConfig
+
+sys.stderr = sys.stdout = open(snakemake.log[0], "w")
+torch.set_num_threads(snakemake.threads)
+
+p = snakemake.params
+known = {f.name for f in fields(TrainConfig)}  # train.* minus n_train, scaling, ...
+cfg = TrainConfig(**{k: v for k, v in p.train.items() if k in known} | p.overrides)
+result = run_token_identity(
+    Path(snakemake.input.target).parent,
+    Path(snakemake.input.explainer).parent,
+    p.workdir,
+    json_path=snakemake.output[0],
+    relation=p.relation,
+    train_cfg=cfg,
+    injection=p.injection,
+    **p.check,
+)
+print(result)
