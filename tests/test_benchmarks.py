@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+import polars as pl
 import pytest
 import torch
 
@@ -134,3 +135,24 @@ def test_answer_loss(bench, workspace):
     rec = _check(out, rec, {"best_s", "speedup", "loss", "max_abs_loss_diff"})
     assert rec["max_abs_loss_diff"] < 1e-5
     assert 0 < rec["answer_positions"] < rec["tokens"]
+
+
+def test_one_cell(bench, workspace):
+    """One cell end to end on toy patching labels: training with the validation curve, the
+    trained explainer and the baselines on the same rows, paired comparisons."""
+    from toy_data import toy_patching_rows
+
+    write_parquet(toy_patching_rows(8), workspace / "patching.parquet")
+    out = workspace / "out" / "one_cell.json"
+    args = ["--task", "patching", "--labels", str(workspace / "patching.parquet")]
+    args += ["--model", str(workspace / "model"), "--out", str(workspace / "cell")]
+    args += ["--set", "epochs=1", "--set", "eval_steps=2", "--set", "n_train=null"]
+    args += ["--set", "val_fraction=0.6"]  # pairs 4 and 6 of the toy set validate
+    rec = bench("one_cell").main([*args, "--record", str(out)])
+    rec = _check(out, rec, {"train_seconds", "validation", "metrics", "comparisons"})
+    assert set(rec["metrics"]) == {"trained", "surface", "constant"}
+    assert rec["validation"][0]["step"] == 0 and rec["n_test"] == len(
+        pl.read_parquet(workspace / "cell" / "eval_trained.parquet")
+    )
+    metrics = {r["metric"] for r in rec["comparisons"]["trained - surface"]}
+    assert {"balanced_accuracy", "auc", "exact_match"} <= metrics

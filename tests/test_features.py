@@ -333,7 +333,8 @@ def test_no_signal_replaces_vectors_deterministically():
     assert out["vector"].to_list() != df["vector"].to_list()
     assert applies("features", "nearest_neighbour") and applies("features", "no_signal")
     assert not applies("patching", "nearest_neighbour")
-    assert set(TASK_VARIANTS) == {"ablation", "patching", "features"}
+    assert set(TASK_VARIANTS) == {"ablation", "patching", "hint", "features"}
+    assert not applies("hint", "no_signal")  # one question per prompt: nothing to shuffle
 
 
 @pytest.fixture(scope="module")

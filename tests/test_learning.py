@@ -7,19 +7,17 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from toy_data import toy_examples
+from toy_data import toy_examples, toy_patching_rows
 
 from selfexplain.baselines import SurfaceModel, baseline_predictions
 from selfexplain.compare import comparisons, paired_difference
 from selfexplain.controls import strip_signal
 from selfexplain.evaluate import evaluate_change_task, load_explainer
-from selfexplain.examples import ExplainerExample, to_frame
 from selfexplain.experiment import balanced, evaluation_rows, groups, training_rows
 from selfexplain.forward import pad_left
-from selfexplain.metrics import auc, balanced_accuracy, change_metrics
+from selfexplain.metrics import auc, balanced_accuracy, best_threshold, change_metrics
 from selfexplain.models import resolve
 from selfexplain.scoring import answer_forms, change_scores
-from selfexplain.tasks.patching import patching_question
 from selfexplain.train import TrainConfig, format_prompt, train_explainer
 
 
@@ -58,7 +56,7 @@ def test_teacher_forced_decision_equals_generated_answer(tmp_path):
     )
     curve = summary["validation"]
     assert [p["step"] for p in curve] == [0, 4, 8, 12, 16, 20, 24]
-    assert curve[0]["balanced_accuracy"] < 1.0 and summary["best"]["value"][0] == 1.0
+    assert curve[0]["auc"] < 1.0 and summary["best"]["value"][0] == 1.0  # AUC selects
     model, tok = load_explainer(model_dir, tmp_path / "a")
     rows = evaluate_change_task(
         model, tok, examples, labels={"variant": "trained"}, max_new_tokens=8, batch_size=8
@@ -88,57 +86,27 @@ def test_auc_and_balanced_accuracy_known_cases():
     gold, pred = [True, True, True, False], [True, False, False, False]
     assert balanced_accuracy(gold, pred) == pytest.approx((1 / 3 + 1) / 2)
     assert balanced_accuracy([True, False], [None, False]) == 0.5
-
-
-def _patching_rows(n_pairs: int = 6, per_pair: int = 8) -> pl.DataFrame:
-    rows = []
-    for p in range(n_pairs):
-        for k in range(per_pair):
-            changed = k % 4 == 0
-            meta = {
-                "pair_id": f"pair{p}",
-                "clean": f"Clean {p}",
-                "counterfactual": f"Counter {p}",
-                "orig_token": " A",
-                "position": k,
-                "token": f" t{k}",
-                "position_kind": "subject" if changed else "relation",
-                "layer_start": 4 * (k % 2),
-                "layer_end": 4 * (k % 2) + 3,
-                "window": 4,
-                "n_tokens": per_pair,
-                "changed": changed,
-                "new_token": " B" if changed else " A",
-            }
-            rows.append(
-                ExplainerExample(
-                    id=f"patching/t/pair{p}/l{meta['layer_start']}/t{k}",
-                    task="patching",
-                    target="t",
-                    split="test" if p < 2 else "train",
-                    question=patching_question(meta),
-                    answer='changes to " B"' if changed else "unchanged",
-                    meta=meta,
-                )
-            )
-    return to_frame(rows)
+    # the validation-calibrated threshold: midway between the classes when they separate
+    assert best_threshold([True, False, True, False], [0.9, 0.1, 0.8, 0.2]) == pytest.approx(0.5)
+    assert best_threshold([True, False], [-1.0, -2.0]) == pytest.approx(-1.5)
 
 
 def test_rows_balanced_grouped_and_seeded():
-    ex = _patching_rows()
+    ex = toy_patching_rows()
     train, val = training_rows(
-        ex, "patching", "trained", 0, n_train=None, n_variant=None, val_fraction=0.3
+        ex, "patching", "trained", 0, n_train=None, n_variant=None, val_fraction=0.6
     )
     changed = [json.loads(m)["changed"] for m in train["meta"]]
     assert sum(changed) == len(changed) - sum(changed)  # balanced
+    assert len(val) > 0  # pairs 4 and 6 (hash of the group) validate
     assert not set(groups(train, "patching")) & set(groups(val, "patching"))  # grouped
     other, _ = training_rows(
-        ex, "patching", "trained", 1, n_train=None, n_variant=None, val_fraction=0.3
+        ex, "patching", "trained", 1, n_train=None, n_variant=None, val_fraction=0.6
     )
     # seeds vary the draw: which rows of the larger class, and their order
     assert len(other) == len(train) and other["id"].to_list() != train["id"].to_list()
     small, _ = training_rows(
-        ex, "patching", "trained", 0, n_train=None, n_variant=4, val_fraction=0.3
+        ex, "patching", "trained", 0, n_train=None, n_variant=4, val_fraction=0.6
     )
     assert small["id"].to_list() == train["id"].to_list()[:4]
     test = evaluation_rows(ex, "patching", None)
@@ -147,7 +115,7 @@ def test_rows_balanced_grouped_and_seeded():
 
 
 def test_prompt_only_strips_the_signal_clause():
-    ex = _patching_rows(1, 4)
+    ex = toy_patching_rows(1, 4)
     stripped = strip_signal(ex, "patching")
     assert stripped["question"].n_unique() == 1
     assert "If one hidden state is replaced" in stripped["question"][0]
@@ -157,7 +125,7 @@ def test_prompt_only_strips_the_signal_clause():
 def test_surface_baseline_cannot_see_the_answer():
     """Fitted on training rows; its test predictions depend only on the surface features: the
     same when the test rows' answers and label fields are changed or removed."""
-    ex = _patching_rows()
+    ex = toy_patching_rows()
     train, test = ex.filter(pl.col("split") == "train"), ex.filter(pl.col("split") == "test")
     answers, scores = baseline_predictions("surface", "patching", train, test)
     assert (

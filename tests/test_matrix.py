@@ -189,8 +189,10 @@ def test_dag_expands_to_the_matrix(tmp_path):
         + yaml.safe_dump(
             {
                 "models": {"tl": "tiny-random-llama", "tg": "tiny-random-gemma"},
+                "tasks": ["ablation", "patching", "features"],
                 "targets": ["tl", "tg"],
                 "explainers": ["tl", "tg"],
+                "variants": ["trained", "untrained", "no_signal", "nearest_neighbour"],
                 "seeds": [0, 1, 2],
                 "control_seeds": [0],
                 "train": {"n_train": 24, "scaling": [0.25, 0.5], "epochs": 1},

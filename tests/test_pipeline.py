@@ -21,7 +21,7 @@ def run_snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
         env=env,
         capture_output=True,
         text=True,
-        timeout=1200,
+        timeout=1800,
     )
 
 
@@ -42,7 +42,7 @@ def test_dag_runs_end_to_end_on_tiny_model(tmp_path):
         "results/labels/ablation/tiny.parquet",
         "results/explainers/ablation/tiny/tiny/trained/s0/adapter_model.safetensors",
         "results/eval/ablation/tiny/tiny/trained/s0.parquet",
-        "results/eval/ablation/tiny/tiny/untrained/s0.parquet",
+        "results/eval/ablation/tiny/tiny/surface/s0.parquet",
         "results/tables/all_metrics.csv",
         "results/tables/summary.csv",
         "results/tables/compute.csv",
@@ -66,43 +66,55 @@ def test_dag_runs_end_to_end_on_tiny_model(tmp_path):
         "results/labels/features/tiny.parquet",
         "results/explainers/features/tiny/tiny/trained/s0/injection.json",
         "results/explainers/features/tiny/tiny/no_signal/s0/adapter_model.safetensors",
-        "results/eval/features/tiny/tiny/nearest_neighbour/s0.parquet",
+        "results/eval/features/tiny/tiny/floor/s0.parquet",
         "results/eval/features/tiny/tinyg/trained/s0.parquet",  # other: 64 -> tinyg width map
         "results/figures/features_metrics.png",
     ]
     for rel in expected:
         assert (tmp_path / rel).stat().st_size > 0, rel
     table = pl.read_parquet(tmp_path / "results/tables/all_metrics.parquet")
-    change = table.filter(pl.col("task") != "features")
-    assert sorted(change["variant"].unique()) == ["no_signal", "trained", "untrained"]
-    assert set(change["metric"]) == {"exact_match", "has_changed_f1", "content_match", "valid"}
-    assert len(change) == 2 * 2 * 3 * 4  # tasks x explainers x variants x metrics
-    assert set(table["task"]) == {"ablation", "patching", "features"}
+    change = table.filter(pl.col("task").is_in(["ablation", "patching"]))
+    variants = ["constant", "no_signal", "surface", "trained"]
+    assert sorted(change["variant"].unique()) == variants
+    metrics = {"auc", "balanced_accuracy", "exact_match", "has_changed_f1", "content_match"}
+    assert set(change["metric"]) == metrics | {"valid"}
+    assert len(change) == 2 * 2 * 4 * 6  # tasks x explainers x variants x metrics
+    hint = table.filter(pl.col("task") == "hint")
+    assert sorted(hint["variant"].unique()) == ["constant", "surface", "trained"]
+    assert set(table["task"]) == {"ablation", "patching", "hint", "features"}
     feats = table.filter(pl.col("task") == "features")
-    assert sorted(feats["variant"].unique()) == [
-        "nearest_neighbour",
-        "no_signal",
-        "trained",
-        "untrained",
-    ]
+    assert sorted(feats["variant"].unique()) == ["floor", "no_signal", "trained"]
     assert set(feats["metric"]) == {"similarity", "simulation", "valid"}
-    assert len(feats) == 2 * 4 * 3  # explainers x variants x metrics
+    assert len(feats) == 2 * 3 * 3  # explainers x variants x metrics
+    comparisons = pl.read_csv(tmp_path / "results/tables/comparisons.csv")
+    assert {"trained - no_signal", "trained - surface", "self - other"} <= set(
+        comparisons["comparison"]
+    )
+    assert (comparisons["ci_lo"] <= comparisons["diff"]).all()
+    curves = pl.read_csv(tmp_path / "results/tables/learning_curves.csv")
+    assert curves["step"].min() == 0 and "patching" in set(curves["task"])
+    identity = json.loads(
+        (tmp_path / "results/features/token_identity/tiny/tinyg.json").read_text()
+    )
+    assert identity["relation"] == "other" and 0 <= identity["accuracy"] <= 1
     sae = json.loads((tmp_path / "results/features/tiny/sae_stats.json").read_text())
     assert 0 <= sae["fvu"] < 1 and 0 <= sae["dead_fraction"] <= 1 and sae["n_latents"] == 128
     flabels = pl.read_parquet(tmp_path / "results/labels/features/tiny.parquet")
     assert set(flabels["split"]) == {"train", "test"} and flabels["vector"].list.len().min() == 64
     layers = pl.read_csv(tmp_path / "results/tables/patching_layers.csv")
     assert set(layers["layer_start"]) <= {0, 1, 2} and len(layers) > 0
-    heat = pl.read_parquet(tmp_path / "results/eval/patching/tiny/tiny/untrained/s0.parquet")
+    heat = pl.read_parquet(tmp_path / "results/eval/patching/tiny/tiny/trained/s0.parquet")
     assert heat["heatmap"].any() and heat["in_sample"].sum() <= 12
-    assert table.filter(pl.col("variant") == "trained")["n_train"].unique().to_list() == [24]
+    n_trained = table.filter(pl.col("variant") == "trained")["n_train"].unique().to_list()
+    assert all(0 < n <= 24 for n in n_trained)  # balanced rows, at most train.n_train
     relation = {(r["explainer"], r["relation"]) for r in table.iter_rows(named=True)}
     assert relation == {("tiny", "self"), ("tinyg", "other")}
     summary = pl.read_csv(tmp_path / "results/tables/summary.csv")
     assert set(summary["ci"]) <= {"bootstrap", "none"}  # one seed: CIs over test examples
     compute = pl.read_csv(tmp_path / "results/tables/compute.csv")
     assert {"train_explainer", "evaluate", "label_ablation"} <= set(compute["rule"])
-    assert compute.filter(pl.col("rule") == "train_explainer")["jobs"].sum() == 3 * 2 * 2
+    # (trained and no_signal x 3 tasks + hint's trained) x 2 explainers
+    assert compute.filter(pl.col("rule") == "train_explainer")["jobs"].sum() == (6 + 1) * 2
     labels = pl.read_parquet(tmp_path / "results/labels/ablation/tiny.parquet")
     assert set(labels["split"]) == {"train", "test"}
     # A second run has nothing to do.

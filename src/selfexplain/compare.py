@@ -55,6 +55,8 @@ def _arrays(df: pl.DataFrame, ids: Sequence[str], task: str) -> dict[str, np.nda
     }
     if "tf_score" in df.columns and df["tf_score"].null_count() == 0:
         out["score"] = df["tf_score"].to_numpy().astype(float)
+        cut = df["tf_threshold"].to_numpy() if "tf_threshold" in df.columns else 0.0
+        out["pred"] = out["score"] > cut
     return out
 
 
@@ -70,7 +72,7 @@ def _metric(arr: dict[str, np.ndarray], metric: str, idx: np.ndarray) -> float:
     gold, score = arr["gold"][idx], arr["score"][idx]
     if metric == "auc":
         return auc(gold, score)
-    pred = score > 0
+    pred = arr["pred"][idx]
     if gold.all() or (~gold).all():
         return float("nan")
     return float((pred[gold].mean() + (~pred[~gold]).mean()) / 2)

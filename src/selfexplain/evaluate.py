@@ -26,11 +26,13 @@ def generate_answers(
     batch_size: int = 16,
     vectors: Sequence[Sequence[float]] | None = None,
     injector=None,
+    raw: bool = False,
 ) -> list[str]:
     """Greedy answers to each question (batched, left-padded), cut at the first newline.
 
     With vectors (and an injection.Injector), each question's placeholder is rendered as the
-    explainer's placeholder token and vector i is injected there, as in training.
+    explainer's placeholder token and vector i is injected there, as in training. raw: the
+    questions are whole prompts, used as they are (not wrapped in train.format_prompt).
     """
     answers: list[str] = []
     device = next(model.parameters()).device
@@ -39,7 +41,7 @@ def generate_answers(
         questions = injector.render(questions)
     for start in tqdm(range(0, len(questions), batch_size), desc="generate", unit="batch"):
         chunk = questions[start : start + batch_size]
-        seqs = [tokenizer(format_prompt(q))["input_ids"] for q in chunk]
+        seqs = [tokenizer(q if raw else format_prompt(q))["input_ids"] for q in chunk]
         ids, mask = pad_left(seqs, tokenizer.pad_token_id)
         injected = contextlib.nullcontext()
         if vectors is not None:
@@ -96,9 +98,11 @@ def evaluate_change_task(
     labels: dict[str, str],
     max_new_tokens: int = 16,
     batch_size: int = 16,
+    threshold: float = 0.0,
 ) -> pl.DataFrame:
     """One row per test example: ids, gold answer, the generated prediction, the teacher-forced
-    has-changed score (tf_score, scoring.change_scores) and the change-task metrics."""
+    has-changed score (tf_score, scoring.change_scores), the threshold it is read with (the
+    trained run's validation-calibrated one; 0 untrained) and the change-task metrics."""
     from selfexplain.scoring import change_scores
 
     questions = examples["question"].to_list()
@@ -106,11 +110,15 @@ def evaluate_change_task(
         model, tokenizer, questions, max_new_tokens=max_new_tokens, batch_size=batch_size
     )
     tf = change_scores(model, tokenizer, questions, batch_size=batch_size, progress=True)
-    return change_rows(examples, preds, tf, labels)
+    return change_rows(examples, preds, tf, labels, threshold)
 
 
 def change_rows(
-    examples: pl.DataFrame, predictions: Sequence[str], tf_scores, labels: dict
+    examples: pl.DataFrame,
+    predictions: Sequence[str],
+    tf_scores,
+    labels: dict,
+    threshold: float = 0.0,
 ) -> pl.DataFrame:
     """Evaluation rows of a change task from predictions and has-changed scores (> 0: changed)."""
     scored = score_change_rows(examples["answer"].to_list(), list(predictions))
@@ -119,6 +127,7 @@ def change_rows(
     base = examples.select(keep).with_columns(
         pl.Series("prediction", list(predictions), dtype=pl.String),
         pl.Series("tf_score", [float(x) for x in tf_scores], dtype=pl.Float64),
+        pl.lit(float(threshold)).alias("tf_threshold"),
         *[pl.lit(v).alias(k) for k, v in labels.items()],
     )
     return pl.concat([base, scored], how="horizontal")

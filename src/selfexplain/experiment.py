@@ -148,9 +148,11 @@ def evaluate_run(
     from selfexplain.plots import eval_labels, read_json
 
     task, variant, seed = run.task, run.variant, int(run.seed)
-    n_train = 0
+    n_train, threshold = 0, 0.0
     if adapter_dir is not None:
-        n_train = read_json(f"{adapter_dir}/train_summary.json")["n_examples"]
+        summary = read_json(f"{adapter_dir}/train_summary.json")
+        n_train = summary["n_examples"]
+        threshold = (summary.get("best") or {}).get("threshold", 0.0)
     labels = eval_labels(task, run.target, run.explainer, variant, seed, n_train)
     if task == "features":
         from selfexplain.evaluate import evaluate_features
@@ -198,4 +200,5 @@ def evaluate_run(
         labels=labels,
         max_new_tokens=settings["max_new_tokens"],
         batch_size=settings["batch_size"],
+        threshold=threshold,
     )

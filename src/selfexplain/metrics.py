@@ -91,6 +91,19 @@ def balanced_accuracy(gold: Sequence[bool], pred: Sequence[bool | None]) -> floa
     return float(np.mean(recalls))
 
 
+def best_threshold(gold: Sequence[bool], score: Sequence[float]) -> float:
+    """The threshold t maximising the balanced accuracy of score > t (midpoints between sorted
+    distinct scores; the smallest such t on ties): calibrated on a validation split, applied
+    unchanged to the test split."""
+    score = np.asarray(score, dtype=float)
+    values = np.unique(score)
+    cuts = np.concatenate([[values[0] - 1.0], (values[:-1] + values[1:]) / 2, [values[-1] + 1.0]])
+    accs = [balanced_accuracy(gold, score > t) for t in cuts]
+    if all(a != a for a in accs):
+        return 0.0
+    return float(cuts[int(np.nanargmax(accs))])
+
+
 def score_change_rows(gold_answers: Sequence[str], predictions: Sequence[str]) -> pl.DataFrame:
     """Per-example columns: exact_match, gold/pred changed flags, content_match (changed only)."""
     rows = []
@@ -127,12 +140,14 @@ def score_change_rows(gold_answers: Sequence[str], predictions: Sequence[str]) -
 
 def change_metrics(rows: pl.DataFrame) -> dict[str, float]:
     """Aggregate metrics of per-example rows from score_change_rows; with a teacher-forced
-    score column (tf_score, see scoring.py) also the has-changed AUC and balanced accuracy."""
+    score column (tf_score, see scoring.py) also the has-changed AUC and the balanced accuracy of
+    tf_score > tf_threshold (the run's validation-calibrated threshold; 0 without one)."""
     changed = rows.filter(pl.col("gold_changed"))
     tf = {}
     if "tf_score" in rows.columns and rows["tf_score"].null_count() < len(rows):
         gold, score = rows["gold_changed"].to_list(), rows["tf_score"].to_numpy()
-        tf = {"auc": auc(gold, score), "balanced_accuracy": balanced_accuracy(gold, score > 0)}
+        cut = rows["tf_threshold"].to_numpy() if "tf_threshold" in rows.columns else 0.0
+        tf = {"auc": auc(gold, score), "balanced_accuracy": balanced_accuracy(gold, score > cut)}
     return tf | {
         "exact_match": float(rows["exact_match"].mean()) if len(rows) else float("nan"),
         "has_changed_f1": macro_f1(rows["gold_changed"].to_list(), rows["pred_changed"].to_list()),

@@ -15,7 +15,6 @@ with the trained question.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import json
 import os
@@ -30,7 +29,6 @@ import polars as pl
 import torch
 
 from selfexplain.examples import ExplainerExample, meta, to_frame
-from selfexplain.forward import pad_left
 from selfexplain.tasks.features import PLACEHOLDER
 
 if TYPE_CHECKING:
@@ -125,32 +123,19 @@ def generate_raw(
     """Greedy continuations of prompts used as they are (evaluate.generate_answers wraps them in
     train.format_prompt), first line, stripped of spaces and quotes; with vectors, vector i is
     injected at prompt i's placeholder by the injector."""
-    device = next(model.parameters()).device
-    eos = tokenizer.eos_token_id
-    if vectors is not None:
-        prompts = injector.render(prompts)
-    out: list[str] = []
-    for start in range(0, len(prompts), batch_size):
-        seqs = [tokenizer(p)["input_ids"] for p in prompts[start : start + batch_size]]
-        ids, mask = pad_left(seqs, tokenizer.pad_token_id)
-        injected = contextlib.nullcontext()
-        if vectors is not None:
-            vecs = torch.tensor(vectors[start : start + batch_size], dtype=torch.float32)
-            injected = injector.inject(model, ids, vecs, allowed=mask)
-        with injected:
-            gen = model.generate(
-                input_ids=ids.to(device),
-                attention_mask=mask.to(device),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=eos,
-            )
-        for row in gen[:, ids.shape[1] :].tolist():
-            row = row[: row.index(eos)] if eos in row else row
-            text = tokenizer.decode(row, skip_special_tokens=True).split("\n")[0]
-            out.append(text.strip().strip('"').strip())
-    return out
+    from selfexplain.evaluate import generate_answers
+
+    answers = generate_answers(
+        model,
+        tokenizer,
+        list(prompts),
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        vectors=vectors,
+        injector=injector,
+        raw=True,
+    )
+    return [a.strip('"').strip() for a in answers]
 
 
 def _write_json(data: dict, path: Path) -> None:

@@ -234,10 +234,11 @@ class Validation(TrainerCallback):
         value = [metrics[m] for m in self.metric.split("+")]  # ties go to the second metric
         if any(v != v for v in value):  # nan: one class in the validation split
             value = [float("-inf")] * len(value)
-        if self.best is None or value > self.best["value"]:
+        if self.best is None or value >= self.best["value"]:  # ties: the later, longer-trained
             from peft import get_peft_model_state_dict
 
             self.best = {"step": state.global_step, "value": value, "metric": self.metric}
+            self.best |= {k: v for k, v in metrics.items() if k == "threshold"}
             weights = get_peft_model_state_dict(self.model)
             self.best_state = {k: v.detach().cpu().clone() for k, v in weights.items()}
         since = sum(1 for p in self.curve if p["step"] > self.best["step"])
@@ -392,7 +393,9 @@ def validation_scorer(tokenizer, validation: pl.DataFrame, cfg: TrainConfig, col
     """(score(model) -> metrics, the metric that selects the best step) for a validation split.
 
     Rows with vectors: the answer-token loss (negated as ``neg_loss``, higher is better).
-    Change-task rows: the teacher-forced has-changed balanced accuracy (ties: AUC)."""
+    Change-task rows: the teacher-forced has-changed AUC (selects; ties: balanced accuracy), the
+    threshold on the score that maximises the validation balanced accuracy, that balanced
+    accuracy, and the one at threshold 0."""
     if injector is not None:
         data = _encode_rows(tokenizer, validation, cfg, injector)
 
@@ -410,7 +413,7 @@ def validation_scorer(tokenizer, validation: pl.DataFrame, cfg: TrainConfig, col
             return {"loss": total / count, "neg_loss": -total / count}
 
         return loss_score, "neg_loss"
-    from selfexplain.metrics import auc, balanced_accuracy, parse_change
+    from selfexplain.metrics import auc, balanced_accuracy, best_threshold, parse_change
     from selfexplain.scoring import change_scores
 
     questions = validation["question"].to_list()
@@ -418,9 +421,15 @@ def validation_scorer(tokenizer, validation: pl.DataFrame, cfg: TrainConfig, col
 
     def change_score(model) -> dict:
         score = change_scores(model, tokenizer, questions, batch_size=cfg.batch_size * 2)
-        return {"auc": auc(gold, score), "balanced_accuracy": balanced_accuracy(gold, score > 0)}
+        cut = best_threshold(gold, score)
+        return {
+            "auc": auc(gold, score),
+            "balanced_accuracy": balanced_accuracy(gold, score > cut),
+            "threshold": cut,
+            "balanced_accuracy_at_0": balanced_accuracy(gold, score > 0),
+        }
 
-    return change_score, "balanced_accuracy+auc"
+    return change_score, "auc+balanced_accuracy"
 
 
 def train_explainer(
@@ -444,7 +453,8 @@ def train_explainer(
 
     validation: held-out rows of the same kind (grouped apart from the training rows by the
     caller). Scored every cfg.eval_steps steps: change tasks by the teacher-forced has-changed
-    balanced accuracy and AUC (scoring.py), vector tasks by the answer-token loss.
+    AUC and balanced accuracy (scoring.py; the best step's validation-calibrated threshold on
+    the score is kept in ``best["threshold"]``), vector tasks by the answer-token loss.
     The adapter saved is the best validation step's; the curve goes into train_summary.json.
     """
     out_dir = Path(out_dir)

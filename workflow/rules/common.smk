@@ -79,7 +79,7 @@ def all_outputs():
         outputs += ["results/tables/learning_curves.csv", "results/figures/learning_curves.png"]
     if "features" in TASKS:
         outputs += [f"results/features/{t}/sae_stats.json" for t in config["targets"]]
-        outputs += token_identity_files()  # features.smk
+        outputs += token_identity_files()
     if "patching" in TASKS:
         outputs += [
             "results/tables/patching_layers.csv",
@@ -162,3 +162,21 @@ def describer_settings():
     if describer.get("kind") == "hf" and describer.get("model") in config["models"]:
         describer["model"] = f"resources/models/{describer['model']}"
     return describer
+
+
+def token_identity_settings():
+    """features.token_identity (schema defaults filled in): run settings and TrainConfig
+    overrides."""
+    ti = {"n_train": 1000, "n_test": 200, "epochs": 3, "lr": 0.001, "scales": [0.5, 1.0, 2.0, 4.0]}
+    ti |= config["features"].get("token_identity") or {}
+    check = {k: ti[k] for k in ("n_train", "n_test", "scales")}
+    return check, {k: ti[k] for k in ("epochs", "lr")}
+
+
+def token_identity_files():
+    """The token identity results of every (target, explainer) pair (for rule all)."""
+    return [
+        f"results/features/token_identity/{t}/{e}.json"
+        for t in config["targets"]
+        for e in config["explainers"]
+    ]

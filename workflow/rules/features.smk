@@ -86,24 +86,6 @@ rule label_features:
         "../scripts/label_features.py"
 
 
-def token_identity_settings():
-    """features.token_identity (schema defaults filled in): run settings and TrainConfig
-    overrides."""
-    ti = {"n_train": 1000, "n_test": 200, "epochs": 3, "lr": 0.001, "scales": [0.5, 1.0, 2.0, 4.0]}
-    ti |= config["features"].get("token_identity") or {}
-    check = {k: ti[k] for k in ("n_train", "n_test", "scales")}
-    return check, {k: ti[k] for k in ("epochs", "lr")}
-
-
-def token_identity_files():
-    """The token identity results of every (target, explainer) pair (for rule all)."""
-    return [
-        f"results/features/token_identity/{t}/{e}.json"
-        for t in config["targets"]
-        for e in config["explainers"]
-    ]
-
-
 rule token_identity:
     input:
         target=lambda wildcards: model_marker(wildcards.target),
