@@ -16,7 +16,6 @@ teacher-forced score fills, > 0 meaning "changed") and an answer string.
 from __future__ import annotations
 
 import itertools
-import json
 from collections import Counter
 from collections.abc import Callable, Sequence
 
@@ -24,6 +23,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from selfexplain.examples import meta
 from selfexplain.metrics import UNCHANGED, change_answer, parse_change
 
 MODEL_FREE = ("constant", "surface")
@@ -93,10 +93,6 @@ class SurfaceModel:
         return (self._matrix(metas) @ self.weight + self.bias).numpy()
 
 
-def _metas(df: pl.DataFrame) -> list[dict]:
-    return [json.loads(m) for m in df["meta"]]
-
-
 def baseline_predictions(
     variant: str, task: str, train: pl.DataFrame, test: pl.DataFrame
 ) -> tuple[list[str], np.ndarray]:
@@ -110,8 +106,8 @@ def baseline_predictions(
         return [top] * len(test), np.full(len(test), score)
     if variant != "surface":
         raise ValueError(f"unknown model-free baseline {variant!r}; use one of {MODEL_FREE}")
-    model = SurfaceModel(task).fit(_metas(train), changed)
-    scores = model.scores(_metas(test))
+    model = SurfaceModel(task).fit(meta(train), changed)
+    scores = model.scores(meta(test))
     new_tokens = [parse_change(a).new_token for a, c in zip(answers, changed, strict=True) if c]
     common = Counter(t for t in new_tokens if t is not None).most_common(1)
     when_changed = change_answer(True, common[0][0]) if common else "changes to"

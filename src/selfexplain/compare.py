@@ -10,13 +10,12 @@ side's metric on a resample is the mean over its seeds.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 import numpy as np
 import polars as pl
 
-from selfexplain.experiment import group_of
+from selfexplain.experiment import groups
 from selfexplain.metrics import auc
 
 # metrics compared: change tasks (teacher-forced balanced accuracy and AUC, generated exact
@@ -103,9 +102,7 @@ def paired_difference(
     if not ids:
         return []
     ref = a_runs[0].filter(pl.col("id").is_in(ids)).unique("id", keep="first").sort("id")
-    clusters = [
-        group_of(task, json.loads(m), i) for m, i in zip(ref["meta"], ref["id"], strict=True)
-    ]
+    clusters = groups(ref, task)
     names = sorted(set(clusters))
     members = [np.flatnonzero(np.array(clusters) == c) for c in names]
     a_arr = [_arrays(d, ids, task) for d in a_runs]

@@ -13,40 +13,36 @@ Rows:
 
 from __future__ import annotations
 
-import json
-
 import polars as pl
 
-from selfexplain.examples import select, split_of, subsample
+from selfexplain.controls import GROUP_KEY
+from selfexplain.examples import meta, select, split_of, subsample
 
-# meta key whose value groups the rows that share a prompt (for splits and clustered CIs)
-GROUP_KEYS = {"ablation": "prompt_id", "patching": "pair_id", "hint": "prompt_id"}
 CHANGE_TASKS = ("ablation", "patching", "hint")
 
 
-def group_of(task: str, meta: dict, row_id: str) -> str:
+def group_of(task: str, row_meta: dict, row_id: str) -> str:
     """The cluster a row belongs to: its prompt (ablation), pair (patching), question (hint:
     the prompts of one (relation, subject) question) or the row itself (features)."""
     if task == "hint":
         from selfexplain.tasks.hint import question_key
 
-        return question_key(meta)
-    key = GROUP_KEYS.get(task)
-    return str(meta[key]) if key else row_id
+        return question_key(row_meta)
+    key = GROUP_KEY.get(task)  # the meta key of the prompt / pair
+    return str(row_meta[key]) if key else row_id
 
 
 def groups(df: pl.DataFrame, task: str) -> list[str]:
     """group_of for every row of a frame."""
-    return [group_of(task, json.loads(m), i) for m, i in zip(df["meta"], df["id"], strict=True)]
+    return [group_of(task, m, i) for m, i in zip(meta(df), df["id"], strict=True)]
 
 
 def strata(df: pl.DataFrame, task: str) -> list[str]:
     """The balancing key of each row: has-changed, and for ablation the prompt kind too."""
     out = []
-    for m in df["meta"]:
-        meta = json.loads(m)
-        key = str(meta.get("changed"))
-        out.append(f"{meta.get('kind')}|{key}" if task == "ablation" else key)
+    for m in meta(df):
+        key = str(m.get("changed"))
+        out.append(f"{m.get('kind')}|{key}" if task == "ablation" else key)
     return out
 
 

@@ -165,10 +165,9 @@ def describer_settings():
 
 
 def token_identity_settings():
-    """features.token_identity (schema defaults filled in): run settings and TrainConfig
-    overrides."""
-    ti = {"n_train": 1000, "n_test": 200, "epochs": 3, "lr": 0.001, "scales": [0.5, 1.0, 2.0, 4.0]}
-    ti |= config["features"].get("token_identity") or {}
+    """features.token_identity (validate() filled in the schema defaults): run settings and
+    the train.* overrides."""
+    ti = config["features"]["token_identity"]
     check = {k: ti[k] for k in ("n_train", "n_test", "scales")}
     return check, {k: ti[k] for k in ("epochs", "lr")}
 

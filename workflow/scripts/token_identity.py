@@ -1,20 +1,18 @@
 """Token identity check: can the explainer name the target word whose embedding is injected?"""
 
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 import torch
 
 from selfexplain.token_identity import run_token_identity
-from selfexplain.train import TrainConfig
+from selfexplain.train import train_config
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 torch.set_num_threads(snakemake.threads)
 
 p = snakemake.params
-known = {f.name for f in fields(TrainConfig)}  # train.* minus n_train, scaling, ...
-cfg = TrainConfig(**{k: v for k, v in p.train.items() if k in known} | p.overrides)
+cfg = train_config(dict(p.train) | p.overrides, seed=0)
 result = run_token_identity(
     Path(snakemake.input.target).parent,
     Path(snakemake.input.explainer).parent,
