@@ -34,7 +34,7 @@ TRAINED_VARIANTS = ("trained", "no_signal", "prompt_only")
 MODEL_FREE = ("constant", "surface", "nearest_neighbour", "floor", "ceiling")
 # task -> the variants it supports (data-scaling variants n{N} apply wherever trained does: see
 # matrix.py). hint has one question per prompt, so nothing to shuffle within a prompt and no
-# clause to strip: its controls are constant and surface (README).
+# clause to strip: its controls are constant and surface (docs/method.md).
 _CHANGE = ("trained", "untrained", "no_signal", "prompt_only", "constant", "surface")
 TASK_VARIANTS: dict[str, tuple[str, ...]] = {
     "ablation": _CHANGE,
