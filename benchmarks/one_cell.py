@@ -30,7 +30,8 @@ from _common import environment, write_record
 from selfexplain.compare import paired_difference
 from selfexplain.examples import read_examples, write_parquet
 from selfexplain.experiment import evaluate_run, evaluation_rows, training_rows
-from selfexplain.metrics import change_metrics
+from selfexplain.metrics import change_metrics, heatmap_agreement
+from selfexplain.plots import in_sample
 from selfexplain.train import train_config, train_explainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,6 +42,11 @@ def _value(text: str):
         return json.loads(text)
     except json.JSONDecodeError:
         return text
+
+
+def metrics(rows: pl.DataFrame) -> dict:
+    """The change metrics of the scored rows, and the heatmap pairs' agreement (patching)."""
+    return change_metrics(in_sample(rows)) | heatmap_agreement(rows)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -121,17 +127,18 @@ def main(argv: list[str] | None = None) -> dict:
             settings={"n_test": args.n_test, "max_new_tokens": 12, "batch_size": 16},
             train_settings=settings,
             features={},
+            heatmap_pairs=config["patching"]["heatmap_pairs"] if args.task == "patching" else 0,
         )
         record["eval_seconds"][variant] = time.perf_counter() - t0
         write_parquet(rows, out / f"eval_{variant}.parquet")
         evals[variant] = rows
-        record["metrics"][variant] = change_metrics(rows)
-        record["distinct_answers"][variant] = rows["prediction"].n_unique()
+        record["metrics"][variant] = metrics(rows)
+        record["distinct_answers"][variant] = in_sample(rows)["prediction"].n_unique()
         print(variant, record["metrics"][variant])
     for item in args.compare:
         variant, path = item.split("=", 1)
         evals[variant] = pl.read_parquet(path)
-        record["metrics"][variant] = change_metrics(evals[variant])
+        record["metrics"][variant] = metrics(evals[variant])
     record["comparisons"] = {
         f"{args.variant} - {b}": paired_difference([evals[args.variant]], [evals[b]], args.task)
         for b in evals

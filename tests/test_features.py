@@ -445,3 +445,40 @@ def test_local_hf_describer_and_judge(tmp_path, tiny_records):
         assert text == (reply or deterministic_description(r))
     scores = judge_scores(lm, ["a", "b"], ["c", "d"])
     assert all(s is None or 0 <= s <= 1 for s in scores) and len(scores) == 2
+
+
+def test_nearest_neighbour_looks_up_the_explainers_training_draw(embedder, monkeypatch):
+    """The nearest_neighbour baseline's pool is exactly the trained explainers' training rows
+    (experiment.training_rows: validation split carved off, n_train drawn), not a draw of its
+    own."""
+    import types
+
+    from selfexplain import feature_metrics
+    from selfexplain.experiment import evaluate_run, training_rows
+
+    monkeypatch.setattr(feature_metrics, "default_embedder", lambda: embedder)
+    examples = to_frame(feature_examples(_records(), torch.randn(50, 8), "tiny", 2))
+    train_settings = {"n_train": 12, "val_fraction": 0.25}
+    run = types.SimpleNamespace(
+        task="features", target="tiny", explainer="tiny", variant="nearest_neighbour", seed=0
+    )
+    rows = evaluate_run(
+        examples,
+        run,
+        model_dir=None,
+        adapter_dir=None,
+        settings={"n_test": None, "batch_size": 4},
+        train_settings=train_settings,
+        features={"n_distractors": 2, "judge": None},
+    )
+    pool, _ = training_rows(
+        examples, "features", "trained", 0, n_train=12, n_variant=None, val_fraction=0.25
+    )
+    assert len(pool) == 12
+    test = examples.filter(pl.col("split") == "test")
+    expected, _ = nearest_neighbour_answers(
+        pool["vector"].to_list(), pool["answer"].to_list(), test["vector"].to_list()
+    )
+    by_id = dict(zip(test["id"], expected, strict=True))
+    assert rows["prediction"].to_list() == [by_id[i] for i in rows["id"]]
+    assert set(rows["prediction"]) <= set(pool["answer"])

@@ -12,10 +12,21 @@ from toy_data import toy_examples, toy_patching_rows
 from selfexplain.baselines import SurfaceModel, baseline_predictions
 from selfexplain.compare import comparisons, paired_difference
 from selfexplain.controls import strip_signal
-from selfexplain.evaluate import evaluate_change_task, load_explainer
+from selfexplain.evaluate import (
+    change_answers,
+    evaluate_change_task,
+    generate_answers,
+    load_explainer,
+)
 from selfexplain.experiment import balanced, evaluation_rows, groups, training_rows
 from selfexplain.forward import pad_left
-from selfexplain.metrics import auc, balanced_accuracy, best_threshold, change_metrics
+from selfexplain.metrics import (
+    auc,
+    balanced_accuracy,
+    best_threshold,
+    change_metrics,
+    score_change_rows,
+)
 from selfexplain.models import resolve
 from selfexplain.scoring import answer_forms, change_scores
 from selfexplain.train import TrainConfig, format_prompt, train_explainer
@@ -58,14 +69,42 @@ def test_teacher_forced_decision_equals_generated_answer(tmp_path):
     assert [p["step"] for p in curve] == [0, 4, 8, 12, 16, 20, 24]
     assert curve[0]["auc"] < 1.0 and summary["best"]["value"][0] == 1.0  # AUC selects
     model, tok = load_explainer(model_dir, tmp_path / "a")
+    questions = examples["question"].to_list()
+    free = generate_answers(model, tok, questions, max_new_tokens=8, batch_size=8)
+    free_rows = score_change_rows(examples["answer"].to_list(), free)
     rows = evaluate_change_task(
         model, tok, examples, labels={"variant": "trained"}, max_new_tokens=8, batch_size=8
     )
-    valid = rows.filter(pl.col("valid"))
-    assert len(valid) >= len(rows) // 2
-    assert (valid["pred_changed"] == (valid["tf_score"] > 0)).all()
+    valid = free_rows["valid"].to_numpy()
+    assert valid.sum() >= len(rows) // 2
+    # free greedy generation writes "changes to" exactly where the score is > 0 ...
+    assert (
+        free_rows["pred_changed"].to_numpy()[valid] == (rows["tf_score"] > 0).to_numpy()[valid]
+    ).all()
+    # ... and the calibrated answers at threshold 0 are those same answers
+    assert [p for p, v in zip(rows["prediction"], valid, strict=True) if v] == [
+        p for p, v in zip(free, valid, strict=True) if v
+    ]
+    assert rows["valid"].all()  # calibrated decoding always starts with one of the two forms
     metrics = change_metrics(rows)
     assert metrics["balanced_accuracy"] == 1.0 and metrics["auc"] == 1.0
+
+
+def test_calibrated_answers_follow_the_threshold(tiny_llama):
+    """Above the threshold the answer is decoded after the "changes to" tokens, at or below it
+    the answer is "unchanged"; the scores are the teacher-forced ones."""
+    model, tok = tiny_llama
+    questions = ["short?", "a much longer question about the tokens here?", "mid length one?"]
+    scores = change_scores(model, tok, questions, batch_size=3)
+    cut = float(np.median(scores))
+    answers, got = change_answers(model, tok, questions, threshold=cut, max_new_tokens=4)
+    common, changed_id, _ = answer_forms(tok)
+    np.testing.assert_allclose(got, scores, atol=1e-5)
+    for answer, score in zip(answers, scores, strict=True):
+        if score > cut:
+            assert answer.startswith(tok.decode([*common, changed_id]).strip())
+        else:
+            assert answer == "unchanged"
 
 
 def test_validation_state_survives_resume(tmp_path):
@@ -182,3 +221,22 @@ def test_paired_cluster_bootstrap_hand_computed():
     table = comparisons([a, b], n_boot=200)
     assert set(table["comparison"]) == {"trained - no_signal"}
     assert table.filter(pl.col("metric") == "exact_match")["diff"][0] == pytest.approx(2 / 3)
+
+
+def test_heatmap_agreement_counts_the_heatmap_cells():
+    """Agreement of the predicted has-changed map with the target's on the heatmap pairs'
+    cells only, read at each row's threshold; no heatmap rows, no metric."""
+    from selfexplain.metrics import heatmap_agreement
+
+    rows = pl.DataFrame(
+        {
+            "heatmap": [True, True, True, True, False],
+            "tf_score": [1.0, -1.0, 1.0, 0.5, 1.0],
+            "tf_threshold": [0.0, 0.0, 0.0, 0.7, 0.0],
+            "gold_changed": [True, False, False, False, False],
+            "pred_changed": [True, True, True, True, True],
+        }
+    )
+    assert heatmap_agreement(rows) == {"heatmap_agreement": 0.75}
+    assert heatmap_agreement(rows.drop("tf_score")) == {"heatmap_agreement": 0.25}
+    assert heatmap_agreement(rows.drop("heatmap")) == {}

@@ -7,7 +7,7 @@
 
 Everything goes through the library functions the Snakemake pipeline uses: true labels from
 ``tasks.ablation.ablation_labels`` / ``tasks.patching.patching_rows``, questions from
-``ablation_question`` / ``patching_question``, answers from ``evaluate.generate_answers`` and
+``ablation_question`` / ``patching_question``, answers from ``evaluate.change_answers`` and
 scores from ``metrics.score_change_rows`` + ``metrics.change_metrics``, so the answers and the
 metric line printed here are the ones the pipeline would compute for the same questions.
 
@@ -228,14 +228,18 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: int = 1)
 
 
 def answer(model_path: Path, adapter: Path, questions: list[str], args) -> list[str]:
-    """The explainer's greedy answers, exactly as the pipeline's evaluate step generates them."""
-    from selfexplain.evaluate import generate_answers, load_explainer
+    """The explainer's answers, exactly as the pipeline's evaluate step makes them: "unchanged"
+    or "changes to ..." as its has-changed score is at or above the threshold calibrated on
+    the run's validation split (evaluate.change_answers)."""
+    from selfexplain.evaluate import change_answers, load_explainer
+    from selfexplain.train import calibrated_threshold
 
     model, tokenizer = load_explainer(model_path, adapter)
-    preds = generate_answers(
+    preds, _ = change_answers(
         model,
         tokenizer,
         questions,
+        threshold=calibrated_threshold(adapter),
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
     )

@@ -27,21 +27,25 @@ def generate_answers(
     vectors: Sequence[Sequence[float]] | None = None,
     injector=None,
     raw: bool = False,
+    prefix: Sequence[int] = (),
 ) -> list[str]:
     """Greedy answers to each question (batched, left-padded), cut at the first newline.
 
     With vectors (and an injection.Injector), each question's placeholder is rendered as the
     explainer's placeholder token and vector i is injected there, as in training. raw: the
     questions are whole prompts, used as they are (not wrapped in train.format_prompt).
+    prefix: answer tokens forced before greedy decoding; they are part of the returned answer
+    and count towards max_new_tokens.
     """
     answers: list[str] = []
     device = next(model.parameters()).device
     eos = tokenizer.eos_token_id
     if vectors is not None:
         questions = injector.render(questions)
+    prefix = list(prefix)
     for start in tqdm(range(0, len(questions), batch_size), desc="generate", unit="batch"):
         chunk = questions[start : start + batch_size]
-        seqs = [tokenizer(q if raw else format_prompt(q))["input_ids"] for q in chunk]
+        seqs = [tokenizer(q if raw else format_prompt(q))["input_ids"] + prefix for q in chunk]
         ids, mask = pad_left(seqs, tokenizer.pad_token_id)
         injected = contextlib.nullcontext()
         if vectors is not None:
@@ -51,7 +55,7 @@ def generate_answers(
             out = model.generate(
                 input_ids=ids.to(device),
                 attention_mask=mask.to(device),
-                max_new_tokens=max_new_tokens,
+                max_new_tokens=max(1, max_new_tokens - len(prefix)),
                 do_sample=False,
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=eos,
@@ -59,8 +63,47 @@ def generate_answers(
         for row in out[:, ids.shape[1] :].tolist():
             if eos in row:
                 row = row[: row.index(eos)]
-            answers.append(tokenizer.decode(row, skip_special_tokens=True).split("\n")[0].strip())
+            text = tokenizer.decode(prefix + row, skip_special_tokens=True)
+            answers.append(text.split("\n")[0].strip())
     return answers
+
+
+def change_answers(
+    model,
+    tokenizer,
+    questions: Sequence[str],
+    *,
+    threshold: float = 0.0,
+    max_new_tokens: int = 16,
+    batch_size: int = 16,
+    progress: bool = True,
+):
+    """Calibrated answers to change-task questions, and their has-changed scores.
+
+    One teacher-forced forward per question gives the score (scoring.change_scores); a score
+    at or below ``threshold`` (the trained run's validation-calibrated one) answers
+    "unchanged", a higher one is decoded greedily after the tokens that start the
+    "changes to" form, so the answer names the new token. With threshold 0 this is greedy
+    decoding restricted to the two answer forms; only the "changes to" answers are generated.
+    """
+    from selfexplain.metrics import UNCHANGED
+    from selfexplain.scoring import answer_forms, change_scores
+
+    scores = change_scores(model, tokenizer, questions, batch_size=batch_size, progress=progress)
+    common, changed_id, _ = answer_forms(tokenizer)
+    changed = [i for i, s in enumerate(scores) if s > threshold]
+    named = generate_answers(
+        model,
+        tokenizer,
+        [questions[i] for i in changed],
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        prefix=[*common, changed_id],
+    )
+    answers = [UNCHANGED] * len(questions)
+    for i, text in zip(changed, named, strict=True):
+        answers[i] = text
+    return answers, scores
 
 
 def load_explainer(model_path: str | Path, adapter_dir: str | Path | None = None):
@@ -100,16 +143,18 @@ def evaluate_change_task(
     batch_size: int = 16,
     threshold: float = 0.0,
 ) -> pl.DataFrame:
-    """One row per test example: ids, gold answer, the generated prediction, the teacher-forced
-    has-changed score (tf_score, scoring.change_scores), the threshold it is read with (the
-    trained run's validation-calibrated one; 0 untrained) and the change-task metrics."""
-    from selfexplain.scoring import change_scores
-
-    questions = examples["question"].to_list()
-    preds = generate_answers(
-        model, tokenizer, questions, max_new_tokens=max_new_tokens, batch_size=batch_size
+    """One row per test example: ids, gold answer, the calibrated prediction (change_answers),
+    the teacher-forced has-changed score (tf_score, scoring.change_scores), the threshold it is
+    read with (the trained run's validation-calibrated one; 0 untrained) and the change-task
+    metrics."""
+    preds, tf = change_answers(
+        model,
+        tokenizer,
+        examples["question"].to_list(),
+        threshold=threshold,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
     )
-    tf = change_scores(model, tokenizer, questions, batch_size=batch_size, progress=True)
     return change_rows(examples, preds, tf, labels, threshold)
 
 
@@ -169,9 +214,9 @@ def evaluate_features(
     adapter_dir: str | Path | None,
     *,
     labels: dict,
-    n_train: int,
     settings: dict,
     features: dict,
+    neighbours: pl.DataFrame | None = None,
     embedder=None,
 ) -> pl.DataFrame:
     """Evaluate one variant on the feature task's test split (at most settings["n_test"]).
@@ -180,8 +225,8 @@ def evaluate_features(
     adapter); no_signal: trained and evaluated on random vectors (variants.withhold_signal);
     floor / ceiling: another test feature's true description (a random derangement) / the
     true description itself, scored as predictions: where the metrics start and end.
-    nearest_neighbour: the description of the most cosine-similar vector among the n_train
-    training features the explainers are trained on (no model).
+    nearest_neighbour: the description of the most cosine-similar vector among ``neighbours``, the
+    training features the explainers are trained on (experiment.training_rows; no model).
     """
     from selfexplain.describe import make_generator
     from selfexplain.examples import select, subsample
@@ -203,9 +248,12 @@ def evaluate_features(
             perm = _derangement(len(answers), _rng(labels["seed"], "floor"))
             preds = [answers[j] for j in perm] if len(answers) > 1 else answers
     elif variant == "nearest_neighbour":
-        train = subsample(select(examples, "train"), n_train, 0)
+        if neighbours is None:
+            raise ValueError("nearest_neighbour needs the training features (neighbours)")
         preds, _ = nearest_neighbour_answers(
-            train["vector"].to_list(), train["answer"].to_list(), test["vector"].to_list()
+            neighbours["vector"].to_list(),
+            neighbours["answer"].to_list(),
+            test["vector"].to_list(),
         )
     else:
         model, tokenizer = load_explainer(model_dir, adapter_dir)

@@ -144,12 +144,25 @@ def evaluate_run(
     from selfexplain.plots import eval_labels, read_json
 
     task, variant, seed = run.task, run.variant, int(run.seed)
-    n_train, threshold = 0, 0.0
+    from selfexplain.train import calibrated_threshold
+
+    n_train, threshold = 0, calibrated_threshold(adapter_dir)
     if adapter_dir is not None:
-        summary = read_json(f"{adapter_dir}/train_summary.json")
-        n_train = summary["n_examples"]
-        threshold = (summary.get("best") or {}).get("threshold", 0.0)
+        n_train = read_json(f"{adapter_dir}/train_summary.json")["n_examples"]
     labels = eval_labels(task, run.target, run.explainer, variant, seed, n_train)
+
+    def fitted_rows() -> pl.DataFrame:  # what the model-free baselines learn from: the
+        # trained variant's training draw of seed 0
+        return training_rows(
+            examples,
+            task,
+            "trained",
+            0,
+            n_train=train_settings.get("n_train"),
+            n_variant=None,
+            val_fraction=train_settings.get("val_fraction", 0.0),
+        )[0]
+
     if task == "features":
         from selfexplain.evaluate import evaluate_features
 
@@ -158,7 +171,7 @@ def evaluate_run(
             model_dir,
             adapter_dir,
             labels=labels,
-            n_train=train_settings.get("n_train"),
+            neighbours=fitted_rows() if variant == "nearest_neighbour" else None,
             settings=settings,
             features=features,
         )
@@ -177,15 +190,7 @@ def evaluate_run(
     if variant in ("constant", "surface"):
         from selfexplain.baselines import baseline_predictions
 
-        train, _ = training_rows(
-            examples,
-            task,
-            "trained",
-            0,
-            n_train=train_settings.get("n_train"),
-            n_variant=None,
-            val_fraction=train_settings.get("val_fraction", 0.0),
-        )
+        train = fitted_rows()
         preds, scores = baseline_predictions(variant, task, train, asked)
         return change_rows(asked, preds, scores, labels | {"n_train": len(train)})
     model, tokenizer = load_explainer(model_dir, adapter_dir)

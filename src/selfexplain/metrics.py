@@ -156,6 +156,24 @@ def change_metrics(rows: pl.DataFrame) -> dict[str, float]:
     }
 
 
+def heatmap_agreement(rows: pl.DataFrame) -> dict[str, float]:
+    """Patching: the fraction of the heatmap pairs' cells (every layer window x position of a
+    few test pairs, rows with ``heatmap`` true) where the predicted has-changed map equals the
+    target's (the prediction: tf_score > tf_threshold when scored, else the generated answer).
+    Empty when the rows have no heatmap cells."""
+    if "heatmap" not in rows.columns:
+        return {}
+    cells = rows.filter(pl.col("heatmap"))
+    if cells.is_empty():
+        return {}
+    if "tf_score" in cells.columns and cells["tf_score"].null_count() == 0:
+        cut = cells["tf_threshold"] if "tf_threshold" in cells.columns else 0.0
+        predicted = cells["tf_score"] > cut
+    else:
+        predicted = cells["pred_changed"]
+    return {"heatmap_agreement": float((predicted == cells["gold_changed"]).mean())}
+
+
 def bootstrap_ci(
     rows: pl.DataFrame,
     statistic: Callable[[pl.DataFrame], dict[str, float]],

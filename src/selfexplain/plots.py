@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import polars as pl  # noqa: E402
 
-from selfexplain.metrics import bootstrap_ci, change_metrics  # noqa: E402
+from selfexplain.metrics import bootstrap_ci, change_metrics, heatmap_agreement  # noqa: E402
 
 GROUP = ["task", "target", "explainer", "relation", "variant", "n_train", "seed"]
 # the metrics plotted per task (the table holds every metric of the task's aggregator)
@@ -44,18 +44,24 @@ def task_metrics(task: str):
 def summarize(evals: Sequence[pl.DataFrame], *, n_boot: int = 1000, seed: int = 0) -> pl.DataFrame:
     """Long table: one row per (group, metric) with value, 95% bootstrap CI and n."""
     rows = []
-    for df in evals:
-        df = in_sample(df)
+    for full in evals:
+        df = in_sample(full)
         keys = {k: df[k][0] for k in GROUP}
         statistic = task_metrics(keys["task"])
         values = statistic(df)
         cis = bootstrap_ci(df, statistic, n_boot=n_boot, seed=seed)
+        if heatmap := heatmap_agreement(full):  # patching: all cells of the heatmap pairs
+            cells = full.filter(pl.col("heatmap"))
+            values |= heatmap
+            cis |= bootstrap_ci(cells, heatmap_agreement, n_boot=n_boot, seed=seed)
         for metric, value in values.items():
             lo, hi = cis[metric]
             if metric == "content_match":
                 n = int(df["gold_changed"].sum())
             elif metric in ("simulation", "judge"):
                 n = int(df[metric].drop_nulls().len())
+            elif metric == "heatmap_agreement":
+                n = int(full["heatmap"].sum())
             else:
                 n = len(df)
             rows.append(keys | {"metric": metric, "value": value, "ci_lo": lo, "ci_hi": hi, "n": n})

@@ -329,6 +329,15 @@ def run_fingerprint(
     return h.hexdigest()
 
 
+def calibrated_threshold(adapter_dir: str | Path | None) -> float:
+    """The has-changed threshold a trained adapter's validation chose (its train_summary.json's
+    best step), or 0 for no adapter or one trained without a change-task validation split."""
+    if adapter_dir is None or not (Path(adapter_dir) / SUMMARY).is_file():
+        return 0.0
+    best = json.loads((Path(adapter_dir) / SUMMARY).read_text()).get("best") or {}
+    return float(best.get("threshold", 0.0))
+
+
 def _complete(checkpoint: Path) -> bool:
     """A checkpoint is complete once trainer_state.json, written last by the Trainer, parses
     and names the checkpoint's own step (a kill during saving leaves it missing)."""
