@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from selfexplain.examples import held_out
 from selfexplain.metrics import parse_change
 from selfexplain.models import decoder_layers
 from selfexplain.prompts import Prompt, counterfactual_pairs
@@ -209,6 +210,8 @@ def test_examples_split_and_answers_parse(tiny_llama, holdout):
             assert parsed.new_token == ex.meta["new_token"]
     assert all(len(s) == 1 for s in splits.values())
     assert {"train", "test"} == set().union(*splits.values())
+    n_test = sum(s == {"test"} for s in splits.values())
+    assert n_test == max(1, round(0.4 * len(splits)))  # exactly the fraction of pairs / layers
     with pytest.raises(ValueError, match="holdout"):
         patching_examples(rows, "tiny", holdout="position")
 
@@ -261,3 +264,15 @@ def test_pairs_file_round_trip(tmp_path):
     assert back[0][0].meta["subject"] == pairs[0][0].meta["subject"]
     assert back[0][1].meta["subject"] == pairs[0][1].meta["subject"]
     assert back[0][0].id == pairs[0][0].id
+
+
+def test_held_out_takes_exactly_the_fraction_of_keys():
+    """round(test_fraction * n) keys (at least one, never all), the same ones on every call,
+    and a larger fraction holds out a superset."""
+    keys = [f"p{i}" for i in range(40)]
+    sizes = {f: len(held_out(keys, f, 0)) for f in (0.3, 0.35, 0.5)}
+    assert sizes == {0.3: 12, 0.35: 14, 0.5: 20}
+    assert held_out(keys, 0.3, 0) == held_out(reversed(keys), 0.3, 0)
+    assert held_out(keys, 0.3, 0) <= held_out(keys, 0.5, 0)
+    assert held_out(keys, 0.3, 0) != held_out(keys, 0.3, 1)
+    assert held_out(["only"], 0.5, 0) == set() and len(held_out(["a", "b"], 0.99, 0)) == 1

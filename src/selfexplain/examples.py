@@ -91,6 +91,17 @@ def split_of(key: str, test_fraction: float, seed: int) -> str:
     return "test" if u < test_fraction else "train"
 
 
+def held_out(keys: Iterable, test_fraction: float, seed: int, salt: str = "") -> set:
+    """A seeded choice of exactly round(test_fraction * n) of the distinct keys (at least one,
+    and never all when there are two or more): the test split's prompts, pairs or layers."""
+    keys = sorted(set(keys), key=str)
+    if len(keys) < 2:
+        return set()
+    k = min(max(1, round(test_fraction * len(keys))), len(keys) - 1)
+    order = sorted(keys, key=lambda key: hashlib.sha256(f"{seed}:{salt}{key}".encode()).digest())
+    return set(order[:k])
+
+
 def subsample(
     df: pl.DataFrame, n: int | None, seed: int, stratify: str | None = None
 ) -> pl.DataFrame:

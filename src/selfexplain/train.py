@@ -44,8 +44,8 @@ class TrainConfig:
     logging_steps: int = 5
     # validation (when a validation split is given): score it every eval_steps optimizer steps,
     # keep the best adapter, stop after `patience` scores without improvement (0: never stop)
-    eval_steps: int = 25
-    patience: int = 4
+    eval_steps: int = 50
+    patience: int = 3
     seed: int = 0
     deepspeed: str | None = None
     # batches of similar-length examples (HF LengthGroupedSampler): less compute on padding,

@@ -12,7 +12,6 @@ tokens, as in the ablation task.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Iterable, Sequence
@@ -21,7 +20,7 @@ import polars as pl
 import torch
 from tqdm.auto import tqdm
 
-from selfexplain.examples import ExplainerExample, meta, split_of
+from selfexplain.examples import ExplainerExample, held_out, meta
 from selfexplain.forward import PrefixCache, next_token_logprobs, prefix_chunks
 from selfexplain.hooks import ResidualPatch, capture_residual, patch_residual, replay_blocks
 from selfexplain.metrics import change_answer
@@ -376,12 +375,7 @@ def patching_question(row: dict) -> str:
 def held_out_layers(starts: Iterable[int], test_fraction: float, seed: int) -> set[int]:
     """A seeded choice of round(test_fraction * n) window starts (at least one, and never all
     when there are two or more) for the layer holdout."""
-    starts = sorted(set(starts))
-    if len(starts) < 2:
-        return set()
-    k = min(max(1, round(test_fraction * len(starts))), len(starts) - 1)
-    order = sorted(starts, key=lambda s: hashlib.sha256(f"{seed}:layer{s}".encode()).digest())
-    return set(order[:k])
+    return held_out(starts, test_fraction, seed, salt="layer")
 
 
 def patching_examples(
@@ -392,16 +386,17 @@ def patching_examples(
     seed: int = 0,
     holdout: str = "prompt",
 ) -> list[ExplainerExample]:
-    """Explainer examples from label rows, split train/test by pair (holdout="prompt") or by
-    whole window starts (holdout="layer")."""
+    """Explainer examples from label rows, split train/test by pair (holdout="prompt": exactly
+    round(test_fraction * pairs) held-out pairs) or by whole window starts (holdout="layer")."""
     if holdout not in HOLDOUTS:
         raise ValueError(f"holdout must be one of {list(HOLDOUTS)}, got {holdout!r}")
     rows = list(rows)
     test_layers = held_out_layers({r["layer_start"] for r in rows}, test_fraction, seed)
+    test_pairs = held_out({r["pair_id"] for r in rows}, test_fraction, seed)
     out = []
     for row in rows:
         if holdout == "prompt":
-            split = split_of(row["pair_id"], test_fraction, seed)
+            split = "test" if row["pair_id"] in test_pairs else "train"
         else:
             split = "test" if row["layer_start"] in test_layers else "train"
         out.append(
