@@ -279,15 +279,12 @@ FEATURE_TEXT = (
 def feature_ws(ws):
     """Feature labels of the tiny model (layer 1, a 32-latent SAE, deterministic descriptions)
     and a LoRA explainer trained on their train split, laid out like the pipeline's."""
-    from selfexplain.corpus import Document
-    from selfexplain.describe import describe_records
-    from selfexplain.sae import SAEConfig, train_sae
-    from selfexplain.tasks.features import (
-        collect_activations,
-        feature_examples,
-        feature_records,
-        token_windows,
-    )
+    from selfexplain.features.activations import collect_activations, token_windows
+    from selfexplain.features.corpus import Document
+    from selfexplain.features.describe import describe_records
+    from selfexplain.features.records import feature_records
+    from selfexplain.features.sae import SAEConfig, train_sae
+    from selfexplain.tasks.features import feature_examples
 
     model, tok = load(ws / MODEL)
     windows = token_windows(tok, [Document("d", FEATURE_TEXT)], context_len=16, n_windows=12)
@@ -313,7 +310,7 @@ def test_ask_features_by_id_matches_the_library(feature_ws, tmp_path, capsys):
         generate_answers,
         load_explainer,
     )
-    from selfexplain.feature_metrics import feature_metrics
+    from selfexplain.features.metrics import feature_metrics
 
     ws, examples = feature_ws
     test = examples.filter(pl.col("split") == "test")

@@ -14,24 +14,35 @@ import yaml
 from safetensors.torch import save_file
 
 from selfexplain.config import config_problems
-from selfexplain.corpus import Document, clean_wikitext, corpus_documents, text_file_documents
-from selfexplain.describe import (
+from selfexplain.examples import to_frame
+from selfexplain.features.activations import collect_activations, token_mask, token_windows
+from selfexplain.features.corpus import (
+    Document,
+    clean_wikitext,
+    corpus_documents,
+    text_file_documents,
+)
+from selfexplain.features.describe import (
     OpenAIEndpoint,
     describe_records,
     describer_prompt,
     deterministic_description,
     judge_scores,
 )
-from selfexplain.examples import to_frame
-from selfexplain.feature_metrics import (
+from selfexplain.features.metrics import (
     Embedder,
     feature_metrics,
     nearest_neighbour_answers,
     score_feature_rows,
     similarities,
 )
-from selfexplain.hooks import capture_residual
-from selfexplain.sae import (
+from selfexplain.features.records import (
+    FeatureRecord,
+    feature_records,
+    records_frame,
+    records_from_frame,
+)
+from selfexplain.features.sae import (
     SAEConfig,
     TopKSAE,
     evaluate_sae,
@@ -41,17 +52,8 @@ from selfexplain.sae import (
     split_tokens,
     train_sae,
 )
-from selfexplain.tasks.features import (
-    FeatureRecord,
-    collect_activations,
-    feature_examples,
-    feature_records,
-    frequency_bands,
-    records_frame,
-    records_from_frame,
-    token_mask,
-    token_windows,
-)
+from selfexplain.hooks import capture_residual
+from selfexplain.tasks.features import feature_examples, frequency_bands
 from selfexplain.variants import TASK_VARIANTS, applies, withhold_signal
 
 REPO = Path(__file__).resolve().parents[1]
@@ -431,7 +433,7 @@ def test_norm_outliers_are_left_out():
 def test_local_hf_describer_and_judge(tmp_path, tiny_records):
     """kind "hf": a local model directory is prompted (greedy, so deterministic); an empty reply
     falls back on the template, so every feature gets a description."""
-    from selfexplain.describe import LocalLM
+    from selfexplain.features.describe import LocalLM
     from selfexplain.models import resolve
 
     *_, records = tiny_records
@@ -453,8 +455,8 @@ def test_nearest_neighbour_looks_up_the_explainers_training_draw(embedder, monke
     own."""
     import types
 
-    from selfexplain import feature_metrics
     from selfexplain.experiment import evaluate_run, training_rows
+    from selfexplain.features import metrics as feature_metrics
 
     monkeypatch.setattr(feature_metrics, "default_embedder", lambda: embedder)
     examples = to_frame(feature_examples(_records(), torch.randn(50, 8), "tiny", 2))

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from selfexplain.evaluate import explainer_injector, generate_answers, load_explainer
-from selfexplain.hooks import ResidualPatch, patch_residual
-from selfexplain.injection import (
+from selfexplain.features.injection import (
     MAP_NAME,
     Injector,
     VectorMap,
@@ -16,6 +15,7 @@ from selfexplain.injection import (
     placeholder_token,
     render_question,
 )
+from selfexplain.hooks import ResidualPatch, patch_residual
 from selfexplain.models import decoder_layers, resolve
 from selfexplain.tasks.features import feature_question
 from selfexplain.train import TrainConfig, encode_example, format_prompt, train_explainer

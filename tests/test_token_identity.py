@@ -8,9 +8,8 @@ import pytest
 import torch
 
 from selfexplain.examples import SCHEMA, meta
-from selfexplain.injection import Injector
+from selfexplain.features.injection import PLACEHOLDER, Injector
 from selfexplain.models import resolve
-from selfexplain.tasks.features import PLACEHOLDER
 from selfexplain.token_identity import (
     IDENTITY_PROMPT,
     generate_raw,

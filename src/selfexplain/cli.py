@@ -684,7 +684,7 @@ def cmd_ask_features(args) -> int:
         raise ValueError("pass --feature ID (a feature of the label file) or --vector FILE")
     info, _, explainer_model = ask_models(args, "features")
     from selfexplain.examples import read_examples
-    from selfexplain.feature_metrics import nearest_neighbour_answers
+    from selfexplain.features.metrics import nearest_neighbour_answers
     from selfexplain.tasks.features import feature_question
 
     labels_path = _feature_labels(args, info)
@@ -770,7 +770,7 @@ def cmd_ask_features(args) -> int:
     if args.out:
         write_jsonl(records, args.out)
     if truth:
-        from selfexplain.feature_metrics import feature_metrics
+        from selfexplain.features.metrics import feature_metrics
 
         m = feature_metrics(rows)
         print(f"similarity={m['similarity']:.3f} simulation={m['simulation']:.3f} n={len(preds)}")

@@ -112,7 +112,7 @@ def load_explainer(model_path: str | Path, adapter_dir: str | Path | None = None
     if adapter_dir is not None:
         from peft import PeftModel
 
-        from selfexplain.injection import INJECTION_FILE, InjectionSpec, attach_map
+        from selfexplain.features.injection import INJECTION_FILE, InjectionSpec, attach_map
 
         if (Path(adapter_dir) / INJECTION_FILE).is_file():  # the adapter holds a vector_map
             attach_map(model, InjectionSpec.load(adapter_dir))
@@ -125,7 +125,7 @@ def explainer_injector(
 ):
     """The injector of a trained explainer (its saved injection.json), or for an untrained one a
     fresh injector from settings ({"layer", "scale"}; a seed-0 random map if widths differ)."""
-    from selfexplain.injection import INJECTION_FILE, InjectionSpec, Injector
+    from selfexplain.features.injection import INJECTION_FILE, InjectionSpec, Injector
 
     if adapter_dir is not None and (Path(adapter_dir) / INJECTION_FILE).is_file():
         return Injector(InjectionSpec.load(adapter_dir), model)
@@ -191,7 +191,7 @@ def evaluate_feature_task(
     """One row per test feature: ids, gold description, prediction and the feature metrics
     (similarity, simulation; judge when a judge generator is given). pool: features whose
     top contexts serve as distractors (default: the examples themselves)."""
-    from selfexplain.feature_metrics import score_feature_rows
+    from selfexplain.features.metrics import score_feature_rows
 
     scored = score_feature_rows(
         examples,
@@ -228,9 +228,9 @@ def evaluate_features(
     nearest_neighbour: the description of the most cosine-similar vector among ``neighbours``, the
     training features the explainers are trained on (experiment.training_rows; no model).
     """
-    from selfexplain.describe import make_generator
     from selfexplain.examples import select, subsample
-    from selfexplain.feature_metrics import nearest_neighbour_answers
+    from selfexplain.features.describe import make_generator
+    from selfexplain.features.metrics import nearest_neighbour_answers
     from selfexplain.variants import withhold_signal
 
     variant = labels["variant"]

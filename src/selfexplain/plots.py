@@ -35,7 +35,7 @@ def _save(fig, path: str | Path) -> None:
 def task_metrics(task: str):
     """The aggregator of a task's per-example evaluation rows."""
     if task == "features":
-        from selfexplain.feature_metrics import feature_metrics
+        from selfexplain.features.metrics import feature_metrics
 
         return feature_metrics
     return change_metrics

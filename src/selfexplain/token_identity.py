@@ -2,7 +2,7 @@
 
 A sanity check of the injection path used by the feature-description task. Each example's
 vector is the target's *input embedding* of one ordinary vocabulary word and the answer is
-that word, so an explainer that reads the injected vector (through ``injection.Injector``,
+that word, so an explainer that reads the injected vector (through ``features.injection.Injector``,
 with the trained ``vector_map`` when the widths differ) can answer perfectly, and one that
 ignores it cannot beat chance. Train and test words are disjoint.
 
@@ -29,7 +29,7 @@ import polars as pl
 import torch
 
 from selfexplain.examples import ExplainerExample, meta, to_frame
-from selfexplain.tasks.features import PLACEHOLDER
+from selfexplain.features.injection import PLACEHOLDER
 
 if TYPE_CHECKING:
     from selfexplain.train import TrainConfig
@@ -172,7 +172,7 @@ def run_token_identity(
     relation: "self" / "other" (default: by the model directories' names).
     """
     from selfexplain.evaluate import explainer_injector, generate_answers, load_explainer
-    from selfexplain.injection import Injector, reference_norm
+    from selfexplain.features.injection import Injector, reference_norm
     from selfexplain.models import load
     from selfexplain.train import train_explainer
 

@@ -457,7 +457,7 @@ def train_explainer(
     with the same settings, data and model (see run_fingerprint) resumes from the newest
     complete one. callbacks are extra transformers TrainerCallbacks (tests use one to interrupt).
     Rows with a vector (feature task) get it injected at their question's placeholder
-    (``injection``: {"layer", "scale"}, see selfexplain.injection); a linear map is trained
+    (``injection``: {"layer", "scale"}, see selfexplain.features.injection); a linear map is trained
     with the adapter when the vector's width differs from the explainer's.
 
     validation: held-out rows of the same kind (grouped apart from the training rows by the
@@ -476,7 +476,7 @@ def train_explainer(
     vectors = example_vectors(examples)
     injector = None
     if vectors is not None:
-        from selfexplain.injection import MAP_NAME, Injector
+        from selfexplain.features.injection import MAP_NAME, Injector
 
         inj = injection or {}
         injector = Injector.setup(

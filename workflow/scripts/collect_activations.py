@@ -5,10 +5,10 @@ from pathlib import Path
 
 import torch
 
-from selfexplain.corpus import corpus_documents
+from selfexplain.features.activations import collect_activations, default_layer, token_windows
+from selfexplain.features.corpus import corpus_documents
+from selfexplain.features.sae import save_activations
 from selfexplain.models import decoder_layers, load
-from selfexplain.sae import save_activations
-from selfexplain.tasks.features import collect_activations, default_layer, token_windows
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 torch.set_num_threads(snakemake.threads)

@@ -5,11 +5,12 @@ from pathlib import Path
 
 import torch
 
-from selfexplain.describe import describe_records
 from selfexplain.examples import write_parquet
+from selfexplain.features.describe import describe_records
+from selfexplain.features.records import feature_records, records_frame
+from selfexplain.features.sae import load_activations, load_sae
 from selfexplain.models import load
-from selfexplain.sae import load_activations, load_sae
-from selfexplain.tasks.features import feature_records, records_frame, select_features
+from selfexplain.tasks.features import select_features
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 torch.set_num_threads(snakemake.threads)

@@ -4,8 +4,9 @@ import sys
 from pathlib import Path
 
 from selfexplain.examples import read_parquet, to_frame, write_parquet
-from selfexplain.sae import load_activations, load_sae
-from selfexplain.tasks.features import feature_examples, records_from_frame
+from selfexplain.features.records import records_from_frame
+from selfexplain.features.sae import load_activations, load_sae
+from selfexplain.tasks.features import feature_examples
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 

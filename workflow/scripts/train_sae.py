@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from selfexplain.sae import (
+from selfexplain.features.sae import (
     SAEConfig,
     evaluate_sae,
     load_activations,

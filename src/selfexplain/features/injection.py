@@ -1,6 +1,6 @@
 """Put a feature vector into the explainer as a continuous token.
 
-The question carries a placeholder (``tasks.features.PLACEHOLDER``), rendered as one existing
+The question carries a placeholder (:data:`PLACEHOLDER`), rendered as one existing
 token of the explainer's vocabulary (no vocabulary change). The hidden state *entering* block
 ``layer`` at that token's position is replaced by the vector, unit-normalised and scaled to
 ``norm`` (by default the explainer's mean hidden-state norm at that site on ordinary text, so
@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from selfexplain.models import decoder_layers, hidden_size
-from selfexplain.tasks.features import PLACEHOLDER
 
+PLACEHOLDER = "<vector>"  # where a question's vector goes
 MAP_NAME = "vector_map"
 INJECTION_FILE = "injection.json"
 PLACEHOLDER_CANDIDATES = (" X", " *", " ?", " A", " _")

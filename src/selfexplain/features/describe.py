@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-from selfexplain.tasks.features import FeatureRecord
+from selfexplain.features.records import FeatureRecord
 
 KINDS = ("deterministic", "hf", "openai")
 

