@@ -1,0 +1,124 @@
+"""``selfexplain ask ablation``: what happens to the target's next token when each input token
+(or the hint) is removed, asked of a trained explainer and compared with the true labels."""
+
+from __future__ import annotations
+
+import gc
+
+from selfexplain.cli.answers import answer, answer_record, metric_line
+from selfexplain.cli.locate import ask_models
+from selfexplain.cli.render import (
+    agrees,
+    change_text,
+    mark,
+    predicted_text,
+    quote,
+    short,
+    text_table,
+    write_jsonl,
+)
+from selfexplain.metrics import parse_change
+
+
+def _ablation_prompts(args) -> list:
+    from selfexplain.prompts import Prompt, read_prompts_jsonl
+
+    if args.prompts:
+        if args.hint:
+            raise ValueError("--hint goes with --prompt; put hints in the JSONL file instead")
+        return read_prompts_jsonl(args.prompts)
+    if args.hint and len(args.prompt) != 1:
+        raise ValueError("--hint needs exactly one --prompt")
+    prompts = []
+    for i, text in enumerate(args.prompt, start=1):
+        if not text.strip():
+            raise ValueError(f"--prompt {i} is empty")
+        hint = args.hint if i == 1 else None
+        if hint is not None and hint not in text:
+            raise ValueError(f"--hint {hint!r} is not a substring of the prompt")
+        prompts.append(Prompt(f"prompt-{i}", "custom", text, hint))
+    return prompts
+
+
+def _ablation_rows_without_truth(model, tokenizer, prompt) -> list[dict]:
+    """The fields ablation_question needs (the target's tokens and greedy next token), computed
+    as prompt_ablation_rows does, without the removal forwards."""
+    from selfexplain.forward import next_token_logprobs
+    from selfexplain.tasks.ablation import ablatable_positions, encode, greedy_content_tokens
+
+    ids = encode(tokenizer, prompt.text)
+    logp = next_token_logprobs(model, [ids], tokenizer.pad_token_id)
+    y0 = greedy_content_tokens(logp, tokenizer)[0]
+    base = {
+        "prompt_id": prompt.id,
+        "kind": prompt.kind,
+        "prompt": prompt.text,
+        "orig_token": tokenizer.decode([y0]),
+        "orig_token_id": y0,
+    }
+    rows = [
+        base
+        | {
+            "unit": "token",
+            "position": k,
+            "token_index": pos,
+            "removed": tokenizer.decode([ids[pos]]),
+        }
+        for k, pos in enumerate(ablatable_positions(tokenizer, ids))
+    ]
+    if prompt.hint:
+        rows.append(base | {"unit": "hint", "position": None, "removed": prompt.hint})
+    return rows
+
+
+def cmd_ask_ablation(args) -> int:
+    prompts = _ablation_prompts(args)
+    info, target_dir, explainer_model = ask_models(args, "ablation")
+    from selfexplain.models import load
+    from selfexplain.tasks.ablation import ablation_labels, ablation_question
+
+    truth = not args.no_truth
+    model, tokenizer = load(target_dir)
+    if truth:
+        rows = ablation_labels(model, tokenizer, prompts)
+    else:
+        rows = [r for p in prompts for r in _ablation_rows_without_truth(model, tokenizer, p)]
+    del model, tokenizer  # free the target before the explainer is loaded
+    gc.collect()
+
+    preds = answer(explainer_model, info.adapter, [ablation_question(r) for r in rows], args)
+    records = []
+    for row, pred_text in zip(rows, preds, strict=True):
+        rec = {
+            "prompt_id": row["prompt_id"],
+            "unit": row["unit"],
+            "position": row["position"],
+            "token": row["removed"],
+        }
+        records.append(rec | answer_record(row, pred_text, truth))
+
+    mismatches = 0
+    for prompt in prompts:
+        recs = [
+            (r, rec) for r, rec in zip(rows, records, strict=True) if r["prompt_id"] == prompt.id
+        ]
+        print(f"\n[{prompt.id}] {quote(prompt.text)}")
+        print(f"target's next token: {quote(recs[0][0]['orig_token'])}")
+        header = ["pos", "removed token", "predicted"] + (["true", ""] if truth else [])
+        table = []
+        for row, rec in recs:
+            pos = "hint" if row["unit"] == "hint" else str(row["position"])
+            cells = [pos, short(quote(row["removed"])), predicted_text(rec)]
+            if truth:
+                agree = agrees(parse_change(rec["prediction"]), parse_change(rec["answer"]))
+                mismatches += not agree
+                cells += [change_text(rec["true_changed"], rec["true_new_token"]), mark(agree)]
+            table.append(cells)
+        print("\n".join(text_table(header, table)))
+    if truth:
+        print(f"\n* = predicted differs from the true label ({mismatches} of {len(records)})")
+    if args.out:
+        write_jsonl(records, args.out)
+    golds = [rec["answer"] for rec in records] if truth else None
+    print(metric_line(golds, preds))
+    return 0

@@ -1,0 +1,182 @@
+"""``selfexplain ask features``: a trained explainer's description of an SAE feature (by id, from
+the label file it was trained on) or of any residual vector, next to the ground truth, the
+feature's top-activating contexts and the feature metrics."""
+
+from __future__ import annotations
+
+import gc
+import json
+import sys
+from pathlib import Path
+
+from selfexplain.cli.locate import ExplainerDir, ask_models
+from selfexplain.cli.render import write_jsonl
+
+
+def _feature_labels(args, info: ExplainerDir) -> Path | None:
+    """The feature label file the explainer was trained on (or --labels)."""
+    if args.labels:
+        path = Path(args.labels)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such label file (--labels)")
+        return path
+    if info.root is not None and info.target is not None:
+        path = info.root / "results" / "labels" / "features" / f"{info.target}.parquet"
+        if path.is_file():
+            return path
+    return None
+
+
+def _read_vectors(path: str) -> list[list[float]]:
+    """Vectors from a safetensors file: its "vector" tensor, or its only tensor; (d,) or (n, d)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(path)
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
+    if "vector" in tensors:
+        t = tensors["vector"]
+    elif len(tensors) == 1:
+        t = next(iter(tensors.values()))
+    else:
+        raise ValueError(f"{path}: several tensors {sorted(tensors)}; name the one to ask 'vector'")
+    if t.dim() not in (1, 2):
+        raise ValueError(f"{path}: expected a (d,) or (n, d) tensor, got {tuple(t.shape)}")
+    return (t[None] if t.dim() == 1 else t).float().tolist()
+
+
+def _snippet(ex: dict, width: int = 70) -> str:
+    text = f"{ex['left']}<<{ex['token']}>>{ex['right']}".replace("\n", "\\n")
+    return text if len(text) <= width else "…" + text[-(width - 1) :]
+
+
+def cmd_ask_features(args) -> int:
+    import polars as pl
+
+    if (args.feature is None) == (args.vector is None):
+        raise ValueError("pass --feature ID (a feature of the label file) or --vector FILE")
+    info, _, explainer_model = ask_models(args, "features")
+    from selfexplain.examples import read_examples
+    from selfexplain.features.metrics import nearest_neighbour_answers
+    from selfexplain.tasks.features import feature_question
+
+    labels_path = _feature_labels(args, info)
+    labels = read_examples(labels_path) if labels_path else None
+    if labels is not None:
+        print(f"labels: {labels_path}", file=sys.stderr)
+    truth = not args.no_truth and labels is not None
+    if args.feature is not None:
+        if labels is None:
+            raise FileNotFoundError(
+                "no feature label file found next to the explainer; pass --labels FILE.parquet"
+            )
+        ids = {json.loads(m)["feature"]: i for i, m in enumerate(labels["meta"])}
+        missing = [f for f in args.feature if f not in ids]
+        if missing:
+            raise ValueError(
+                f"--feature {missing[0]} is not in {labels_path} ({len(ids)} features, e.g. "
+                f"{sorted(ids)[:5]})"
+            )
+        asked = labels[[ids[f] for f in args.feature]]
+    else:
+        vectors = _read_vectors(args.vector)
+        layer = args.layer
+        if layer is None and labels is not None:
+            layer = json.loads(labels["meta"][0])["layer"]
+        if layer is None:
+            raise ValueError("pass --layer L: no label file says which layer the vector is from")
+        asked = pl.DataFrame(
+            {
+                "id": [f"vector-{i}" for i in range(len(vectors))],
+                "question": [feature_question(layer)] * len(vectors),
+                "vector": vectors,
+            },
+            schema_overrides={"vector": pl.List(pl.Float32)},
+        )
+        if labels is not None:  # the closest labelled feature is the reference
+            _, nearest = nearest_neighbour_answers(
+                labels["vector"].to_list(), labels["answer"].to_list(), vectors
+            )
+            ref = labels[nearest]
+            cos = _cosines(vectors, ref["vector"].to_list())
+            for i, (m, c) in enumerate(zip(ref["meta"], cos, strict=True)):
+                print(
+                    f"vector {i}: nearest labelled feature {json.loads(m)['feature']} (cos {c:.3f})"
+                )
+            asked = ref.with_columns(
+                pl.Series("vector", vectors, dtype=pl.List(pl.Float32)),
+                pl.Series("id", asked["id"]),
+            )
+
+    preds = _ask_feature_explainer(explainer_model, info.adapter, asked, args)
+    rows = None
+    if truth:
+        from selfexplain.evaluate import evaluate_feature_task
+
+        rows = evaluate_feature_task(asked, preds, labels={}, pool=labels)
+    records = []
+    for i, pred in enumerate(preds):
+        meta = json.loads(asked["meta"][i]) if truth else {}
+        rec = {"id": asked["id"][i], "feature": meta.get("feature"), "prediction": pred}
+        print(
+            f"\n[{asked['id'][i]}]"
+            + (
+                f" feature {meta['feature']}, layer {meta['layer']}, "
+                f"fires on {meta['frequency']:.2%} of tokens"
+                if truth
+                else ""
+            )
+        )
+        print(f"explainer:    {pred}")
+        if truth:
+            rec |= {
+                "answer": asked["answer"][i],
+                "similarity": rows["similarity"][i],
+                "simulation": rows["simulation"][i],
+            }
+            print(f"ground truth: {asked['answer'][i]}")
+            print(f"similarity {rec['similarity']:.3f}, simulation {rec['simulation']}")
+            print("top-activating contexts (activation, <<token>>):")
+            for ex in meta["examples"][: args.n_examples]:
+                print(f"  {ex['activation']:8.2f}  {_snippet(ex)}")
+        records.append(rec)
+    if args.out:
+        write_jsonl(records, args.out)
+    if truth:
+        from selfexplain.features.metrics import feature_metrics
+
+        m = feature_metrics(rows)
+        print(f"similarity={m['similarity']:.3f} simulation={m['simulation']:.3f} n={len(preds)}")
+    else:
+        print(f"n={len(preds)}")
+    return 0
+
+
+def _cosines(a: list[list[float]], b: list[list[float]]) -> list[float]:
+    import torch
+
+    ta, tb = torch.tensor(a), torch.tensor(b)
+    return torch.nn.functional.cosine_similarity(ta, tb, dim=-1).tolist()
+
+
+def _ask_feature_explainer(model_path: Path, adapter: Path, asked, args) -> list[str]:
+    """The explainer's descriptions of the asked vectors, as the pipeline's evaluate step."""
+    from selfexplain.evaluate import explainer_injector, generate_answers, load_explainer
+
+    model, tokenizer = load_explainer(model_path, adapter)
+    vectors = asked["vector"].to_list()
+    injector = explainer_injector(model, tokenizer, adapter, len(vectors[0]))
+    preds = generate_answers(
+        model,
+        tokenizer,
+        asked["question"].to_list(),
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        vectors=vectors,
+        injector=injector,
+    )
+    del model, tokenizer
+    gc.collect()
+    return preds
