@@ -14,12 +14,12 @@ import yaml
 from test_pipeline import REPO, run_snakemake
 
 from selfexplain.controls import shuffle_signal
+from selfexplain.layout import parse_benchmark
 from selfexplain.matrix import runs, scaling_variants, variant_n_train, variant_seeds
 from selfexplain.metrics import change_answer, score_change_rows
 from selfexplain.plots import MATRIX_FIGURES, compute_figure, eval_labels, summarize
 from selfexplain.tables import (
     TIDY,
-    benchmark_record,
     compute_table,
     mean_ci,
     read_benchmarks,
@@ -304,7 +304,7 @@ def test_compute_table_sums_benchmark_files(tmp_path):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(header + f"{s}\t0:00:{int(s):02d}\t{rss}\t1\t1\t1\t0\t0\t50\t{s}\n")
         paths.append(path)
-    assert benchmark_record(paths[0]) == {
+    assert parse_benchmark(paths[0]) == {
         "rule": "train_explainer",
         "task": "ablation",
         "model": "b",

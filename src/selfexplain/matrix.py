@@ -9,31 +9,11 @@ variants ``n{N}``: trained on the first N rows of the same draw, one per entry o
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
+from selfexplain.layout import Run
 from selfexplain.variants import TRAINED_VARIANTS, applies
 
 SCALING = re.compile(r"n(\d+)")
-
-
-@dataclass(frozen=True)
-class Run:
-    """One evaluation of the matrix (a trained variant also needs one training job)."""
-
-    task: str
-    target: str
-    explainer: str
-    variant: str
-    seed: int
-
-    @property
-    def relation(self) -> str:
-        return relation(self.target, self.explainer)
-
-
-def relation(target: str, explainer: str) -> str:
-    """'self' when the explainer is the target model, else 'other'."""
-    return "self" if target == explainer else "other"
 
 
 def scaling_sizes(config: dict) -> list[int]:
@@ -101,7 +81,8 @@ def variant_seeds(config: dict, variant: str) -> list[int]:
 
 
 def runs(config: dict) -> list[Run]:
-    """Every evaluation of the experiment, in a fixed order."""
+    """Every evaluation of the experiment, in a fixed order (a trained variant also needs one
+    training job); layout.Run gives each its paths."""
     out = []
     scaling = scaling_variants(config) if "trained" in config["variants"] else []
     for task in config["tasks"]:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import polars as pl
 
+from selfexplain.layout import parse_benchmark
+
 # the tidy table's columns (one row per run and metric), in order
 TIDY = ["task", "target", "explainer", "relation", "variant", "n_train", "seed", "metric", "value"]
 SUMMARY_KEYS = ["task", "target", "explainer", "relation", "variant", "n_train", "metric"]
@@ -83,30 +85,13 @@ def seed_summary(table: pl.DataFrame) -> pl.DataFrame:
 
 # -------------------------------------------------------------------------- compute table
 
-# benchmark path results/benchmarks/<rule>/<...>.tsv: which path parts name the task and the
-# model that the job runs (for train_explainer / evaluate: the explainer)
-_RUN_RULES = ("train_explainer", "evaluate")
-
-
-def benchmark_record(path: str | Path) -> dict:
-    """rule, task and model of a benchmark file, from its path."""
-    parts = Path(path).with_suffix("").parts
-    i = parts.index("benchmarks")
-    rule, rest = parts[i + 1], parts[i + 2 :]
-    if rule in _RUN_RULES:  # task/target/explainer/variant/sSEED
-        return {"rule": rule, "task": rest[0], "model": rest[2], "variant": rest[3]}
-    if rule.startswith("label_"):
-        return {"rule": rule, "task": rule.removeprefix("label_"), "model": rest[0]}
-    task = "features" if rule in ("collect_activations", "train_sae", "describe_features") else ""
-    return {"rule": rule, "task": task, "model": rest[0] if rest else ""}
-
 
 def read_benchmarks(paths: Sequence[str | Path]) -> pl.DataFrame:
     """One row per benchmark file: rule, task, model, variant, wall s, max RSS MB, CPU s."""
     rows = []
     for path in paths:
         bench = pl.read_csv(path, separator="\t", null_values=["-", "NA"])
-        rec = {"variant": ""} | benchmark_record(path)
+        rec = {"variant": ""} | parse_benchmark(path)  # rule, task, model from the path
         for r in bench.iter_rows(named=True):  # one row per repeat (usually one)
             rss = r.get("max_rss")
             cpu = r.get("cpu_time")

@@ -1,7 +1,9 @@
 
 from snakemake.utils import validate
 
+from selfexplain import layout
 from selfexplain.config import apply_offline, check_config
+from selfexplain.layout import Run, model_marker
 from selfexplain.matrix import all_variants, is_trained, runs, trained_variants
 
 # Readable errors first (naming key, value, allowed values), then snakemake fills defaults.
@@ -25,66 +27,56 @@ wildcard_constraints:
     seed=r"\d+",
 
 
-def model_marker(name):
-    return f"resources/models/{name}/selfexplain_model.json"
+# every path comes from selfexplain.layout; RUN: the rules' run pattern ({task}/.../s{seed})
+RUN = Run.pattern()
 
 
 def train_input(wildcards):
     return {
-        "labels": f"results/labels/{wildcards.task}/{wildcards.target}.parquet",
+        "labels": layout.labels_file(wildcards.task, wildcards.target),
         "model": model_marker(wildcards.explainer),
     }
-
-
-def adapter_path(task, target, explainer, variant, seed):
-    return f"results/explainers/{task}/{target}/{explainer}/{variant}/s{seed}/adapter_model.safetensors"
 
 
 def evaluate_input(wildcards):
     inputs = train_input(wildcards)
     if is_trained(wildcards.variant):
-        inputs["adapter"] = adapter_path(
-            wildcards.task, wildcards.target, wildcards.explainer, wildcards.variant, wildcards.seed
-        )
+        inputs["adapter"] = Run.of(wildcards).adapter_file()
     return inputs
 
 
-def eval_runs():
-    """(task, target, explainer, variant, seed) of every evaluation (selfexplain/matrix.py)."""
-    return [(r.task, r.target, r.explainer, r.variant, r.seed) for r in runs(config)]
-
-
 def train_runs():
-    """The evaluations that need a trained adapter."""
-    return [r for r in eval_runs() if is_trained(r[3])]
+    """The evaluations that need a trained adapter (selfexplain/matrix.py)."""
+    return [r for r in runs(config) if is_trained(r.variant)]
 
 
 def eval_files():
-    return [f"results/eval/{t}/{tg}/{e}/{v}/s{s}.parquet" for t, tg, e, v, s in eval_runs()]
+    return [r.eval_file() for r in runs(config)]
 
 
 def all_outputs():
+    table, figure = layout.table_file, layout.figure_file
     outputs = [
-        "results/tables/all_metrics.parquet",
-        "results/tables/all_metrics.csv",
-        "results/tables/summary.csv",
-        "results/tables/compute.csv",
-        "results/tables/comparisons.csv",
-        "results/figures/comparisons.png",
-        *[f"results/figures/{name}.png" for name in MATRIX_FIGURES],
-        "results/figures/compute.png",
-        *[f"results/figures/{task}_metrics.png" for task in TASKS],
+        table("all_metrics.parquet"),
+        table("all_metrics.csv"),
+        table("summary.csv"),
+        table("compute.csv"),
+        table("comparisons.csv"),
+        figure("comparisons"),
+        *[figure(name) for name in MATRIX_FIGURES],
+        figure("compute"),
+        *[figure(f"{task}_metrics") for task in TASKS],
     ]
     if train_runs():
-        outputs += ["results/tables/learning_curves.csv", "results/figures/learning_curves.png"]
+        outputs += [table("learning_curves.csv"), figure("learning_curves")]
     if "features" in TASKS:
-        outputs += [f"results/features/{t}/sae_stats.json" for t in config["targets"]]
+        outputs += [layout.sae_stats_file(t) for t in config["targets"]]
         outputs += token_identity_files()
     if "patching" in TASKS:
         outputs += [
-            "results/tables/patching_layers.csv",
-            "results/figures/patching_layers.png",
-            *[f"results/figures/patching_heatmaps_{t}.png" for t in config["targets"]],
+            table("patching_layers.csv"),
+            figure("patching_layers"),
+            *[figure(f"patching_heatmaps_{t}") for t in config["targets"]],
         ]
     return outputs
 
@@ -103,29 +95,27 @@ def benchmark_files():
     if "features" in TASKS and describer.get("kind") == "hf":
         used |= {describer.get("model")} & set(config["models"])
     used = sorted(used)
-    files = [f"results/benchmarks/get_model/{m}.tsv" for m in used]
-    files += [f"results/benchmarks/{r}/{t}.tsv" for r in per_target for t in config["targets"]]
-    for task, target, explainer, variant, seed in eval_runs():
-        run = f"{task}/{target}/{explainer}/{variant}/s{seed}.tsv"
-        files.append(f"results/benchmarks/evaluate/{run}")
-        if is_trained(variant):
-            files.append(f"results/benchmarks/train_explainer/{run}")
+    files = [layout.benchmark_file("get_model", m) for m in used]
+    files += [layout.benchmark_file(r, t) for r in per_target for t in config["targets"]]
+    for run in runs(config):
+        files.append(run.benchmark_file("evaluate"))
+        if is_trained(run.variant):
+            files.append(run.benchmark_file("train_explainer"))
     return files
 
 
 def patching_eval_files(wildcards):
     """Patching evaluations of the configured variants (every seed; no scaling runs)."""
     return [
-        f"results/eval/{t}/{tg}/{e}/{v}/s{s}.parquet"
-        for t, tg, e, v, s in eval_runs()
-        if t == "patching" and v in config["variants"]
+        r.eval_file()
+        for r in runs(config)
+        if r.task == "patching" and r.variant in config["variants"]
     ]
 
 
 def heatmap_pairs(wildcards):
     """Test pairs whose every cell is evaluated: only in the runs the heatmap figure shows."""
-    shown = f"results/eval/{wildcards.task}/{wildcards.target}/{wildcards.explainer}/"
-    shown += f"{wildcards.variant}/s{wildcards.seed}.parquet"
+    shown = Run.of(wildcards).eval_file()
     if wildcards.task != "patching" or shown not in heatmap_eval_files(wildcards):
         return 0
     return config["patching"]["heatmap_pairs"]
@@ -134,21 +124,17 @@ def heatmap_pairs(wildcards):
 def heatmap_eval_files(wildcards):
     """One evaluation per (explainer, variant) of the target: its first seed."""
     first = {}
-    for t, tg, e, v, s in eval_runs():
-        if t == "patching" and tg == wildcards.target and v in config["variants"]:
-            first.setdefault((e, v), f"results/eval/{t}/{tg}/{e}/{v}/s{s}.parquet")
+    for r in runs(config):
+        if r.task == "patching" and r.target == wildcards.target and r.variant in config["variants"]:
+            first.setdefault((r.explainer, r.variant), r.eval_file())
     return list(first.values())
-
-
-def features_dir(wildcards):
-    return f"results/features/{wildcards.target}"
 
 
 def describe_input(wildcards):
     inputs = {
         "model": model_marker(wildcards.target),
-        "activations": f"results/features/{wildcards.target}/activations.safetensors",
-        "sae": f"results/features/{wildcards.target}/sae/sae.safetensors",
+        "activations": layout.activations_file(wildcards.target),
+        "sae": layout.sae_file(wildcards.target),
     }
     describer = config["features"].get("describer") or {}
     if describer.get("kind") == "hf" and describer.get("model") in config["models"]:
@@ -160,7 +146,7 @@ def describer_settings():
     """The describer settings, with a model named in config.models turned into its directory."""
     describer = dict(config["features"].get("describer") or {"kind": "deterministic"})
     if describer.get("kind") == "hf" and describer.get("model") in config["models"]:
-        describer["model"] = f"resources/models/{describer['model']}"
+        describer["model"] = layout.model_dir(describer["model"])
     return describer
 
 
@@ -175,7 +161,5 @@ def token_identity_settings():
 def token_identity_files():
     """The token identity results of every (target, explainer) pair (for rule all)."""
     return [
-        f"results/features/token_identity/{t}/{e}.json"
-        for t in config["targets"]
-        for e in config["explainers"]
+        layout.token_identity_file(t, e) for t in config["targets"] for e in config["explainers"]
     ]

@@ -2,16 +2,16 @@ rule evaluate:
     input:
         unpack(evaluate_input),
     output:
-        "results/eval/{task}/{target}/{explainer}/{variant}/s{seed}.parquet",
+        RUN.eval_file(),
     params:
         settings=config["evaluate"],
         train=config["train"],
         heatmap_pairs=heatmap_pairs,
         features=config["features"],
     log:
-        "logs/evaluate/{task}/{target}/{explainer}/{variant}/s{seed}.log",
+        RUN.log_file("evaluate"),
     benchmark:
-        "results/benchmarks/evaluate/{task}/{target}/{explainer}/{variant}/s{seed}.tsv"
+        RUN.benchmark_file("evaluate")
     # one thread: two jobs at a time (see train_explainer)
     threads: 1
     resources:

@@ -2,13 +2,13 @@ rule collect_activations:
     input:
         model=lambda wildcards: model_marker(wildcards.target),
     output:
-        "results/features/{target}/activations.safetensors",
+        layout.activations_file("{target}"),
     params:
         settings=config["features"],
     log:
-        "logs/collect_activations/{target}.log",
+        layout.log_file("collect_activations", "{target}"),
     benchmark:
-        "results/benchmarks/collect_activations/{target}.tsv"
+        layout.benchmark_file("collect_activations", "{target}")
     threads: 2
     resources:
         mem_mb=8000,
@@ -21,16 +21,16 @@ rule collect_activations:
 
 rule train_sae:
     input:
-        activations="results/features/{target}/activations.safetensors",
+        activations=layout.activations_file("{target}"),
     output:
-        sae="results/features/{target}/sae/sae.safetensors",
-        stats="results/features/{target}/sae_stats.json",
+        sae=layout.sae_file("{target}"),
+        stats=layout.sae_stats_file("{target}"),
     params:
         settings=config["features"],
     log:
-        "logs/train_sae/{target}.log",
+        layout.log_file("train_sae", "{target}"),
     benchmark:
-        "results/benchmarks/train_sae/{target}.tsv"
+        layout.benchmark_file("train_sae", "{target}")
     threads: 2
     resources:
         mem_mb=8000,
@@ -45,14 +45,14 @@ rule describe_features:
     input:
         unpack(describe_input),
     output:
-        "results/features/{target}/descriptions.parquet",
+        layout.descriptions_file("{target}"),
     params:
         settings=config["features"],
         describer=describer_settings(),
     log:
-        "logs/describe_features/{target}.log",
+        layout.log_file("describe_features", "{target}"),
     benchmark:
-        "results/benchmarks/describe_features/{target}.tsv"
+        layout.benchmark_file("describe_features", "{target}")
     threads: 2
     resources:
         mem_mb=8000,
@@ -65,17 +65,17 @@ rule describe_features:
 
 rule label_features:
     input:
-        descriptions="results/features/{target}/descriptions.parquet",
-        sae="results/features/{target}/sae/sae.safetensors",
-        activations="results/features/{target}/activations.safetensors",
+        descriptions=layout.descriptions_file("{target}"),
+        sae=layout.sae_file("{target}"),
+        activations=layout.activations_file("{target}"),
     output:
-        "results/labels/features/{target}.parquet",
+        layout.labels_file("features", "{target}"),
     params:
         settings=config["features"],
     log:
-        "logs/label_features/{target}.log",
+        layout.log_file("label_features", "{target}"),
     benchmark:
-        "results/benchmarks/label_features/{target}.tsv"
+        layout.benchmark_file("label_features", "{target}")
     threads: 1
     resources:
         mem_mb=2000,
@@ -91,7 +91,7 @@ rule token_identity:
         target=lambda wildcards: model_marker(wildcards.target),
         explainer=lambda wildcards: model_marker(wildcards.explainer),
     output:
-        "results/features/token_identity/{target}/{explainer}.json",
+        layout.token_identity_file("{target}", "{explainer}"),
     params:
         check=token_identity_settings()[0],
         overrides=token_identity_settings()[1],
@@ -104,9 +104,9 @@ rule token_identity:
         # adapter and checkpoints of the check's explainer (resumable), next to the JSON
         workdir=lambda wildcards, output: output[0].removesuffix(".json"),
     log:
-        "logs/token_identity/{target}/{explainer}.log",
+        layout.log_file("token_identity", "{target}", "{explainer}"),
     benchmark:
-        "results/benchmarks/token_identity/{target}/{explainer}.tsv"
+        layout.benchmark_file("token_identity", "{target}", "{explainer}")
     threads: 1
     resources:
         mem_mb=8000,

@@ -1,10 +1,10 @@
 rule make_prompts:
     output:
-        "results/prompts/ablation.jsonl",
+        layout.prompts_file("ablation"),
     params:
         settings=config["ablation"],
     log:
-        "logs/make_prompts/ablation.log",
+        layout.log_file("make_prompts", "ablation"),
     threads: 1
     resources:
         mem_mb=1000,
@@ -18,15 +18,15 @@ rule make_prompts:
 rule label_ablation:
     input:
         model=lambda wildcards: model_marker(wildcards.target),
-        prompts="results/prompts/ablation.jsonl",
+        prompts=layout.prompts_file("ablation"),
     output:
-        "results/labels/ablation/{target}.parquet",
+        layout.labels_file("ablation", "{target}"),
     params:
         settings=config["ablation"],
     log:
-        "logs/label_ablation/{target}.log",
+        layout.log_file("label_ablation", "{target}"),
     benchmark:
-        "results/benchmarks/label_ablation/{target}.tsv"
+        layout.benchmark_file("label_ablation", "{target}")
     threads: 2
     resources:
         mem_mb=6000,
@@ -39,11 +39,11 @@ rule label_ablation:
 
 rule make_pairs:
     output:
-        "results/prompts/patching_pairs.jsonl",
+        layout.prompts_file("patching_pairs"),
     params:
         settings=config["patching"],
     log:
-        "logs/make_pairs/patching.log",
+        layout.log_file("make_pairs", "patching"),
     threads: 1
     resources:
         mem_mb=1000,
@@ -57,15 +57,15 @@ rule make_pairs:
 rule label_patching:
     input:
         model=lambda wildcards: model_marker(wildcards.target),
-        pairs="results/prompts/patching_pairs.jsonl",
+        pairs=layout.prompts_file("patching_pairs"),
     output:
-        "results/labels/patching/{target}.parquet",
+        layout.labels_file("patching", "{target}"),
     params:
         settings=config["patching"],
     log:
-        "logs/label_patching/{target}.log",
+        layout.log_file("label_patching", "{target}"),
     benchmark:
-        "results/benchmarks/label_patching/{target}.tsv"
+        layout.benchmark_file("label_patching", "{target}")
     threads: 2
     resources:
         mem_mb=6000,
@@ -78,11 +78,11 @@ rule label_patching:
 
 rule make_hint_prompts:
     output:
-        "results/prompts/hint.jsonl",
+        layout.prompts_file("hint"),
     params:
         settings=config["hint"],
     log:
-        "logs/make_prompts/hint.log",
+        layout.log_file("make_prompts", "hint"),
     threads: 1
     resources:
         mem_mb=1000,
@@ -96,15 +96,15 @@ rule make_hint_prompts:
 rule label_hint:
     input:
         model=lambda wildcards: model_marker(wildcards.target),
-        prompts="results/prompts/hint.jsonl",
+        prompts=layout.prompts_file("hint"),
     output:
-        "results/labels/hint/{target}.parquet",
+        layout.labels_file("hint", "{target}"),
     params:
         settings=config["hint"],
     log:
-        "logs/label_hint/{target}.log",
+        layout.log_file("label_hint", "{target}"),
     benchmark:
-        "results/benchmarks/label_hint/{target}.tsv"
+        layout.benchmark_file("label_hint", "{target}")
     threads: 2
     resources:
         mem_mb=6000,

@@ -1,12 +1,12 @@
 rule get_model:
     output:
-        marker="resources/models/{model}/selfexplain_model.json",
+        marker=model_marker("{model}"),
     params:
         spec=lambda wildcards: config["models"][wildcards.model],
     log:
-        "logs/get_model/{model}.log",
+        layout.log_file("get_model", "{model}"),
     benchmark:
-        "results/benchmarks/get_model/{model}.tsv"
+        layout.benchmark_file("get_model", "{model}")
     threads: 2
     resources:
         mem_mb=6000,

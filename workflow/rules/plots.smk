@@ -2,12 +2,12 @@ rule summarize:
     input:
         eval_files(),
     output:
-        parquet="results/tables/all_metrics.parquet",
-        csv="results/tables/all_metrics.csv",
+        parquet=layout.table_file("all_metrics.parquet"),
+        csv=layout.table_file("all_metrics.csv"),
     params:
         n_boot=config.get("plot", {}).get("n_boot", 1000),
     log:
-        "logs/summarize.log",
+        layout.log_file("summarize"),
     threads: 1
     resources:
         mem_mb=2000,
@@ -22,21 +22,21 @@ rule comparisons:
     input:
         eval_files(),
     output:
-        parquet="results/tables/comparisons.parquet",
+        parquet=layout.table_file("comparisons.parquet"),
         csv=report(
-            "results/tables/comparisons.csv",
+            layout.table_file("comparisons.csv"),
             caption="../report/comparisons.rst",
             category="Tables",
         ),
         figure=report(
-            "results/figures/comparisons.png",
+            layout.figure_file("comparisons"),
             caption="../report/comparisons.rst",
             category="Matrix",
         ),
     params:
         n_boot=config.get("plot", {}).get("n_boot", 1000),
     log:
-        "logs/comparisons.log",
+        layout.log_file("comparisons"),
     threads: 1
     resources:
         mem_mb=2000,
@@ -49,19 +49,16 @@ rule comparisons:
 
 rule learning_curves:
     input:
-        [
-            f"results/explainers/{t}/{tg}/{e}/{v}/s{s}/train_summary.json"
-            for t, tg, e, v, s in train_runs()
-        ],
+        [run.summary_file() for run in train_runs()],
     output:
-        table="results/tables/learning_curves.csv",
+        table=layout.table_file("learning_curves.csv"),
         figure=report(
-            "results/figures/learning_curves.png",
+            layout.figure_file("learning_curves"),
             caption="../report/learning_curves.rst",
             category="Training",
         ),
     log:
-        "logs/plot/learning_curves.log",
+        layout.log_file("plot", "learning_curves"),
     threads: 1
     resources:
         mem_mb=2000,
@@ -74,16 +71,16 @@ rule learning_curves:
 
 rule summary_table:
     input:
-        "results/tables/all_metrics.parquet",
+        layout.table_file("all_metrics.parquet"),
     output:
-        parquet="results/tables/summary.parquet",
+        parquet=layout.table_file("summary.parquet"),
         csv=report(
-            "results/tables/summary.csv",
+            layout.table_file("summary.csv"),
             caption="../report/summary.rst",
             category="Tables",
         ),
     log:
-        "logs/summary_table.log",
+        layout.log_file("summary_table"),
     threads: 1
     resources:
         mem_mb=2000,
@@ -96,17 +93,17 @@ rule summary_table:
 
 rule self_vs_other_figure:
     input:
-        "results/tables/summary.parquet",
+        layout.table_file("summary.parquet"),
     output:
         report(
-            "results/figures/self_vs_other.png",
+            layout.figure_file("self_vs_other"),
             caption="../report/self_vs_other.rst",
             category="Matrix",
         ),
     params:
         figure="self_vs_other",
     log:
-        "logs/plot/self_vs_other.log",
+        layout.log_file("plot", "self_vs_other"),
     threads: 1
     resources:
         mem_mb=2000,
@@ -119,17 +116,17 @@ rule self_vs_other_figure:
 
 rule baselines_figure:
     input:
-        "results/tables/summary.parquet",
+        layout.table_file("summary.parquet"),
     output:
         report(
-            "results/figures/baselines.png",
+            layout.figure_file("baselines"),
             caption="../report/baselines.rst",
             category="Matrix",
         ),
     params:
         figure="baselines",
     log:
-        "logs/plot/baselines.log",
+        layout.log_file("plot", "baselines"),
     threads: 1
     resources:
         mem_mb=2000,
@@ -142,17 +139,17 @@ rule baselines_figure:
 
 rule scaling_figure:
     input:
-        "results/tables/summary.parquet",
+        layout.table_file("summary.parquet"),
     output:
         report(
-            "results/figures/scaling.png",
+            layout.figure_file("scaling"),
             caption="../report/scaling.rst",
             category="Matrix",
         ),
     params:
         figure="scaling",
     log:
-        "logs/plot/scaling.log",
+        layout.log_file("plot", "scaling"),
     threads: 1
     resources:
         mem_mb=2000,
@@ -168,17 +165,17 @@ rule compute_table:
         benchmark_files(),
     output:
         table=report(
-            "results/tables/compute.csv",
+            layout.table_file("compute.csv"),
             caption="../report/compute.rst",
             category="Compute",
         ),
         figure=report(
-            "results/figures/compute.png",
+            layout.figure_file("compute"),
             caption="../report/compute.rst",
             category="Compute",
         ),
     log:
-        "logs/compute_table.log",
+        layout.log_file("compute_table"),
     threads: 1
     resources:
         mem_mb=2000,
@@ -191,16 +188,16 @@ rule compute_table:
 
 rule plot:
     input:
-        "results/tables/all_metrics.parquet",
+        layout.table_file("all_metrics.parquet"),
     output:
         report(
-            "results/figures/{task}_metrics.png",
+            layout.figure_file("{task}_metrics"),
             caption="../report/metrics.rst",
             category="Metrics",
             subcategory="{task}",
         ),
     log:
-        "logs/plot/{task}.log",
+        layout.log_file("plot", "{task}"),
     threads: 1
     resources:
         mem_mb=2000,
@@ -215,14 +212,14 @@ rule patching_layers:
     input:
         patching_eval_files,
     output:
-        table="results/tables/patching_layers.csv",
+        table=layout.table_file("patching_layers.csv"),
         figure=report(
-            "results/figures/patching_layers.png",
+            layout.figure_file("patching_layers"),
             caption="../report/patching_layers.rst",
             category="Activation patching",
         ),
     log:
-        "logs/plot/patching_layers.log",
+        layout.log_file("plot", "patching_layers"),
     threads: 1
     resources:
         mem_mb=2000,
@@ -238,12 +235,12 @@ rule patching_heatmaps:
         heatmap_eval_files,
     output:
         report(
-            "results/figures/patching_heatmaps_{target}.png",
+            layout.figure_file("patching_heatmaps_{target}"),
             caption="../report/patching_heatmaps.rst",
             category="Activation patching",
         ),
     log:
-        "logs/plot/patching_heatmaps_{target}.log",
+        layout.log_file("plot", "patching_heatmaps_{target}"),
     threads: 1
     resources:
         mem_mb=2000,

@@ -2,21 +2,18 @@ rule train_explainer:
     input:
         unpack(train_input),
     output:
-        adapter="results/explainers/{task}/{target}/{explainer}/{variant}/s{seed}/adapter_model.safetensors",
-        summary="results/explainers/{task}/{target}/{explainer}/{variant}/s{seed}/train_summary.json",
+        adapter=RUN.adapter_file(),
+        summary=RUN.summary_file(),
     params:
         train=config["train"],
         features=config["features"],
-        checkpoints=lambda wildcards: (
-            f"results/checkpoints/{wildcards.task}/{wildcards.target}/"
-            f"{wildcards.explainer}/{wildcards.variant}/s{wildcards.seed}"
-        ),
+        checkpoints=lambda wildcards: Run.of(wildcards).checkpoint_dir(),
     wildcard_constraints:
         variant="|".join(TRAINED),
     log:
-        "logs/train_explainer/{task}/{target}/{explainer}/{variant}/s{seed}.log",
+        RUN.log_file("train_explainer"),
     benchmark:
-        "results/benchmarks/train_explainer/{task}/{target}/{explainer}/{variant}/s{seed}.tsv"
+        RUN.benchmark_file("train_explainer")
     # one thread: on a laptop two jobs at a time keep both cores busier than one job on two
     # (Python start-up and model loading overlap; matmuls at batch 8 scale poorly past 1 core)
     threads: 1

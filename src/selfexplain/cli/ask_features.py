@@ -9,6 +9,7 @@ import json
 import sys
 from pathlib import Path
 
+from selfexplain import layout
 from selfexplain.cli.locate import ExplainerDir, ask_models
 from selfexplain.cli.render import write_jsonl
 
@@ -21,7 +22,7 @@ def _feature_labels(args, info: ExplainerDir) -> Path | None:
             raise FileNotFoundError(f"{path}: no such label file (--labels)")
         return path
     if info.root is not None and info.target is not None:
-        path = info.root / "results" / "labels" / "features" / f"{info.target}.parquet"
+        path = info.root / layout.labels_file("features", info.target)
         if path.is_file():
             return path
     return None

@@ -14,8 +14,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from selfexplain import layout
+
 PROG = "selfexplain"
-_SEED_DIR = re.compile(r"s(\d+)")
 
 
 @dataclass(frozen=True)
@@ -51,9 +52,9 @@ def find_adapter(path: str | Path) -> Path:
         return path
     seeds = []
     for sub in path.iterdir():
-        m = _SEED_DIR.fullmatch(sub.name)
-        if m and (sub / "adapter_config.json").is_file():
-            seeds.append((int(m.group(1)), sub))
+        seed = layout.parse_seed_dir(sub.name)
+        if seed is not None and (sub / "adapter_config.json").is_file():
+            seeds.append((seed, sub))
     if seeds:
         return min(seeds)[1]
     raise FileNotFoundError(
@@ -67,19 +68,19 @@ def explainer_dir(path: str | Path) -> ExplainerDir:
     """Locate the adapter and read task, target, explainer, variant and seed from its path
     results/explainers/<task>/<target>/<explainer>/<variant>/s<seed>/."""
     adapter = find_adapter(path)
-    parts = adapter.resolve().parts
-    m = _SEED_DIR.fullmatch(parts[-1])
-    if len(parts) >= 8 and parts[-7:-5] == ("results", "explainers") and m:
+    parsed = layout.parse_adapter_dir(adapter.resolve())
+    if parsed is not None:
+        root, run = parsed
         return ExplainerDir(
             adapter=adapter,
-            root=Path(*parts[:-7]),
-            task=parts[-5],
-            target=parts[-4],
-            explainer=parts[-3],
-            variant=parts[-2],
-            seed=int(m.group(1)),
+            root=root,
+            task=run.task,
+            target=run.target,
+            explainer=run.explainer,
+            variant=run.variant,
+            seed=run.seed,
         )
-    root = next((p for p in adapter.resolve().parents if (p / "results").is_dir()), None)
+    root = next((p for p in adapter.resolve().parents if (p / layout.RESULTS).is_dir()), None)
     return ExplainerDir(adapter=adapter, root=root)
 
 
@@ -131,7 +132,7 @@ def _layout_model(info: ExplainerDir, role: str, flag: str) -> Path:
     """resources/models/<name> next to results/, for role "target" or "explainer"."""
     name = getattr(info, role)
     if info.root is not None and name is not None:
-        path = info.root / "resources" / "models" / name
+        path = info.root / layout.model_dir(name)
         if _is_model_dir(path):
             return path
         raise FileNotFoundError(
