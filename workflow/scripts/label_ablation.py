@@ -1,32 +1,29 @@
-"""Input-ablation labels of one target model, as explainer examples (parquet)."""
+"""Input-ablation labels of one target model, as explainer examples (parquet):
+selfexplain.tasks.ablation.label, the recipe `selfexplain labels ablation` runs too."""
 
 import sys
 from pathlib import Path
 
 import torch
 
-from selfexplain.examples import to_frame, write_parquet
+from selfexplain.examples import write_parquet
 from selfexplain.models import load
 from selfexplain.prompts import read_prompts_jsonl
-from selfexplain.tasks.ablation import ablation_examples, ablation_labels
+from selfexplain.tasks import ablation
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 torch.set_num_threads(snakemake.threads)
 
-settings = snakemake.params.settings
+s = snakemake.params.settings
 model, tokenizer = load(Path(snakemake.input.model).parent)
-prompts = read_prompts_jsonl(snakemake.input.prompts)
-rows = ablation_labels(
+frame = ablation.label(
     model,
     tokenizer,
-    prompts,
-    batch_size=settings["batch_size"],
-    engine=settings["engine"],
-    drop_last=settings.get("drop_last", True),
-)
-examples = ablation_examples(
-    rows,
+    read_prompts_jsonl(snakemake.input.prompts),
     snakemake.wildcards.target,
-    test_fraction=settings["test_fraction"],
+    batch_size=s["batch_size"],
+    engine=s["engine"],
+    drop_last=s.get("drop_last", True),
+    test_fraction=s["test_fraction"],
 )
-write_parquet(to_frame(examples), snakemake.output[0])
+write_parquet(frame, snakemake.output[0])

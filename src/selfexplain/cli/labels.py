@@ -1,5 +1,6 @@
 """``selfexplain labels``: label your own prompts (ablation) or pairs (patching) on a target model
-with the pipeline's code, written as a parquet of explainer examples."""
+with the pipeline's recipe (``tasks.ablation.label`` / ``tasks.patching.label``, which the rules
+run too), written as a parquet of explainer examples."""
 
 from __future__ import annotations
 
@@ -20,54 +21,37 @@ def cmd_labels(args) -> int:
     name = args.target_name or (
         target_dir.name if Path(args.target).expanduser().is_dir() else slug(args.target)
     )
-    from selfexplain.examples import to_frame, write_parquet
-    from selfexplain.models import decoder_layers, load
+    from selfexplain.examples import write_parquet
+    from selfexplain.models import load
+    from selfexplain.tasks import ablation, patching
 
     model, tokenizer = load(target_dir)
     if args.task == "ablation":
-        from selfexplain.tasks.ablation import ablation_examples, ablation_labels
-
-        rows = ablation_labels(
-            model, tokenizer, items, batch_size=args.batch_size or 32, engine=args.engine
-        )
-        examples = ablation_examples(rows, name, test_fraction=args.test_fraction)
-        print(f"{len(rows)} labels from {len(items)} prompts")
-    else:
-        from selfexplain.tasks.patching import (
-            filter_pairs,
-            patching_examples,
-            patching_labels,
-            window_starts,
-        )
-
-        pairs = filter_pairs(model, tokenizer, items)
-        if args.max_pairs is not None:
-            pairs = pairs[: args.max_pairs]
-        print(f"{len(pairs)} of {len(items)} pairs kept (equal length, different outputs)")
-        if not pairs:
-            raise ValueError(
-                f"{args.prompts}: 0 of {len(items)} pairs kept: a pair needs a clean and a "
-                "counterfactual prompt of equal token length on which the target's next "
-                "tokens differ"
-            )
-        n_layers = len(decoder_layers(model))
-        window = min(args.window, n_layers)
-        starts = window_starts(n_layers, window, args.layer_stride)
-        rows = patching_labels(
+        df = ablation.label(
             model,
             tokenizer,
-            pairs,
-            window=window,
-            layer_starts=starts,
-            batch_size=args.batch_size or 64,
+            items,
+            name,
+            batch_size=args.batch_size or 32,
+            engine=args.engine,
+            test_fraction=args.test_fraction,
+        )
+    else:
+        df = patching.label(
+            model,
+            tokenizer,
+            items,
+            name,
+            window=args.window,
+            layer_stride=args.layer_stride,
+            max_pairs=args.max_pairs,
             max_positions=args.max_positions,
+            batch_size=args.batch_size or 64,
+            test_fraction=args.test_fraction,
+            holdout=args.holdout,
+            source=args.prompts,
         )
-        examples = patching_examples(
-            rows, name, test_fraction=args.test_fraction, holdout=args.holdout
-        )
-        print(f"{len(rows)} labels: window {window}, layer starts {starts}")
-    df = to_frame(examples)
     write_parquet(df, args.out)
-    n_test = sum(ex.split == "test" for ex in examples)
+    n_test = int((df["split"] == "test").sum())
     print(f"{len(df)} examples ({len(df) - n_test} train, {n_test} test) -> {args.out}")
     return 0

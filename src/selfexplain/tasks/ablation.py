@@ -19,11 +19,13 @@ import torch
 from captum.attr import FeatureAblation, LLMAttribution, TextTokenInput
 from tqdm.auto import tqdm
 
-from selfexplain.examples import ExplainerExample, split_of
+from selfexplain.examples import ExplainerExample, split_of, to_frame
 from selfexplain.forward import PrefixCache, next_token_logprobs, prefix_chunks
 from selfexplain.metrics import change_answer
 
 if TYPE_CHECKING:
+    import polars as pl
+
     from selfexplain.prompts import Prompt
 
 
@@ -328,6 +330,28 @@ def ablation_examples(
             )
         )
     return out
+
+
+def label(
+    model,
+    tokenizer,
+    prompts: Iterable[Prompt],
+    target: str,
+    *,
+    batch_size: int = 32,
+    engine: str = "feature_ablation",
+    drop_last: bool = False,
+    test_fraction: float = 0.2,
+) -> pl.DataFrame:
+    """The ablation labelling recipe (rule label_ablation and ``selfexplain labels ablation``):
+    label rows of every prompt on the target, then explainer examples (split by prompt) as a
+    frame of the shared schema."""
+    prompts = list(prompts)
+    rows = ablation_labels(
+        model, tokenizer, prompts, batch_size=batch_size, engine=engine, drop_last=drop_last
+    )
+    print(f"{len(rows)} labels from {len(prompts)} prompts")
+    return to_frame(ablation_examples(rows, target, test_fraction=test_fraction))
 
 
 def surface_features(meta: dict) -> dict[str, str]:

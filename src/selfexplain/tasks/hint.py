@@ -14,12 +14,14 @@ from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
-from selfexplain.examples import ExplainerExample, split_of
+from selfexplain.examples import ExplainerExample, split_of, to_frame
 from selfexplain.forward import next_token_logprobs
 from selfexplain.metrics import change_answer
 from selfexplain.tasks.ablation import encode, greedy_content_tokens
 
 if TYPE_CHECKING:
+    import polars as pl
+
     from selfexplain.prompts import Prompt
 
 # prompt meta copied into every row (None when a user prompt lacks them)
@@ -117,6 +119,21 @@ def hint_examples(
         )
         for row in rows
     ]
+
+
+def label(
+    model,
+    tokenizer,
+    prompts: Sequence[Prompt],
+    target: str,
+    *,
+    batch_size: int = 32,
+    test_fraction: float = 0.3,
+) -> pl.DataFrame:
+    """The hint labelling recipe (rule label_hint): label rows of every prompt on the target,
+    then explainer examples (split by question) as a frame of the shared schema."""
+    rows = hint_rows(model, tokenizer, prompts, batch_size=batch_size)
+    return to_frame(hint_examples(rows, target, test_fraction=test_fraction))
 
 
 def surface_features(meta: dict) -> dict[str, str]:

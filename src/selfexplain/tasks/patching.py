@@ -20,7 +20,7 @@ import polars as pl
 import torch
 from tqdm.auto import tqdm
 
-from selfexplain.examples import ExplainerExample, held_out, meta
+from selfexplain.examples import ExplainerExample, held_out, meta, to_frame
 from selfexplain.forward import PrefixCache, next_token_logprobs, prefix_chunks
 from selfexplain.hooks import ResidualPatch, capture_residual, patch_residual, replay_blocks
 from selfexplain.metrics import change_answer
@@ -415,6 +415,53 @@ def patching_examples(
             )
         )
     return out
+
+
+def label(
+    model,
+    tokenizer,
+    pairs: Sequence[tuple[Prompt, Prompt]],
+    target: str,
+    *,
+    window: int = 1,
+    layer_stride: int | None = None,
+    max_pairs: int | None = None,
+    max_positions: int | None = None,
+    batch_size: int = 64,
+    test_fraction: float = 0.2,
+    holdout: str = "prompt",
+    source: str = "pairs",
+    advice: str | None = None,
+) -> pl.DataFrame:
+    """The patching labelling recipe (rule label_patching and ``selfexplain labels patching``):
+    keep the usable pairs (equal length, different outputs; the first max_pairs), patch every
+    layer window (``window`` layers, capped at the target's depth; starts every
+    ``layer_stride``) at every position, then explainer examples (split by pair or by layer
+    window) as a frame of the shared schema. ``source`` names the pairs (and ``advice`` says
+    what to change) in the error raised when no pair is usable."""
+    kept = filter_pairs(model, tokenizer, pairs)[:max_pairs]
+    print(f"{len(kept)} of {len(pairs)} pairs kept (equal length, different outputs)")
+    if not kept:
+        raise ValueError(
+            f"{source}: 0 of {len(pairs)} pairs kept: a pair needs a clean and a "
+            "counterfactual prompt of equal token length on which the target's next "
+            "tokens differ" + (f"; {advice}" if advice else "")
+        )
+    n_layers = len(decoder_layers(model))
+    window = min(window, n_layers)
+    starts = window_starts(n_layers, window, layer_stride)
+    rows = patching_labels(
+        model,
+        tokenizer,
+        kept,
+        window=window,
+        layer_starts=starts,
+        batch_size=batch_size,
+        max_positions=max_positions,
+    )
+    print(f"{len(rows)} labels: window {window}, layer starts {starts}")
+    examples = patching_examples(rows, target, test_fraction=test_fraction, holdout=holdout)
+    return to_frame(examples)
 
 
 def surface_features(meta: dict) -> dict[str, str]:
