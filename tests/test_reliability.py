@@ -21,6 +21,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from test_pipeline import run_snakemake
 from toy_data import toy_examples
 from transformers import TrainerCallback
 
@@ -632,16 +633,28 @@ def _rule_blocks() -> dict[str, str]:
     return blocks
 
 
-def test_every_rule_declares_threads_memory_runtime_and_its_environment():
+def test_every_rule_gets_threads_memory_runtime_and_its_environment(tmp_path):
     blocks = _rule_blocks()
     assert {"get_model", "label_patching", "make_pairs", "train_explainer", "plot"} <= set(blocks)
-    env = r'^    conda:\n        "\.\./\.\./envs/selfexplain\.yaml"$'  # for snakemake --sdm conda
-    assert (REPO / "workflow/rules/../../envs/selfexplain.yaml").is_file()
+    # one conda env file for snakemake --sdm conda, named once (common.smk) and by every rule
+    common = (REPO / "workflow/rules/common.smk").read_text()
+    env = re.search(r'^CONDA_ENV = "(.+)"$', common, re.M).group(1)
+    assert (REPO / "workflow/rules" / env).resolve() == REPO / "envs/selfexplain.yaml"
     for rule, body in blocks.items():
         body = re.split(r"^\S", body, flags=re.M)[0]  # up to the next top-level statement
-        needs = (r"^    threads: \d+$", r"^        mem_mb=\d+,$", r"^        runtime=\d+,$", env)
-        for needed in needs:
-            assert re.search(needed, body, re.M), f"rule {rule} lacks {needed}"
+        assert re.search(r"^    conda:\n        CONDA_ENV$", body, re.M), f"rule {rule} lacks it"
+    # memory and runtime: the rule's own or the profiles' defaults (threads: 1 by default)
+    for profile in ("default", "slurm"):
+        config = yaml.safe_load((REPO / f"profiles/{profile}/config.yaml").read_text())
+        assert {"mem_mb", "runtime"} <= set(config["default-resources"]), profile
+    proc = run_snakemake(tmp_path, "-n", "--configfile", str(REPO / "tests/data/tiny.yaml"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = re.findall(r"^rule (\w+):\n(.*?)(?=^\n|\Z)", proc.stdout + proc.stderr, re.M | re.S)
+    assert len(jobs) > 20
+    for rule, body in jobs:
+        resources = re.search(r"^    resources: (.*)$", body, re.M).group(1)
+        for needed in (r"\bmem_mb=\d+", r"\bruntime=\d+"):
+            assert re.search(needed, resources), f"rule {rule} lacks {needed}"
 
 
 def test_slurm_profile_maps_every_gpu_rule():

@@ -12,6 +12,9 @@ validate(config, schema="../schemas/config.schema.yaml")
 
 apply_offline(config)  # offline (default): HF_HUB_OFFLINE=1 for this run and every job
 
+# every rule's environment for `snakemake --sdm conda` (relative to workflow/rules/)
+CONDA_ENV = "../../envs/selfexplain.yaml"
+
 MODELS = sorted(config["models"])
 TASKS = config["tasks"]
 VARIANTS = all_variants(config)  # config.variants + data-scaling variants n{N}
@@ -81,7 +84,7 @@ def all_outputs():
     return outputs
 
 
-# figures drawn from the tidy table (rule matrix_figure; plots.MATRIX_FIGURES draws them)
+# figures drawn from the seed summary (rules <name>_figure; plots.MATRIX_FIGURES draws them)
 MATRIX_FIGURES = ["self_vs_other", "baselines", "scaling"]
 
 

@@ -18,6 +18,6 @@ rule evaluate:
         mem_mb=6000,
         runtime=120,
     conda:
-        "../../envs/selfexplain.yaml"
+        CONDA_ENV
     script:
         "../scripts/evaluate.py"

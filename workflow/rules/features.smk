@@ -14,14 +14,14 @@ rule collect_activations:
         mem_mb=8000,
         runtime=60,
     conda:
-        "../../envs/selfexplain.yaml"
+        CONDA_ENV
     script:
         "../scripts/collect_activations.py"
 
 
 rule train_sae:
     input:
-        activations=layout.activations_file("{target}"),
+        activations=rules.collect_activations.output[0],
     output:
         sae=layout.sae_file("{target}"),
         stats=layout.sae_stats_file("{target}"),
@@ -36,7 +36,7 @@ rule train_sae:
         mem_mb=8000,
         runtime=60,
     conda:
-        "../../envs/selfexplain.yaml"
+        CONDA_ENV
     script:
         "../scripts/train_sae.py"
 
@@ -58,16 +58,16 @@ rule describe_features:
         mem_mb=8000,
         runtime=60,
     conda:
-        "../../envs/selfexplain.yaml"
+        CONDA_ENV
     script:
         "../scripts/describe_features.py"
 
 
 rule label_features:
     input:
-        descriptions=layout.descriptions_file("{target}"),
-        sae=layout.sae_file("{target}"),
-        activations=layout.activations_file("{target}"),
+        descriptions=rules.describe_features.output[0],
+        sae=rules.train_sae.output.sae,
+        activations=rules.collect_activations.output[0],
     output:
         layout.labels_file("features", "{target}"),
     params:
@@ -76,12 +76,8 @@ rule label_features:
         layout.log_file("label_features", "{target}"),
     benchmark:
         layout.benchmark_file("label_features", "{target}")
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
     conda:
-        "../../envs/selfexplain.yaml"
+        CONDA_ENV
     script:
         "../scripts/label_features.py"
 
@@ -107,11 +103,10 @@ rule token_identity:
         layout.log_file("token_identity", "{target}", "{explainer}"),
     benchmark:
         layout.benchmark_file("token_identity", "{target}", "{explainer}")
-    threads: 1
     resources:
         mem_mb=8000,
         runtime=120,
     conda:
-        "../../envs/selfexplain.yaml"
+        CONDA_ENV
     script:
         "../scripts/token_identity.py"

@@ -5,12 +5,11 @@ rule make_prompts:
         settings=config["ablation"],
     log:
         layout.log_file("make_prompts", "ablation"),
-    threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
     conda:
-        "../../envs/selfexplain.yaml"
+        CONDA_ENV
     script:
         "../scripts/make_prompts.py"
 
@@ -18,7 +17,7 @@ rule make_prompts:
 rule label_ablation:
     input:
         model=lambda wildcards: model_marker(wildcards.target),
-        prompts=layout.prompts_file("ablation"),
+        prompts=rules.make_prompts.output[0],
     output:
         layout.labels_file("ablation", "{target}"),
     params:
@@ -32,7 +31,7 @@ rule label_ablation:
         mem_mb=6000,
         runtime=120,
     conda:
-        "../../envs/selfexplain.yaml"
+        CONDA_ENV
     script:
         "../scripts/label_ablation.py"
 
@@ -44,12 +43,11 @@ rule make_pairs:
         settings=config["patching"],
     log:
         layout.log_file("make_pairs", "patching"),
-    threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
     conda:
-        "../../envs/selfexplain.yaml"
+        CONDA_ENV
     script:
         "../scripts/make_pairs.py"
 
@@ -57,7 +55,7 @@ rule make_pairs:
 rule label_patching:
     input:
         model=lambda wildcards: model_marker(wildcards.target),
-        pairs=layout.prompts_file("patching_pairs"),
+        pairs=rules.make_pairs.output[0],
     output:
         layout.labels_file("patching", "{target}"),
     params:
@@ -71,7 +69,7 @@ rule label_patching:
         mem_mb=6000,
         runtime=120,
     conda:
-        "../../envs/selfexplain.yaml"
+        CONDA_ENV
     script:
         "../scripts/label_patching.py"
 
@@ -83,12 +81,11 @@ rule make_hint_prompts:
         settings=config["hint"],
     log:
         layout.log_file("make_prompts", "hint"),
-    threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
     conda:
-        "../../envs/selfexplain.yaml"
+        CONDA_ENV
     script:
         "../scripts/make_hint_prompts.py"
 
@@ -96,7 +93,7 @@ rule make_hint_prompts:
 rule label_hint:
     input:
         model=lambda wildcards: model_marker(wildcards.target),
-        prompts=layout.prompts_file("hint"),
+        prompts=rules.make_hint_prompts.output[0],
     output:
         layout.labels_file("hint", "{target}"),
     params:
@@ -110,6 +107,6 @@ rule label_hint:
         mem_mb=6000,
         runtime=120,
     conda:
-        "../../envs/selfexplain.yaml"
+        CONDA_ENV
     script:
         "../scripts/label_hint.py"

@@ -12,6 +12,6 @@ rule get_model:
         mem_mb=6000,
         runtime=60,
     conda:
-        "../../envs/selfexplain.yaml"
+        CONDA_ENV
     script:
         "../scripts/get_model.py"

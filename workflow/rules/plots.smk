@@ -8,12 +8,8 @@ rule summarize:
         n_boot=config.get("plot", {}).get("n_boot", 1000),
     log:
         layout.log_file("summarize"),
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
     conda:
-        "../../envs/selfexplain.yaml"
+        CONDA_ENV
     script:
         "../scripts/summarize.py"
 
@@ -37,12 +33,11 @@ rule comparisons:
         n_boot=config.get("plot", {}).get("n_boot", 1000),
     log:
         layout.log_file("comparisons"),
-    threads: 1
     resources:
         mem_mb=2000,
         runtime=30,
     conda:
-        "../../envs/selfexplain.yaml"
+        CONDA_ENV
     script:
         "../scripts/comparisons.py"
 
@@ -59,19 +54,15 @@ rule learning_curves:
         ),
     log:
         layout.log_file("plot", "learning_curves"),
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
     conda:
-        "../../envs/selfexplain.yaml"
+        CONDA_ENV
     script:
         "../scripts/learning_curves.py"
 
 
 rule summary_table:
     input:
-        layout.table_file("all_metrics.parquet"),
+        rules.summarize.output.parquet,
     output:
         parquet=layout.table_file("summary.parquet"),
         csv=report(
@@ -81,19 +72,15 @@ rule summary_table:
         ),
     log:
         layout.log_file("summary_table"),
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
     conda:
-        "../../envs/selfexplain.yaml"
+        CONDA_ENV
     script:
         "../scripts/summary_table.py"
 
 
 rule self_vs_other_figure:
     input:
-        layout.table_file("summary.parquet"),
+        rules.summary_table.output.parquet,
     output:
         report(
             layout.figure_file("self_vs_other"),
@@ -104,19 +91,13 @@ rule self_vs_other_figure:
         figure="self_vs_other",
     log:
         layout.log_file("plot", "self_vs_other"),
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
     conda:
-        "../../envs/selfexplain.yaml"
+        CONDA_ENV
     script:
         "../scripts/plot_matrix.py"
 
 
-rule baselines_figure:
-    input:
-        layout.table_file("summary.parquet"),
+use rule self_vs_other_figure as baselines_figure with:
     output:
         report(
             layout.figure_file("baselines"),
@@ -127,19 +108,9 @@ rule baselines_figure:
         figure="baselines",
     log:
         layout.log_file("plot", "baselines"),
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    conda:
-        "../../envs/selfexplain.yaml"
-    script:
-        "../scripts/plot_matrix.py"
 
 
-rule scaling_figure:
-    input:
-        layout.table_file("summary.parquet"),
+use rule self_vs_other_figure as scaling_figure with:
     output:
         report(
             layout.figure_file("scaling"),
@@ -150,14 +121,6 @@ rule scaling_figure:
         figure="scaling",
     log:
         layout.log_file("plot", "scaling"),
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    conda:
-        "../../envs/selfexplain.yaml"
-    script:
-        "../scripts/plot_matrix.py"
 
 
 rule compute_table:
@@ -176,19 +139,15 @@ rule compute_table:
         ),
     log:
         layout.log_file("compute_table"),
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
     conda:
-        "../../envs/selfexplain.yaml"
+        CONDA_ENV
     script:
         "../scripts/compute_table.py"
 
 
 rule plot:
     input:
-        layout.table_file("all_metrics.parquet"),
+        rules.summarize.output.parquet,
     output:
         report(
             layout.figure_file("{task}_metrics"),
@@ -198,12 +157,8 @@ rule plot:
         ),
     log:
         layout.log_file("plot", "{task}"),
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
     conda:
-        "../../envs/selfexplain.yaml"
+        CONDA_ENV
     script:
         "../scripts/plot.py"
 
@@ -220,12 +175,8 @@ rule patching_layers:
         ),
     log:
         layout.log_file("plot", "patching_layers"),
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
     conda:
-        "../../envs/selfexplain.yaml"
+        CONDA_ENV
     script:
         "../scripts/plot_patching_layers.py"
 
@@ -241,11 +192,7 @@ rule patching_heatmaps:
         ),
     log:
         layout.log_file("plot", "patching_heatmaps_{target}"),
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
     conda:
-        "../../envs/selfexplain.yaml"
+        CONDA_ENV
     script:
         "../scripts/plot_patching_heatmaps.py"

@@ -21,6 +21,6 @@ rule train_explainer:
         mem_mb=12000,
         runtime=240,
     conda:
-        "../../envs/selfexplain.yaml"
+        CONDA_ENV
     script:
         "../scripts/train_explainer.py"
