@@ -30,7 +30,7 @@ class TrainConfig:
     epochs: float = 2.0
     batch_size: int = 8
     grad_accum: int = 1
-    lr: float = 3e-4
+    lr: float = 1e-3
     # HF scheduler name: constant_with_warmup (the reference configs' constant LR), cosine, linear
     lr_scheduler: str = "constant_with_warmup"
     warmup_ratio: float = 0.05  # fraction of the steps spent warming up
@@ -39,8 +39,8 @@ class TrainConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     target_modules: list[str] | str = "all-linear"
-    max_length: int = 256
-    save_steps: int = 20  # checkpoint interval (with a validation split: eval_steps)
+    max_length: int = 320
+    save_steps: int = 25  # checkpoint interval (with a validation split: eval_steps)
     logging_steps: int = 5
     # validation (when a validation split is given): score it every eval_steps optimizer steps,
     # keep the best adapter, stop after `patience` scores without improvement (0: never stop)
