@@ -693,3 +693,11 @@ def test_one_source_of_defaults():
             field = fields[name]
             value = field.default if field.default is not dataclasses.MISSING else None
             assert value == default, f"TrainConfig.{name} = {value!r}, schema default {default!r}"
+
+
+def test_config_readme_documents_every_key():
+    """config/README.md has a row for every leaf key of the schema."""
+    readme = (REPO / "config/README.md").read_text()
+    defaults = _schema_defaults(yaml.safe_load(SCHEMA.read_text()))
+    missing = [key for key in defaults if f"| `{key}` |" not in readme and key != "models"]
+    assert not missing, f"config/README.md lacks rows for {missing}"
