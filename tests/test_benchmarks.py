@@ -151,8 +151,9 @@ def test_one_cell(bench, workspace):
     rec = bench("one_cell").main([*args, "--record", str(out)])
     rec = _check(out, rec, {"train_seconds", "validation", "metrics", "comparisons"})
     assert set(rec["metrics"]) == {"trained", "surface", "constant"}
-    assert rec["validation"][0]["step"] == 0 and rec["n_test"] == len(
-        pl.read_parquet(workspace / "cell" / "eval_trained.parquet")
-    )
+    rows = pl.read_parquet(workspace / "cell" / "eval_trained.parquet")
+    assert rec["validation"][0]["step"] == 0 and rec["n_test"] == rows["in_sample"].sum()
+    # the heatmap pairs' every cell is scored too, for the heatmap agreement
+    assert rows["heatmap"].sum() > 0 and 0 <= rec["metrics"]["trained"]["heatmap_agreement"] <= 1
     metrics = {r["metric"] for r in rec["comparisons"]["trained - surface"]}
     assert {"balanced_accuracy", "auc", "exact_match"} <= metrics
