@@ -157,3 +157,16 @@ def test_one_cell(bench, workspace):
     assert rows["heatmap"].sum() > 0 and 0 <= rec["metrics"]["trained"]["heatmap_agreement"] <= 1
     metrics = {r["metric"] for r in rec["comparisons"]["trained - surface"]}
     assert {"balanced_accuracy", "auc", "exact_match"} <= metrics
+
+
+def test_gpu_run_dry_run(bench, tmp_path):
+    """The GPU script plans the default matrix with 3 seeds through the same pipeline (ZeRO-2
+    config merged in) and writes its record labelled with the device; no GPU needed."""
+    out = tmp_path / "out"
+    rec = bench("gpu_run").main(["--dry-run", "--workdir", str(tmp_path / "w"), "--out", str(out)])
+    saved = json.loads((out / "gpu_dry-run.json").read_text())
+    assert saved["device"] == rec["device"] == "cpu (dry run)" and saved["dry_run"]
+    assert "--configfile config/gpu.yaml" in saved["command"]
+    jobs = saved["planned_jobs"]
+    assert jobs["train_explainer"] > 0 and jobs["evaluate"] > jobs["train_explainer"]
+    assert saved["matmul_ceiling"]["median_flops"] > 0 and ENV_KEYS <= set(saved)
