@@ -97,22 +97,30 @@ def parse_scales(text: str) -> list[int]:
     return [int(s) for s in text.split(",") if s.strip()]
 
 
-def matmul_ceiling(n: int, repeats: int, warmup: int = 2) -> dict:
-    """fp32 FLOP/s of an n x n @ n x n torch.matmul (2 n^3 FLOP), per repeat."""
+def matmul_ceiling(
+    n: int, repeats: int, warmup: int = 2, device: str = "cpu", dtype: torch.dtype = torch.float32
+) -> dict:
+    """FLOP/s of an n x n @ n x n torch.matmul (2 n^3 FLOP), per repeat (fp32 on the CPU by
+    default; e.g. device="cuda", dtype=torch.bfloat16 for a GPU's bf16 ceiling)."""
     gen = torch.Generator().manual_seed(0)
-    a = torch.randn(n, n, generator=gen)
-    b = torch.randn(n, n, generator=gen)
-    out = torch.empty(n, n)
+    a = torch.randn(n, n, generator=gen).to(device, dtype)
+    b = torch.randn(n, n, generator=gen).to(device, dtype)
+    out = torch.empty(n, n, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     for _ in range(warmup):
         torch.matmul(a, b, out=out)
+    sync()
     rates = []
     for _ in range(repeats):
         start = time.perf_counter()
         torch.matmul(a, b, out=out)
+        sync()
         rates.append(2 * n**3 / (time.perf_counter() - start))
     return {
         "n": n,
         "repeats": repeats,
+        "device": device,
+        "dtype": str(dtype).removeprefix("torch."),
         "median_flops": statistics.median(rates),
         "best_flops": max(rates),
         "min_flops": min(rates),

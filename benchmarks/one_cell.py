@@ -4,7 +4,7 @@ curve, score it and the model-free baselines on the same test rows, compare them
     python benchmarks/one_cell.py --task patching --labels results/labels/patching/smollm2.parquet \
         --model resources/models/smollm2 --out results/cells/patching_smollm2 --threads 1
 
-Uses the pipeline's own functions (experiment.training_rows / evaluate_run, train_explainer,
+Uses the pipeline's own functions (experiment.train_run / evaluate_run,
 compare.paired_difference) with the train settings of config/config.yaml, overridable with
 --set key=value (e.g. --set lr=0.002 --set epochs=3). --variant trains a control instead
 (no_signal, prompt_only). Writes the adapter and one eval parquet per variant under --out,
@@ -29,10 +29,9 @@ from _common import environment, write_record
 
 from selfexplain.compare import paired_difference
 from selfexplain.examples import read_examples, write_parquet
-from selfexplain.experiment import evaluate_run, evaluation_rows, training_rows
+from selfexplain.experiment import evaluate_run, evaluation_rows, train_run
 from selfexplain.metrics import change_metrics, heatmap_agreement
 from selfexplain.plots import in_sample
-from selfexplain.train import train_config, train_explainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,26 +72,17 @@ def main(argv: list[str] | None = None) -> dict:
         key, value = item.split("=", 1)
         settings[key] = _value(value)
     examples = read_examples(args.labels)
-    train, val = training_rows(
-        examples,
-        args.task,
-        args.variant,
-        0,
-        n_train=settings.get("n_train"),
-        n_variant=None,
-        val_fraction=settings["val_fraction"],
-        n_val=settings.get("n_val"),
-    )
     n_test = len(evaluation_rows(examples, args.task, args.n_test))
-    print(f"{len(train)} training rows, {len(val)} validation rows, {n_test} test rows")
     start = time.perf_counter()
-    summary = train_explainer(
-        args.model,
-        train,
-        out / "adapter",
-        train_config(settings, 0),
-        out / "checkpoints",
-        validation=val,
+    cell = types.SimpleNamespace(task=args.task, variant=args.variant, seed=0)
+    summary = train_run(
+        examples,
+        cell,
+        model_dir=args.model,
+        out_dir=out / "adapter",
+        train_settings=settings,
+        features={},
+        checkpoint_dir=out / "checkpoints",
     )
     train_s = time.perf_counter() - start
     record = {
@@ -101,8 +91,8 @@ def main(argv: list[str] | None = None) -> dict:
         "model": args.model,
         "variant": args.variant,
         "settings": settings,
-        "n_train": len(train),
-        "n_val": len(val),
+        "n_train": summary["n_examples"],
+        "n_val": summary["n_validation"],
         "n_test": n_test,
         "train_seconds": train_s,
         "steps": summary["steps"],

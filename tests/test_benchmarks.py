@@ -151,8 +151,22 @@ def test_one_cell(bench, workspace):
     rec = bench("one_cell").main([*args, "--record", str(out)])
     rec = _check(out, rec, {"train_seconds", "validation", "metrics", "comparisons"})
     assert set(rec["metrics"]) == {"trained", "surface", "constant"}
-    assert rec["validation"][0]["step"] == 0 and rec["n_test"] == len(
-        pl.read_parquet(workspace / "cell" / "eval_trained.parquet")
-    )
+    rows = pl.read_parquet(workspace / "cell" / "eval_trained.parquet")
+    assert rec["validation"][0]["step"] == 0 and rec["n_test"] == rows["in_sample"].sum()
+    # the heatmap pairs' every cell is scored too, for the heatmap agreement
+    assert rows["heatmap"].sum() > 0 and 0 <= rec["metrics"]["trained"]["heatmap_agreement"] <= 1
     metrics = {r["metric"] for r in rec["comparisons"]["trained - surface"]}
     assert {"balanced_accuracy", "auc", "exact_match"} <= metrics
+
+
+def test_gpu_run_dry_run(bench, tmp_path):
+    """The GPU script plans the default matrix with 3 seeds through the same pipeline (ZeRO-2
+    config merged in) and writes its record labelled with the device; no GPU needed."""
+    out = tmp_path / "out"
+    rec = bench("gpu_run").main(["--dry-run", "--workdir", str(tmp_path / "w"), "--out", str(out)])
+    saved = json.loads((out / "gpu_dry-run.json").read_text())
+    assert saved["device"] == rec["device"] == "cpu (dry run)" and saved["dry_run"]
+    assert "--configfile config/gpu.yaml" in saved["command"]
+    jobs = saved["planned_jobs"]
+    assert jobs["train_explainer"] > 0 and jobs["evaluate"] > jobs["train_explainer"]
+    assert saved["matmul_ceiling"]["median_flops"] > 0 and ENV_KEYS <= set(saved)

@@ -6,7 +6,12 @@ import polars as pl
 import pytest
 import torch
 
-from selfexplain.evaluate import explainer_injector, generate_answers, load_explainer
+from selfexplain.evaluate import (
+    explainer_injector,
+    generate_answers,
+    is_full_model,
+    load_explainer,
+)
 from selfexplain.features.injection import (
     MAP_NAME,
     Injector,
@@ -126,9 +131,11 @@ def test_width_map_carries_vector_and_learns(tiny_gemma):
     model.zero_grad()
 
 
-def test_training_with_vectors_saves_and_reloads_the_map(tmp_path, tiny_llama):
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_training_with_vectors_saves_and_reloads_the_map(tmp_path, tiny_llama, method):
     """A gemma explainer learns on 64-d (llama-width) vectors; the map is saved with the adapter
-    and restored on load, and the trained explainer's injection differs from the initial one."""
+    (or inside the fully fine-tuned model) and restored on load, and the trained explainer's
+    injection differs from the initial one."""
     _, llama_tok = tiny_llama
     model_dir = resolve("tiny-random-gemma", tmp_path / "gemma")
     torch.manual_seed(0)
@@ -144,10 +151,11 @@ def test_training_with_vectors_saves_and_reloads_the_map(tmp_path, tiny_llama):
         },
         schema_overrides={"vector": pl.List(pl.Float32)},
     )
-    cfg = TrainConfig(epochs=2, batch_size=4, lr=1e-2, save_steps=1000, seed=0)
+    cfg = TrainConfig(epochs=2, batch_size=4, lr=1e-2, save_steps=1000, seed=0, method=method)
     out = tmp_path / "adapter"
     summary = train_explainer(model_dir, df, out, cfg, tmp_path / "ckpt", injection={"layer": 0})
     assert summary["steps"] == 4 and (out / "injection.json").is_file()
+    assert is_full_model(out) == (method == "full")
     model, tok = load_explainer(model_dir, out)
     inj = explainer_injector(model, tok, out, 64)
     assert inj.spec.d_in == 64 and inj.spec.d_out == 48 and inj.map is not None

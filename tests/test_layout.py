@@ -121,3 +121,31 @@ def test_rules_write_the_layout_paths(tmp_path):
             assert job["output"] == [layout.sae_file(target), layout.sae_stats_file(target)]
         seen.add(rule)
     assert {"train_explainer", "evaluate", "label_ablation", "get_model", "train_sae"} <= seen
+
+
+def test_full_fine_tuning_trains_and_evaluates_a_whole_model(tmp_path):
+    """With train.method full the training jobs write the whole model's weights, and the
+    evaluation jobs read them."""
+    config = tmp_path / "full.yaml"
+    config.write_text("train:\n  method: full\n")
+    tiny = str(REPO / "tests/data/tiny.yaml")
+    proc = run_snakemake(tmp_path, "-n", "--configfile", tiny, str(config))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = [j for j in dry_run_jobs(proc.stdout + proc.stderr) if j["rule"] == "train_explainer"]
+    assert jobs
+    for job in jobs:
+        w = job["wildcards"]
+        run = Run(w["task"], w["target"], w["explainer"], w["variant"], int(w["seed"]))
+        assert job["output"] == [run.adapter_file("full"), run.summary_file()]
+        assert run.adapter_file("full").endswith("/model.safetensors")
+
+
+def test_ask_finds_a_fully_fine_tuned_explainer(tmp_path):
+    """selfexplain ask accepts a fully fine-tuned explainer directory (or its variant dir)."""
+    from selfexplain.cli.locate import find_adapter
+
+    run = tmp_path / "trained" / "s0"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    (run / "train_summary.json").write_text("{}")
+    assert find_adapter(run) == run and find_adapter(tmp_path / "trained") == run

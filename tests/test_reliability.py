@@ -666,3 +666,51 @@ def test_slurm_profile_maps_every_gpu_rule():
         res = profile["set-resources"][rule]
         assert {"gpu", "mem_mb", "runtime", "cpus_per_gpu", "slurm_partition"} <= set(res), rule
         assert profile["set-threads"][rule] == res["cpus_per_gpu"], rule
+
+
+def _schema_defaults(schema: dict, path: str = "") -> dict[str, object]:
+    """Every leaf default of the schema, by dotted key."""
+    out = {}
+    for key, sub in (schema.get("properties") or {}).items():
+        dotted = f"{path}.{key}" if path else key
+        if sub.get("properties"):
+            out |= _schema_defaults(sub, dotted)
+        elif "default" in sub:
+            out[dotted] = sub["default"]
+    return out
+
+
+def test_one_source_of_defaults():
+    """The schema's defaults are the embedded default experiment: every key config/config.yaml
+    sets equals its schema default, and the train settings' dataclass starts from the same
+    values, so a key left out of a user's config means what the default config says."""
+    import dataclasses
+
+    from selfexplain.train import TrainConfig
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    defaults = _schema_defaults(schema)
+    disagree = {}
+    for dotted, default in defaults.items():
+        value = config
+        for part in dotted.split("."):
+            value = value.get(part, {}) if isinstance(value, dict) else {}
+        if value != {} and value != default:
+            disagree[dotted] = (default, value)
+    assert not disagree, f"schema default vs config/config.yaml: {disagree}"
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    for key, default in defaults.items():
+        section, _, name = key.partition(".")
+        if section == "train" and name in fields and name != "seed":
+            field = fields[name]
+            value = field.default if field.default is not dataclasses.MISSING else None
+            assert value == default, f"TrainConfig.{name} = {value!r}, schema default {default!r}"
+
+
+def test_config_readme_documents_every_key():
+    """config/README.md has a row for every leaf key of the schema."""
+    readme = (REPO / "config/README.md").read_text()
+    defaults = _schema_defaults(yaml.safe_load(SCHEMA.read_text()))
+    missing = [key for key in defaults if f"| `{key}` |" not in readme and key != "models"]
+    assert not missing, f"config/README.md lacks rows for {missing}"

@@ -102,6 +102,54 @@ def test_deepspeed_zero2_trains_on_cpu_single_process(tmp_path, monkeypatch):
     assert summary["steps"] == 8
     losses = [e["loss"] for e in summary["log_history"] if "loss" in e]
     assert losses[-1] < losses[0]
+    # the LR schedule is the config's (constant after warm-up), not one from the ZeRO file
+    lrs = [e["learning_rate"] for e in summary["log_history"] if "learning_rate" in e]
+    assert lrs[-1] == pytest.approx(1e-2) and lrs[-2] == pytest.approx(1e-2)
     assert (tmp_path / "ds" / "adapter_model.safetensors").exists()
     # ZeRO checkpoints (optimizer state partitions) were written for resuming.
     assert list((tmp_path / "ckpt" / "checkpoint-8").glob("global_step*"))
+
+
+def test_full_fine_tuning_learns_validates_and_reloads(tmp_path):
+    """train.method full trains every weight: the output is a whole model directory (no
+    adapter), the best validation step's weights are the ones saved, a rerun resumes, and
+    load_explainer answers with it exactly as the trained model does."""
+    from selfexplain.evaluate import is_full_model
+    from selfexplain.scoring import change_scores
+
+    model_dir = resolve("tiny-random-llama", tmp_path / "model")
+    examples = toy_examples(24)
+    cfg = TrainConfig(
+        epochs=4, batch_size=4, lr=2e-3, eval_steps=4, patience=0, seed=0, method="full"
+    )
+    out = tmp_path / "full"
+    summary = train_explainer(
+        model_dir, examples.head(16), out, cfg, tmp_path / "ckpt", validation=examples
+    )
+    assert is_full_model(out) and (out / "model.safetensors").is_file()
+    assert not (out / "adapter_model.safetensors").exists()
+    assert summary["best"]["value"][0] > summary["validation"][0]["auc"]  # it learned
+    model, tok = load_explainer(model_dir, out)
+    best_auc = summary["best"]["value"][0]
+    from selfexplain.metrics import auc, parse_change
+
+    gold = [bool(parse_change(a).changed) for a in examples["answer"]]
+    scores = change_scores(model, tok, examples["question"].to_list())
+    assert auc(gold, scores) == pytest.approx(best_auc)  # the saved model is the best step's
+    again = train_explainer(
+        model_dir,
+        examples.head(16),
+        tmp_path / "full2",
+        cfg,
+        tmp_path / "ckpt",
+        validation=examples,
+    )
+    assert again["resumed_from"] and again["best"] == summary["best"]
+    with pytest.raises(ValueError, match="train.method"):
+        train_explainer(
+            model_dir,
+            examples,
+            tmp_path / "x",
+            TrainConfig(method="qlora"),
+            tmp_path / "ckpt-x",
+        )

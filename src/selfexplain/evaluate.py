@@ -106,13 +106,39 @@ def change_answers(
     return answers, scores
 
 
+def is_full_model(adapter_dir: str | Path | None) -> bool:
+    """Whether a trained explainer directory holds a whole fine-tuned model (train.method full)
+    rather than a LoRA adapter."""
+    if adapter_dir is None:
+        return False
+    adapter_dir = Path(adapter_dir)
+    return (adapter_dir / "config.json").is_file() and not (
+        adapter_dir / "adapter_config.json"
+    ).is_file()
+
+
 def load_explainer(model_path: str | Path, adapter_dir: str | Path | None = None):
-    """The explainer model (base model, plus a peft adapter when given) and its tokenizer."""
+    """The explainer model (base model, plus a peft adapter when given; or the whole model a
+    full fine-tune saved in adapter_dir) and its tokenizer."""
+    from selfexplain.features.injection import INJECTION_FILE, InjectionSpec, attach_map
+
+    if is_full_model(adapter_dir):
+        model, tokenizer = load(adapter_dir)
+        if (Path(adapter_dir) / INJECTION_FILE).is_file():  # the model holds a vector_map
+            from safetensors.torch import load_file
+
+            from selfexplain.features.injection import MAP_NAME
+
+            attach_map(model, InjectionSpec.load(adapter_dir))
+            weights = {}
+            for f in sorted(Path(adapter_dir).glob("model*.safetensors")):
+                weights |= {k: v for k, v in load_file(str(f)).items() if k.startswith(MAP_NAME)}
+            if weights:
+                model.load_state_dict(weights, strict=False)
+        return model, tokenizer
     model, tokenizer = load(model_path)
     if adapter_dir is not None:
         from peft import PeftModel
-
-        from selfexplain.features.injection import INJECTION_FILE, InjectionSpec, attach_map
 
         if (Path(adapter_dir) / INJECTION_FILE).is_file():  # the adapter holds a vector_map
             attach_map(model, InjectionSpec.load(adapter_dir))

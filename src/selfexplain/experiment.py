@@ -118,6 +118,47 @@ def training_rows(
     return draw, balanced(val, task, n_val, 0)
 
 
+def train_run(
+    examples: pl.DataFrame,
+    run,
+    *,
+    model_dir,
+    out_dir,
+    train_settings: dict,
+    features: dict,
+    checkpoint_dir=None,
+) -> dict:
+    """Train one run's explainer (run: task, variant, seed attributes, e.g. the rule's
+    wildcards): its training draw and validation split (training_rows, with the variant's
+    control and data-scaling size and the run's seed), the train settings of the config, the
+    feature task's injection. Returns train_explainer's summary."""
+    from selfexplain.matrix import base_variant, variant_n_train
+    from selfexplain.train import train_config, train_explainer
+
+    seed = int(run.seed)
+    train, val = training_rows(
+        examples,
+        run.task,
+        base_variant(run.variant),
+        seed,
+        n_train=train_settings.get("n_train"),
+        n_variant=variant_n_train(run.variant, None),
+        val_fraction=train_settings.get("val_fraction", 0.0),
+        n_val=train_settings.get("n_val"),
+    )
+    print(f"{len(train)} training rows, {len(val)} validation rows")
+    injection = {"layer": features.get("inject_layer", 0), "scale": features.get("inject_scale")}
+    return train_explainer(
+        model_dir,
+        train,
+        out_dir,
+        train_config(train_settings, seed),
+        checkpoint_dir,
+        injection=injection if run.task == "features" else None,
+        validation=val if len(val) else None,
+    )
+
+
 def evaluation_rows(examples: pl.DataFrame, task: str, n_test: int | None) -> pl.DataFrame:
     """The test rows every variant of a task is scored on (balanced, seed 0; at most n_test)."""
     return balanced(select(examples, "test"), task, n_test, 0)

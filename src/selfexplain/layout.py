@@ -26,6 +26,7 @@ MODELS = "resources/models"
 LOGS = "logs"
 MODEL_MARKER = "selfexplain_model.json"
 ADAPTER_FILE = "adapter_model.safetensors"
+FULL_MODEL_FILE = "model.safetensors"  # train.method full: the whole fine-tuned model
 SUMMARY_FILE = "train_summary.json"
 RUN_RULES = ("train_explainer", "evaluate")  # rules with one job per run
 _SEED = re.compile(r"s(\d+)")
@@ -140,8 +141,10 @@ class Run:
     def adapter_dir(self) -> str:
         return f"{RESULTS}/explainers/{self.key}"
 
-    def adapter_file(self) -> str:
-        return f"{self.adapter_dir()}/{ADAPTER_FILE}"
+    def adapter_file(self, method: str = "lora") -> str:
+        """The trained weights: the LoRA adapter, or the whole model for train.method full."""
+        name = FULL_MODEL_FILE if method == "full" else ADAPTER_FILE
+        return f"{self.adapter_dir()}/{name}"
 
     def summary_file(self) -> str:
         return f"{self.adapter_dir()}/{SUMMARY_FILE}"

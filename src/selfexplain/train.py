@@ -30,17 +30,20 @@ class TrainConfig:
     epochs: float = 2.0
     batch_size: int = 8
     grad_accum: int = 1
-    lr: float = 3e-4
+    lr: float = 1e-3
     # HF scheduler name: constant_with_warmup (the reference configs' constant LR), cosine, linear
     lr_scheduler: str = "constant_with_warmup"
+    # lora: train a LoRA adapter on all linear layers; full: train every weight (the paper's
+    # input-ablation and feature explainers), saved as a whole model directory
+    method: str = "lora"
     warmup_ratio: float = 0.05  # fraction of the steps spent warming up
     weight_decay: float = 0.0
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     target_modules: list[str] | str = "all-linear"
-    max_length: int = 256
-    save_steps: int = 20  # checkpoint interval (with a validation split: eval_steps)
+    max_length: int = 320
+    save_steps: int = 25  # checkpoint interval (with a validation split: eval_steps)
     logging_steps: int = 5
     # validation (when a validation split is given): score it every eval_steps optimizer steps,
     # keep the best adapter, stop after `patience` scores without improvement (0: never stop)
@@ -176,6 +179,28 @@ def lora_model(model, cfg: TrainConfig, modules_to_save: list[str] | None = None
     return get_peft_model(model, lora)
 
 
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    """A CPU copy of the weights training changes: the LoRA adapter (and modules_to_save) of a
+    peft model, every weight of a fully fine-tuned one."""
+    if hasattr(model, "peft_config"):
+        from peft import get_peft_model_state_dict
+
+        weights = get_peft_model_state_dict(model)
+    else:
+        weights = model.state_dict()
+    return {k: v.detach().cpu().clone() for k, v in weights.items()}
+
+
+def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
+    """Put a trainable_state copy back into the model."""
+    if hasattr(model, "peft_config"):
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, state)
+    else:
+        model.load_state_dict(state)
+
+
 def single_process_env() -> None:
     """Set the torch.distributed variables DeepSpeed needs when not started by a launcher."""
     if "RANK" in os.environ:
@@ -235,12 +260,9 @@ class Validation(TrainerCallback):
         if any(v != v for v in value):  # nan: one class in the validation split
             value = [float("-inf")] * len(value)
         if self.best is None or value >= self.best["value"]:  # ties: the later, longer-trained
-            from peft import get_peft_model_state_dict
-
             self.best = {"step": state.global_step, "value": value, "metric": self.metric}
             self.best |= {k: v for k, v in metrics.items() if k == "threshold"}
-            weights = get_peft_model_state_dict(self.model)
-            self.best_state = {k: v.detach().cpu().clone() for k, v in weights.items()}
+            self.best_state = trainable_state(self.model)
         since = sum(1 for p in self.curve if p["step"] > self.best["step"])
         print(f"validation step {state.global_step}: {metrics} (best step {self.best['step']})")
         if self.patience and since >= self.patience:
@@ -274,11 +296,9 @@ class Validation(TrainerCallback):
         os.replace(ckpt / f".{self.STATE}.tmp", ckpt / self.STATE)
 
     def restore_best(self, model) -> None:
-        """Load the best validation step's adapter weights into the model."""
+        """Load the best validation step's trained weights into the model."""
         if self.best_state is not None:
-            from peft import set_peft_model_state_dict
-
-            set_peft_model_state_dict(model, self.best_state)
+            load_trainable_state(model, self.best_state)
 
 
 FINGERPRINT = "selfexplain_fingerprint.json"
@@ -451,7 +471,9 @@ def train_explainer(
     injection: dict | None = None,
     validation: pl.DataFrame | None = None,
 ) -> dict:
-    """Fine-tune a LoRA explainer on (question, answer) rows; resume from the last checkpoint.
+    """Fine-tune an explainer on (question, answer) rows, as a LoRA adapter (cfg.method "lora")
+    or in full ("full": out_dir is then a whole model directory); resume from the last
+    checkpoint.
 
     checkpoint_dir keeps Trainer checkpoints (every cfg.save_steps steps) across runs: a rerun
     with the same settings, data and model (see run_fingerprint) resumes from the newest
@@ -483,7 +505,10 @@ def train_explainer(
             model, tokenizer, len(vectors[0]), inj.get("layer", 0), inj.get("scale"), cfg.seed
         )
     to_save = [MAP_NAME] if injector is not None and injector.spec.has_map else None
-    model = lora_model(model, cfg, modules_to_save=to_save)
+    if cfg.method not in ("lora", "full"):
+        raise ValueError(f"train.method must be 'lora' or 'full', got {cfg.method!r}")
+    if cfg.method == "lora":
+        model = lora_model(model, cfg, modules_to_save=to_save)
     if injector is not None:
         injector.bind(model)
     data = _encode_rows(tokenizer, examples, cfg, injector)
@@ -545,8 +570,10 @@ def train_explainer(
     for stale in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):  # left by a killed run
         shutil.rmtree(stale, ignore_errors=True)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    model.save_pretrained(tmp)
-    if injector is not None:  # the vector_map itself is saved inside the adapter
+    model.save_pretrained(tmp)  # LoRA: the adapter; full: the whole model (with any vector_map)
+    if cfg.method == "full":
+        tokenizer.save_pretrained(tmp)
+    if injector is not None:  # the vector_map itself is saved inside the adapter / model
         injector.spec.save(tmp)
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     summary = {

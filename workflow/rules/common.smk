@@ -44,7 +44,7 @@ def train_input(wildcards):
 def evaluate_input(wildcards):
     inputs = train_input(wildcards)
     if is_trained(wildcards.variant):
-        inputs["adapter"] = Run.of(wildcards).adapter_file()
+        inputs["adapter"] = Run.of(wildcards).adapter_file(config["train"]["method"])
     return inputs
 
 

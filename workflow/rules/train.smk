@@ -2,7 +2,7 @@ rule train_explainer:
     input:
         unpack(train_input),
     output:
-        adapter=RUN.adapter_file(),
+        adapter=RUN.adapter_file(config["train"]["method"]),
         summary=RUN.summary_file(),
     params:
         train=config["train"],

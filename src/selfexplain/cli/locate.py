@@ -40,6 +40,14 @@ class ExplainerDir:
         )
 
 
+def _is_explainer(path: Path) -> bool:
+    """A trained explainer directory: a LoRA adapter, or a fully fine-tuned model (its whole
+    weights and config next to the run's train_summary.json)."""
+    if (path / "adapter_config.json").is_file():
+        return True
+    return (path / "config.json").is_file() and (path / layout.SUMMARY_FILE).is_file()
+
+
 def find_adapter(path: str | Path) -> Path:
     """The adapter dir: path itself, or for a variant dir (.../trained) its lowest s<seed>/."""
     path = Path(path).expanduser()
@@ -48,12 +56,12 @@ def find_adapter(path: str | Path) -> Path:
             f"{path}: no such explainer directory; pass --explainer with a trained explainer "
             "such as results/explainers/ablation/<target>/<explainer>/trained/s0"
         )
-    if (path / "adapter_config.json").is_file():
+    if _is_explainer(path):
         return path
     seeds = []
     for sub in path.iterdir():
         seed = layout.parse_seed_dir(sub.name)
-        if seed is not None and (sub / "adapter_config.json").is_file():
+        if seed is not None and _is_explainer(sub):
             seeds.append((seed, sub))
     if seeds:
         return min(seeds)[1]
@@ -139,6 +147,12 @@ def _layout_model(info: ExplainerDir, role: str, flag: str) -> Path:
             f"{role} model directory {path} not found (inferred from the explainer path); "
             f"pass {flag} DIR"
         )
+    if (
+        role == "explainer"
+        and (info.adapter / "config.json").is_file()
+        and not (info.adapter / "adapter_config.json").is_file()
+    ):
+        return info.adapter  # a fully fine-tuned explainer is its own model directory
     if role == "explainer":  # fall back on the base model recorded in the adapter
         base = json.loads((info.adapter / "adapter_config.json").read_text()).get(
             "base_model_name_or_path"
