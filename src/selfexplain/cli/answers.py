@@ -57,3 +57,22 @@ def answer_record(row: dict, pred_text: str, truth: bool) -> dict:
         "prediction": pred_text,
         "answer": gold,
     }
+
+
+def answer_records(rows: list[dict], preds: list[str], truth: bool, fields: dict) -> list[dict]:
+    """One JSONL record per question: ``fields`` (record key -> row key) of its row, then its
+    answer_record."""
+    return [
+        {key: row[src] for key, src in fields.items()} | answer_record(row, pred, truth)
+        for row, pred in zip(rows, preds, strict=True)
+    ]
+
+
+def finish(records: list[dict], preds: list[str], truth: bool, out: str | None) -> int:
+    """Write the records (with --out) and print the metric line, the last line of every ask."""
+    from selfexplain.cli.render import write_jsonl
+
+    if out:
+        write_jsonl(records, out)
+    print(metric_line([rec["answer"] for rec in records] if truth else None, preds))
+    return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import gc
 
-from selfexplain.cli.answers import answer, answer_record, metric_line
+from selfexplain.cli.answers import answer, answer_records, finish
 from selfexplain.cli.locate import ask_models
 from selfexplain.cli.render import (
     agrees,
@@ -15,7 +15,6 @@ from selfexplain.cli.render import (
     quote,
     short,
     text_table,
-    write_jsonl,
 )
 from selfexplain.metrics import parse_change
 
@@ -87,15 +86,8 @@ def cmd_ask_ablation(args) -> int:
     gc.collect()
 
     preds = answer(explainer_model, info.adapter, [ablation_question(r) for r in rows], args)
-    records = []
-    for row, pred_text in zip(rows, preds, strict=True):
-        rec = {
-            "prompt_id": row["prompt_id"],
-            "unit": row["unit"],
-            "position": row["position"],
-            "token": row["removed"],
-        }
-        records.append(rec | answer_record(row, pred_text, truth))
+    fields = {"prompt_id": "prompt_id", "unit": "unit", "position": "position", "token": "removed"}
+    records = answer_records(rows, preds, truth, fields)
 
     mismatches = 0
     for prompt in prompts:
@@ -117,8 +109,4 @@ def cmd_ask_ablation(args) -> int:
         print("\n".join(text_table(header, table)))
     if truth:
         print(f"\n* = predicted differs from the true label ({mismatches} of {len(records)})")
-    if args.out:
-        write_jsonl(records, args.out)
-    golds = [rec["answer"] for rec in records] if truth else None
-    print(metric_line(golds, preds))
-    return 0
+    return finish(records, preds, truth, args.out)

@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 from selfexplain import layout
-from selfexplain.cli.answers import answer, answer_record, metric_line
+from selfexplain.cli.answers import answer, answer_records, finish
 from selfexplain.cli.locate import ExplainerDir, ask_models
-from selfexplain.cli.render import print_cells, print_grid, quote, write_heatmap, write_jsonl
+from selfexplain.cli.render import print_cells, print_grid, quote, write_heatmap
 
 
 def _trained_layout(path: Path) -> tuple[int, list[int]]:
@@ -108,17 +108,8 @@ def cmd_ask_patching(args) -> int:
             )
 
     preds = answer(explainer_model, info.adapter, [patching_question(r) for r in rows], args)
-    records = []
-    for row, pred_text in zip(rows, preds, strict=True):
-        rec = {
-            "pair_id": row["pair_id"],
-            "layer_start": row["layer_start"],
-            "layer_end": row["layer_end"],
-            "position": row["position"],
-            "token": row["token"],
-            "position_kind": row["position_kind"],
-        }
-        records.append(rec | answer_record(row, pred_text, truth))
+    keys = ("pair_id", "layer_start", "layer_end", "position", "token", "position_kind")
+    records = answer_records(rows, preds, truth, {key: key for key in keys})
 
     first = rows[0]
     print(f"\nclean:          {quote(first['clean'])}")
@@ -136,8 +127,4 @@ def cmd_ask_patching(args) -> int:
         path = args.heatmap or "patching_heatmap.png"
         write_heatmap(rows, records, truth, path)
         print(f"heatmap -> {path}")
-    if args.out:
-        write_jsonl(records, args.out)
-    golds = [rec["answer"] for rec in records] if truth else None
-    print(metric_line(golds, preds))
-    return 0
+    return finish(records, preds, truth, args.out)
