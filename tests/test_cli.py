@@ -207,6 +207,27 @@ def test_ask_patching_heatmap(ws, tiny, tmp_path, capsys):
     assert stdout.strip().splitlines()[-1] == _metric_line(records)
 
 
+def test_ask_reads_scores_at_the_targets_base_rate(ws, tmp_path):
+    """An ask reads its scores at the natural-rate threshold: the run's recorded base rate, else
+    the train split of the label file the explainer trained on, else the validation one."""
+    from selfexplain.cli.answers import natural_threshold
+    from selfexplain.cli.locate import explainer_dir
+    from selfexplain.examples import read_parquet
+    from selfexplain.experiment import train_base_rate
+    from selfexplain.metrics import prior_shift
+
+    labels = ws / "results/labels/patching/tiny.parquet"
+    rate = train_base_rate(read_parquet(labels))
+    threshold, how = natural_threshold(explainer_dir(ws / PATCHING / "s0"))
+    assert threshold == pytest.approx(prior_shift(rate)) and str(labels) in how
+    copy = tmp_path / "adapter"  # outside a workspace, no labels: the validation threshold
+    shutil.copytree(ws / PATCHING / "s0", copy)
+    assert natural_threshold(explainer_dir(copy))[0] == 0.0
+    summary = json.loads((copy / "train_summary.json").read_text()) | {"base_rate": 0.25}
+    (copy / "train_summary.json").write_text(json.dumps(summary))
+    assert natural_threshold(explainer_dir(copy))[0] == pytest.approx(prior_shift(0.25))
+
+
 def test_labels_ablation_from_dir_and_spec(ws, tiny, tmp_path, capsys):
     _, tok = tiny
     prompts = tmp_path / "prompts.jsonl"

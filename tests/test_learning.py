@@ -240,3 +240,38 @@ def test_heatmap_agreement_counts_the_heatmap_cells():
     assert heatmap_agreement(rows) == {"heatmap_agreement": 0.75}
     assert heatmap_agreement(rows.drop("tf_score")) == {"heatmap_agreement": 0.25}
     assert heatmap_agreement(rows.drop("heatmap")) == {}
+    # the threshold moved to the natural base rate, where the evaluation recorded one
+    moved = rows.with_columns(prior_threshold=pl.Series([0.5, 0.0, 1.5, 1.0, 0.0]))
+    assert heatmap_agreement(moved) == {"heatmap_agreement": 1.0}
+
+
+def test_prior_shift_is_the_accuracy_optimal_threshold_at_the_base_rate():
+    """Scores that are log-odds under a balanced prior (here the exact log-likelihood ratio of
+    two unit Gaussians at -1 and +1) are best cut at prior_shift(rate) when a share ``rate`` of
+    the rows is changed: the threshold maximising accuracy on a large sample lies there."""
+    from selfexplain.metrics import base_rate, prior_shift
+
+    assert prior_shift(0.5) == 0.0 and prior_shift(0.2) == pytest.approx(np.log(4))
+    assert prior_shift(0.0) == pytest.approx(np.log(999))  # clipped, finite
+    assert base_rate(["unchanged", "changes to ' Paris'", "unchanged", "unchanged"]) == 0.25
+    rng = np.random.default_rng(0)
+    rate, n = 0.2, 200_000
+    gold = rng.random(n) < rate
+    x = rng.normal(np.where(gold, 1.0, -1.0), 1.0)
+    score = 2 * x  # log N(x; 1, 1) - log N(x; -1, 1)
+    cuts = np.linspace(-1, 3, 81)
+    accuracy = [((score > c) == gold).mean() for c in cuts]
+    assert abs(cuts[int(np.argmax(accuracy))] - prior_shift(rate)) <= 0.15
+    assert max(accuracy) - ((score > 0) == gold).mean() > 0.01  # the balanced cut loses
+
+
+def test_natural_threshold_reads_the_recorded_base_rate(tmp_path):
+    from selfexplain.metrics import prior_shift
+    from selfexplain.train import SUMMARY, calibrated_threshold
+
+    (tmp_path / SUMMARY).write_text(json.dumps({"best": {"threshold": -0.3}, "base_rate": 0.2}))
+    assert calibrated_threshold(tmp_path) == pytest.approx(-0.3)
+    natural = calibrated_threshold(tmp_path, natural=True)
+    assert natural == pytest.approx(-0.3 + prior_shift(0.2))
+    (tmp_path / SUMMARY).write_text(json.dumps({"best": {"threshold": -0.3}}))
+    assert calibrated_threshold(tmp_path, natural=True) == pytest.approx(-0.3)  # no rate: as is

@@ -108,6 +108,20 @@ def test_dag_runs_end_to_end_on_tiny_model(tmp_path):
     assert set(layers["layer_start"]) <= {0, 1, 2} and len(layers) > 0
     heat = pl.read_parquet(tmp_path / "results/eval/patching/tiny/tiny/trained/s0.parquet")
     assert heat["heatmap"].any() and heat["in_sample"].sum() <= 12
+    # heatmaps are read at the train split's base rate, recorded with the trained run too
+    from selfexplain.examples import read_parquet
+    from selfexplain.experiment import train_base_rate
+    from selfexplain.metrics import prior_shift
+
+    rate = train_base_rate(read_parquet(tmp_path / "results/labels/patching/tiny.parquet"))
+    run_summary = json.loads(
+        (
+            tmp_path / "results/explainers/patching/tiny/tiny/trained/s0/train_summary.json"
+        ).read_text()
+    )
+    assert run_summary["base_rate"] == pytest.approx(rate) and 0 < rate < 1
+    shift = (heat["prior_threshold"] - heat["tf_threshold"]).to_list()
+    assert shift == pytest.approx([prior_shift(rate)] * len(heat))
     n_trained = table.filter(pl.col("variant") == "trained")["n_train"].unique().to_list()
     assert all(0 < n <= 24 for n in n_trained)  # balanced rows, at most train.n_train
     relation = {(r["explainer"], r["relation"]) for r in table.iter_rows(named=True)}

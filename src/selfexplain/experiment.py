@@ -156,7 +156,16 @@ def train_run(
         checkpoint_dir,
         injection=injection if run.task == "features" else None,
         validation=val if len(val) else None,
+        base_rate=train_base_rate(examples) if run.task in CHANGE_TASKS else None,
     )
+
+
+def train_base_rate(examples: pl.DataFrame) -> float:
+    """The share of changed answers among all rows of the train split (before balancing): the
+    rate at which the target's output changes when questions are not drawn balanced."""
+    from selfexplain.metrics import base_rate
+
+    return base_rate(select(examples, "train")["answer"].to_list())
 
 
 def evaluation_rows(examples: pl.DataFrame, task: str, n_test: int | None) -> pl.DataFrame:
@@ -217,6 +226,7 @@ def evaluate_run(
             features=features,
         )
     from selfexplain.evaluate import change_rows, evaluate_change_task, load_explainer
+    from selfexplain.metrics import prior_shift
 
     test = evaluation_rows(examples, task, settings.get("n_test")).with_columns(in_sample=True)
     if task == "patching" and heatmap_pairs:
@@ -233,14 +243,19 @@ def evaluate_run(
 
         train = fitted_rows()
         preds, scores = baseline_predictions(variant, task, train, asked)
-        return change_rows(asked, preds, scores, labels | {"n_train": len(train)})
-    model, tokenizer = load_explainer(model_dir, adapter_dir)
-    return evaluate_change_task(
-        model,
-        tokenizer,
-        asked,
-        labels=labels,
-        max_new_tokens=settings["max_new_tokens"],
-        batch_size=settings["batch_size"],
-        threshold=threshold,
-    )
+        rows = change_rows(asked, preds, scores, labels | {"n_train": len(train)})
+    else:
+        model, tokenizer = load_explainer(model_dir, adapter_dir)
+        rows = evaluate_change_task(
+            model,
+            tokenizer,
+            asked,
+            labels=labels,
+            max_new_tokens=settings["max_new_tokens"],
+            batch_size=settings["batch_size"],
+            threshold=threshold,
+        )
+    # the scores are log-odds fitted on balanced rows: heatmaps (every cell of a pair, mostly
+    # unchanged) are read at the train split's base rate of change (metrics.prior_shift)
+    shift = prior_shift(train_base_rate(examples))
+    return rows.with_columns(prior_threshold=pl.col("tf_threshold") + shift)

@@ -156,21 +156,45 @@ def change_metrics(rows: pl.DataFrame) -> dict[str, float]:
     }
 
 
+def base_rate(answers: Sequence[str]) -> float:
+    """The share of answers that say the output changes."""
+    changed = [bool(parse_change(a).changed) for a in answers]
+    return sum(changed) / len(changed) if changed else 0.5
+
+
+def prior_shift(rate: float) -> float:
+    """How far to raise a has-changed threshold chosen on balanced rows (where a score is the
+    log-odds of "changed" against a prior of 1/2) so that it decides at a base rate of
+    changed answers ``rate`` instead: log((1 - rate) / rate), the Bayes-optimal threshold
+    under the new prior (0 at 1/2; rate is clipped to [0.001, 0.999])."""
+    rate = min(max(float(rate), 1e-3), 1 - 1e-3)
+    return float(np.log((1 - rate) / rate))
+
+
+def natural_prediction(rows: pl.DataFrame) -> pl.Series:
+    """Predicted has-changed for questions asked at the target's natural rate of change (every
+    cell of a heatmap): tf_score > prior_threshold (the validation threshold moved by
+    prior_shift of the training labels' base rate) where that column exists, else tf_score >
+    tf_threshold, else the generated answer's pred_changed."""
+    if "tf_score" in rows.columns and rows["tf_score"].null_count() == 0:
+        for column in ("prior_threshold", "tf_threshold"):
+            if column in rows.columns and rows[column].null_count() == 0:
+                return rows["tf_score"] > rows[column]
+        return rows["tf_score"] > 0.0
+    return rows["pred_changed"]
+
+
 def heatmap_agreement(rows: pl.DataFrame) -> dict[str, float]:
     """Patching: the fraction of the heatmap pairs' cells (every layer window x position of a
-    few test pairs, rows with ``heatmap`` true) where the predicted has-changed map equals the
-    target's (the prediction: tf_score > tf_threshold when scored, else the generated answer).
-    Empty when the rows have no heatmap cells."""
+    few test pairs, rows with ``heatmap`` true) where the predicted has-changed map
+    (natural_prediction: most cells do not change, unlike the balanced test rows) equals the
+    target's. Empty when the rows have no heatmap cells."""
     if "heatmap" not in rows.columns:
         return {}
     cells = rows.filter(pl.col("heatmap"))
     if cells.is_empty():
         return {}
-    if "tf_score" in cells.columns and cells["tf_score"].null_count() == 0:
-        cut = cells["tf_threshold"] if "tf_threshold" in cells.columns else 0.0
-        predicted = cells["tf_score"] > cut
-    else:
-        predicted = cells["pred_changed"]
+    predicted = natural_prediction(cells)
     return {"heatmap_agreement": float((predicted == cells["gold_changed"]).mean())}
 
 

@@ -12,7 +12,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import polars as pl  # noqa: E402
 
-from selfexplain.metrics import bootstrap_ci, change_metrics, heatmap_agreement  # noqa: E402
+from selfexplain.metrics import (  # noqa: E402
+    bootstrap_ci,
+    change_metrics,
+    heatmap_agreement,
+    natural_prediction,
+)
 
 GROUP = ["task", "target", "explainer", "relation", "variant", "n_train", "seed"]
 # the metrics plotted per task (the table holds every metric of the task's aggregator)
@@ -193,9 +198,9 @@ def _grid(df: pl.DataFrame, column: str) -> tuple[list[int], list[int], list[lis
 
 def patching_heatmaps(evals: Sequence[pl.DataFrame], path: str | Path, n_pairs: int = 3) -> None:
     """Per test pair: the target's causal map (layer window x position, 1 = output changes) next
-    to each explainer variant's predicted map."""
+    to each explainer variant's predicted map (metrics.natural_prediction)."""
     frames = [df.filter(pl.col("heatmap")) for df in evals if "heatmap" in df.columns]
-    frames = [df for df in frames if len(df)]
+    frames = [df.with_columns(natural_changed=natural_prediction(df)) for df in frames if len(df)]
     if not frames:
         fig, ax = plt.subplots(figsize=(4, 2))
         ax.text(0.5, 0.5, "no heatmap rows in the evaluations", ha="center", va="center")
@@ -212,7 +217,7 @@ def patching_heatmaps(evals: Sequence[pl.DataFrame], path: str | Path, n_pairs: 
     for r, pair in enumerate(pairs):
         panels = [("target (truth)", frames[0], "gold_changed")]
         panels += [
-            (f"{df['explainer'][0]} {df['variant'][0]}", df, "pred_changed") for df in frames
+            (f"{df['explainer'][0]} {df['variant'][0]}", df, "natural_changed") for df in frames
         ]
         for c, (title, df, column) in enumerate(panels):
             sub = df.filter(pair_of(df) == pair)

@@ -349,13 +349,23 @@ def run_fingerprint(
     return h.hexdigest()
 
 
-def calibrated_threshold(adapter_dir: str | Path | None) -> float:
+def calibrated_threshold(adapter_dir: str | Path | None, natural: bool = False) -> float:
     """The has-changed threshold a trained adapter's validation chose (its train_summary.json's
-    best step), or 0 for no adapter or one trained without a change-task validation split."""
+    best step), or 0 for no adapter or one trained without a change-task validation split.
+
+    natural: the threshold for questions asked at the target's own rate of change (every cell
+    of a patching grid, every token of a prompt) rather than on balanced rows: moved by
+    metrics.prior_shift of the training split's base rate recorded in the summary (unmoved for
+    a summary without one)."""
     if adapter_dir is None or not (Path(adapter_dir) / SUMMARY).is_file():
         return 0.0
-    best = json.loads((Path(adapter_dir) / SUMMARY).read_text()).get("best") or {}
-    return float(best.get("threshold", 0.0))
+    summary = json.loads((Path(adapter_dir) / SUMMARY).read_text())
+    threshold = float((summary.get("best") or {}).get("threshold", 0.0))
+    if natural and summary.get("base_rate") is not None:
+        from selfexplain.metrics import prior_shift
+
+        threshold += prior_shift(summary["base_rate"])
+    return threshold
 
 
 def _complete(checkpoint: Path) -> bool:
@@ -470,6 +480,7 @@ def train_explainer(
     callbacks: list | None = None,
     injection: dict | None = None,
     validation: pl.DataFrame | None = None,
+    base_rate: float | None = None,
 ) -> dict:
     """Fine-tune an explainer on (question, answer) rows, as a LoRA adapter (cfg.method "lora")
     or in full ("full": out_dir is then a whole model directory); resume from the last
@@ -487,6 +498,8 @@ def train_explainer(
     AUC and balanced accuracy (scoring.py; the best step's validation-calibrated threshold on
     the score is kept in ``best["threshold"]``), vector tasks by the answer-token loss.
     The adapter saved is the best validation step's; the curve goes into train_summary.json.
+    base_rate: the share of changed answers in the caller's whole train split (the draw is
+    balanced), recorded for calibrated_threshold(natural=True).
     """
     out_dir = Path(out_dir)
     checkpoint_dir = Path(checkpoint_dir or out_dir / "checkpoints")
@@ -584,6 +597,7 @@ def train_explainer(
         "final_logged_loss": losses[-1] if losses else None,
         "seconds": seconds,
         "n_validation": 0 if validation is None else len(validation),
+        "base_rate": base_rate,
         "validation": validator.curve if validator else [],
         "best": validator.best if validator else None,
         "stopped_early": bool(validator and trainer.state.global_step < trainer.state.max_steps),

@@ -1,29 +1,61 @@
 """The explainer's answers to change questions and their scores, as the pipeline computes them:
-answers from ``evaluate.change_answers`` at the run's calibrated threshold, the metric line from
+answers from ``evaluate.change_answers`` at the run's calibrated threshold (moved to the
+target's base rate of change), the metric line from
 ``metrics.score_change_rows`` + ``metrics.change_metrics``, and one JSONL record per question.
 """
 
 from __future__ import annotations
 
 import gc
+import sys
 from pathlib import Path
 
+from selfexplain import layout
+from selfexplain.cli.locate import ExplainerDir
 from selfexplain.metrics import change_answer, parse_change
 
 
-def answer(model_path: Path, adapter: Path, questions: list[str], args) -> list[str]:
-    """The explainer's answers, exactly as the pipeline's evaluate step makes them: "unchanged"
-    or "changes to ..." as its has-changed score is at or above the threshold calibrated on
-    the run's validation split (evaluate.change_answers)."""
-    from selfexplain.evaluate import change_answers, load_explainer
+def natural_threshold(info: ExplainerDir, labels: str | None = None) -> tuple[float, str]:
+    """The threshold an ask reads scores with, and how it was set: the run's validation
+    threshold moved to the target's base rate of change (metrics.prior_shift), the rate read
+    from the run's train_summary.json, else from the train split of the label file it trained
+    on (``labels``, or the one next to results/), else left unmoved."""
+    from selfexplain.metrics import prior_shift
     from selfexplain.train import calibrated_threshold
 
-    model, tokenizer = load_explainer(model_path, adapter)
+    balanced = calibrated_threshold(info.adapter)
+    natural = calibrated_threshold(info.adapter, natural=True)
+    if natural != balanced:
+        return natural, f"validation {balanced:+.3f}, moved to the run's base rate of change"
+    path = Path(labels) if labels else None
+    if path is None and info.root is not None and info.task and info.target:
+        path = info.root / layout.labels_file(info.task, info.target)
+    if path is not None and path.is_file():
+        from selfexplain.examples import read_parquet
+        from selfexplain.experiment import train_base_rate
+
+        rate = train_base_rate(read_parquet(path))
+        how = f"validation {balanced:+.3f}, moved to base rate {rate:.3f} of {path}'s train split"
+        return balanced + prior_shift(rate), how
+    return balanced, "validation-calibrated; no base rate of change known"
+
+
+def answer(model_path: Path, info: ExplainerDir, questions: list[str], args) -> list[str]:
+    """The explainer's answers as the pipeline's evaluate step makes them
+    (evaluate.change_answers): "unchanged" or "changes to ..." as its has-changed score is
+    above a threshold. An ask's questions are every cell / token of the user's prompt, asked
+    at the target's own rate of change, so the threshold is the one the pipeline reads heatmaps
+    with (natural_threshold)."""
+    from selfexplain.evaluate import change_answers, load_explainer
+
+    threshold, how = natural_threshold(info, getattr(args, "labels", None))
+    print(f"has-changed threshold {threshold:+.3f} ({how})", file=sys.stderr)
+    model, tokenizer = load_explainer(model_path, info.adapter)
     preds, _ = change_answers(
         model,
         tokenizer,
         questions,
-        threshold=calibrated_threshold(adapter),
+        threshold=threshold,
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
     )

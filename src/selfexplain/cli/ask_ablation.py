@@ -85,7 +85,7 @@ def cmd_ask_ablation(args) -> int:
     del model, tokenizer  # free the target before the explainer is loaded
     gc.collect()
 
-    preds = answer(explainer_model, info.adapter, [ablation_question(r) for r in rows], args)
+    preds = answer(explainer_model, info, [ablation_question(r) for r in rows], args)
     fields = {"prompt_id": "prompt_id", "unit": "unit", "position": "position", "token": "removed"}
     records = answer_records(rows, preds, truth, fields)
 

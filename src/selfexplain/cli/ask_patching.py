@@ -107,7 +107,7 @@ def cmd_ask_patching(args) -> int:
                 f"choose one of: {choices}"
             )
 
-    preds = answer(explainer_model, info.adapter, [patching_question(r) for r in rows], args)
+    preds = answer(explainer_model, info, [patching_question(r) for r in rows], args)
     keys = ("pair_id", "layer_start", "layer_end", "position", "token", "position_kind")
     records = answer_records(rows, preds, truth, {key: key for key in keys})
 
