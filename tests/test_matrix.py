@@ -142,6 +142,7 @@ def matrix_config(**extra) -> dict:
         "variants": ["trained", "untrained", "no_signal", "nearest_neighbour"],
         "seeds": [0, 1, 2],
         "control_seeds": [0],
+        "controls_for": "all",
         "train": {"n_train": 80, "scaling": [0.125, 0.25, 0.5]},
     }
     return base | extra
@@ -167,6 +168,20 @@ def test_matrix_runs_cover_every_pair_variant_and_seed():
     assert ("ablation", "nearest_neighbour") not in by and ("patching", "no_signal") in by
     rel = {(r.target, r.explainer): r.relation for r in all_runs}
     assert rel == {("a", "a"): "self", ("b", "b"): "self", ("a", "b"): "other", ("b", "a"): "other"}
+
+
+def test_controls_for_self_keeps_the_lm_controls_to_self_pairs():
+    """controls_for self: other pairs keep trained (all seeds) and the model-free baselines;
+    untrained, no_signal and data-scaling runs only where the explainer is the target."""
+    cfg = matrix_config(variants=["trained", "untrained", "no_signal", "surface"])
+    cfg["tasks"] = ["ablation"]
+    mine = runs(cfg | {"controls_for": "self"})
+    assert set(mine) < set(runs(cfg))
+    other = {(r.variant, r.seed) for r in mine if r.relation == "other"}
+    assert other == {("trained", 0), ("trained", 1), ("trained", 2), ("surface", 0)}
+    self_variants = {r.variant for r in mine if r.relation == "self"}
+    assert self_variants == {"trained", "untrained", "no_signal", "surface", "n10", "n20", "n40"}
+    assert runs({k: v for k, v in cfg.items() if k != "controls_for"}) == mine  # the default
 
 
 def job_counts(output: str) -> dict[str, int]:

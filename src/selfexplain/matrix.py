@@ -80,17 +80,28 @@ def variant_seeds(config: dict, variant: str) -> list[int]:
     return seeds[:1]
 
 
+# variants that control a trained explainer with a language model of their own: with
+# controls_for "self" they run only where the explainer explains itself
+LM_CONTROLS = ("untrained", "no_signal", "prompt_only")
+
+
 def runs(config: dict) -> list[Run]:
     """Every evaluation of the experiment, in a fixed order (a trained variant also needs one
-    training job); layout.Run gives each its paths."""
+    training job); layout.Run gives each its paths. controls_for "self" (the default) keeps
+    the language-model controls (LM_CONTROLS and the data-scaling variants) to the pairs whose
+    explainer is the target; "all" runs them for every pair."""
     out = []
     scaling = scaling_variants(config) if "trained" in config["variants"] else []
+    every_pair = config.get("controls_for", "self") == "all"
     for task in config["tasks"]:
         for target in config["targets"]:
             for explainer in config["explainers"]:
                 for variant in list(config["variants"]) + scaling:
                     base = base_variant(variant)
                     if not applies(task, base):
+                        continue
+                    control = base in LM_CONTROLS or variant != base
+                    if control and not every_pair and explainer != target:
                         continue
                     for seed in variant_seeds(config, variant):
                         out.append(Run(task, target, explainer, variant, seed))
