@@ -680,12 +680,84 @@ def _schema_defaults(schema: dict, path: str = "") -> dict[str, object]:
     return out
 
 
+# keys the schema gives no default whose settings dataclass supplies one (judge: as describer)
+CODE_DEFAULTS = {"features.judge.max_new_tokens": 32}
+
+
+def _settings_disagreements(section: dict, cls, config: dict, path: str) -> list[str]:
+    """Where the typed settings class of a config section (selfexplain.settings) and the schema
+    of that section differ: a key without a field or a field without a key, a
+    default other than the schema's or than config/config.yaml's value, a field without a doc.
+    Nested sections are compared recursively."""
+    import dataclasses
+    import typing
+
+    from selfexplain.settings import (
+        SECTIONS,
+        GeneratorSettings,
+        JudgeSettings,
+        TokenIdentitySettings,
+        TrainSettings,
+    )
+
+    nested = SECTIONS | {c.SECTION: c for c in (GeneratorSettings, JudgeSettings)}
+    nested[TokenIdentitySettings.SECTION] = TokenIdentitySettings
+    props = section["properties"]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    keys = set(fields)
+    if cls is TrainSettings:  # the other train keys are TrainConfig's (checked on their own)
+        keys = keys - {"hyper"} | set(TrainSettings.HYPER_KEYS)
+    out = []
+    if keys != set(props):
+        out.append(
+            f"{path}: schema keys without a {cls.__name__} field: {sorted(set(props) - keys)}; "
+            f"fields without a schema key: {sorted(keys - set(props))}"
+        )
+    out += [f"{path}.{n}: no doc" for n, f in fields.items() if not f.metadata.get("doc")]
+    hints = typing.get_type_hints(cls)
+    for key, sub in props.items():
+        dotted, field = f"{path}.{key}", fields.get(key)
+        if field is None:
+            continue
+        if field.default is not dataclasses.MISSING:
+            default = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            default = field.default_factory()
+        else:
+            default = dataclasses.MISSING
+        if sub.get("properties"):  # a nested section: its class, its default, its keys
+            inner = nested.get(dotted)
+            if inner is None or inner not in (typing.get_args(hints[key]) or (hints[key],)):
+                out.append(f"{dotted}: field type {hints[key]} is not the section's class")
+                continue
+            expected = sub.get("default")
+            expected = inner.from_dict(expected) if expected is not None else None
+            if default != expected:
+                out.append(f"{dotted}: default {default!r}, schema default {expected!r}")
+            value = config.get(key) if isinstance(config.get(key), dict) else {}
+            out += _settings_disagreements(sub, inner, value, dotted)
+        elif "default" in sub:
+            if default != sub["default"]:
+                out.append(f"{dotted}: default {default!r}, schema default {sub['default']!r}")
+            if key in config and config[key] != default:
+                out.append(f"{dotted}: default {default!r}, config/config.yaml {config[key]!r}")
+        elif default is dataclasses.MISSING:
+            if key not in section.get("required", []):
+                out.append(f"{dotted}: a required field, but the schema does not require it")
+        elif default is not None and CODE_DEFAULTS.get(dotted) != default:
+            out.append(f"{dotted}: default {default!r}, but the schema has none")
+    return out
+
+
 def test_one_source_of_defaults():
     """The schema's defaults are the embedded default experiment: every key config/config.yaml
-    sets equals its schema default, and the train settings' dataclass starts from the same
-    values, so a key left out of a user's config means what the default config says."""
+    sets equals its schema default, and the typed settings (selfexplain.settings, one dataclass
+    per section, and the train settings' TrainConfig) start from the same values and have a
+    field for every key, so a key left out of a user's config means what the default config
+    says."""
     import dataclasses
 
+    from selfexplain.settings import SECTIONS, TrainSettings, from_config
     from selfexplain.train import TrainConfig
 
     schema = yaml.safe_load(SCHEMA.read_text())
@@ -706,6 +778,40 @@ def test_one_source_of_defaults():
             field = fields[name]
             value = field.default if field.default is not dataclasses.MISSING else None
             assert value == default, f"TrainConfig.{name} = {value!r}, schema default {default!r}"
+    assert set(TrainSettings.HYPER_KEYS) <= set(fields)
+    sections = {k for k, sub in schema["properties"].items() if sub.get("properties")}
+    assert set(SECTIONS) == sections, "one settings dataclass per config section"
+    problems = []
+    for name, cls in SECTIONS.items():
+        section = schema["properties"][name]
+        problems += _settings_disagreements(section, cls, config.get(name) or {}, name)
+    assert not problems, "typed settings vs schema:\n" + "\n".join(problems)
+    for name, cls in SECTIONS.items():  # the default config's sections are the defaults
+        typed = from_config(config, name)
+        if cls is TrainSettings:
+            assert typed.config(seed=0) == TrainConfig(seed=0)
+            typed = dataclasses.replace(typed, hyper={})
+        assert typed == cls(), name
+
+
+def test_settings_reject_unknown_keys():
+    """A typed settings section names the key it does not know, and its section."""
+    from selfexplain.settings import SECTIONS, FeatureSettings, JudgeSettings, from_config
+
+    for name, cls in SECTIONS.items():
+        with pytest.raises(ValueError, match=rf"'n_tset'.*section '{name}'"):
+            cls.from_dict({"n_tset": 3})
+    with pytest.raises(ValueError, match=r"'modle'.*section 'features.describer'"):
+        FeatureSettings.from_dict({"describer": {"kind": "hf", "modle": "m"}})
+    with pytest.raises(ValueError, match=r"'features.judge' needs key\(s\) \['kind'\]"):
+        FeatureSettings.from_dict({"judge": {"model": "m"}})
+    with pytest.raises(ValueError, match="no config section 'plots'"):
+        from_config({}, "plots")
+    features = FeatureSettings.from_dict({"judge": {"kind": "hf", "model": "m"}, "k": 4})
+    assert isinstance(features.judge, JudgeSettings) and features.judge.api_key_env is None
+    assert features.k == 4 and features.describer.api_key_env == "OPENAI_API_KEY"
+    assert FeatureSettings.of(features) is features
+    assert FeatureSettings.of(None) == FeatureSettings()
 
 
 def test_config_readme_documents_every_key():

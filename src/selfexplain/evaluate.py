@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from selfexplain.forward import pad_left
 from selfexplain.metrics import score_change_rows
 from selfexplain.models import load
+from selfexplain.settings import EvaluateSettings, FeatureSettings
 from selfexplain.train import format_prompt
 
 
@@ -240,12 +241,13 @@ def evaluate_features(
     adapter_dir: str | Path | None,
     *,
     labels: dict,
-    settings: dict,
-    features: dict,
+    settings: EvaluateSettings | dict,
+    features: FeatureSettings | dict,
     neighbours: pl.DataFrame | None = None,
     embedder=None,
 ) -> pl.DataFrame:
-    """Evaluate one variant on the feature task's test split (at most settings["n_test"]).
+    """Evaluate one variant on the feature task's test split (at most settings.n_test; the
+    evaluate and features settings, typed or as the config's dicts).
 
     trained / untrained: the explainer answers with the vector injected (untrained: no
     adapter); no_signal: trained and evaluated on random vectors (variants.withhold_signal);
@@ -259,8 +261,9 @@ def evaluate_features(
     from selfexplain.features.metrics import nearest_neighbour_answers
     from selfexplain.variants import withhold_signal
 
+    settings, features = EvaluateSettings.of(settings), FeatureSettings.of(features)
     variant = labels["variant"]
-    test = subsample(select(examples, "test"), settings["n_test"], 0)
+    test = subsample(select(examples, "test"), settings.n_test, 0)
     if test.is_empty():
         raise ValueError("no test features: raise features.n_features or test_fraction")
     if variant in ("floor", "ceiling"):  # reading aids: a random other feature's description,
@@ -288,18 +291,14 @@ def evaluate_features(
             asked = withhold_signal(test, "features", labels["seed"])
         vectors = asked["vector"].to_list()
         injector = explainer_injector(
-            model,
-            tokenizer,
-            adapter_dir,
-            len(vectors[0]),
-            {"layer": features["inject_layer"], "scale": features["inject_scale"]},
+            model, tokenizer, adapter_dir, len(vectors[0]), features.injection
         )
         preds = generate_answers(
             model,
             tokenizer,
             asked["question"].to_list(),
-            max_new_tokens=features["max_new_tokens"],
-            batch_size=settings["batch_size"],
+            max_new_tokens=features.max_new_tokens,
+            batch_size=settings.batch_size,
             vectors=vectors,
             injector=injector,
         )
@@ -309,6 +308,6 @@ def evaluate_features(
         preds,
         labels=labels,
         embedder=embedder,
-        judge=make_generator(features.get("judge")),
-        n_distractors=features["n_distractors"],
+        judge=make_generator(features.judge),
+        n_distractors=features.n_distractors,
     )

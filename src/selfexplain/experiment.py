@@ -17,6 +17,7 @@ import polars as pl
 
 from selfexplain.controls import GROUP_KEY
 from selfexplain.examples import meta, select, split_of, subsample
+from selfexplain.settings import EvaluateSettings, FeatureSettings, TrainSettings
 
 CHANGE_TASKS = ("ablation", "patching", "hint")
 
@@ -124,37 +125,38 @@ def train_run(
     *,
     model_dir,
     out_dir,
-    train_settings: dict,
-    features: dict,
+    train_settings: TrainSettings | dict,
+    features: FeatureSettings | dict,
     checkpoint_dir=None,
 ) -> dict:
     """Train one run's explainer (run: task, variant, seed attributes, e.g. the rule's
     wildcards): its training draw and validation split (training_rows, with the variant's
     control and data-scaling size and the run's seed), the train settings of the config, the
-    feature task's injection. Returns train_explainer's summary."""
+    feature task's injection. Returns train_explainer's summary. The settings may be given as
+    the config's dicts."""
     from selfexplain.matrix import base_variant, variant_n_train
-    from selfexplain.train import train_config, train_explainer
+    from selfexplain.train import train_explainer
 
+    train_settings, features = TrainSettings.of(train_settings), FeatureSettings.of(features)
     seed = int(run.seed)
     train, val = training_rows(
         examples,
         run.task,
         base_variant(run.variant),
         seed,
-        n_train=train_settings.get("n_train"),
+        n_train=train_settings.n_train,
         n_variant=variant_n_train(run.variant, None),
-        val_fraction=train_settings.get("val_fraction", 0.0),
-        n_val=train_settings.get("n_val"),
+        val_fraction=train_settings.val_fraction,
+        n_val=train_settings.n_val,
     )
     print(f"{len(train)} training rows, {len(val)} validation rows")
-    injection = {"layer": features.get("inject_layer", 0), "scale": features.get("inject_scale")}
     return train_explainer(
         model_dir,
         train,
         out_dir,
-        train_config(train_settings, seed),
+        train_settings.config(seed),
         checkpoint_dir,
-        injection=injection if run.task == "features" else None,
+        injection=features.injection if run.task == "features" else None,
         validation=val if len(val) else None,
         base_rate=train_base_rate(examples) if run.task in CHANGE_TASKS else None,
     )
@@ -179,9 +181,9 @@ def evaluate_run(
     *,
     model_dir,
     adapter_dir,
-    settings: dict,
-    train_settings: dict,
-    features: dict,
+    settings: EvaluateSettings | dict,
+    train_settings: TrainSettings | dict,
+    features: FeatureSettings | dict,
     heatmap_pairs: int = 0,
 ) -> pl.DataFrame:
     """Evaluation rows of one run (run: task, target, explainer, variant, seed attributes, e.g.
@@ -189,10 +191,13 @@ def evaluate_run(
     plus, for patching, the full layer x position grid of heatmap_pairs test pairs, marked
     in_sample False); model variants generate an answer and get a teacher-forced has-changed
     score, constant and surface answer without a model (baselines.py), fitted on seed 0's
-    training draw. Features: evaluate.evaluate_features."""
+    training draw. Features: evaluate.evaluate_features. The settings may be given as the
+    config's dicts."""
     from selfexplain.matrix import base_variant
     from selfexplain.plots import eval_labels, read_json
 
+    settings, train_settings = EvaluateSettings.of(settings), TrainSettings.of(train_settings)
+    features = FeatureSettings.of(features)
     task, variant, seed = run.task, run.variant, int(run.seed)
     from selfexplain.train import calibrated_threshold
 
@@ -208,9 +213,9 @@ def evaluate_run(
             task,
             "trained",
             0,
-            n_train=train_settings.get("n_train"),
+            n_train=train_settings.n_train,
             n_variant=None,
-            val_fraction=train_settings.get("val_fraction", 0.0),
+            val_fraction=train_settings.val_fraction,
         )[0]
 
     if task == "features":
@@ -228,7 +233,7 @@ def evaluate_run(
     from selfexplain.evaluate import change_rows, evaluate_change_task, load_explainer
     from selfexplain.metrics import prior_shift
 
-    test = evaluation_rows(examples, task, settings.get("n_test")).with_columns(in_sample=True)
+    test = evaluation_rows(examples, task, settings.n_test).with_columns(in_sample=True)
     if task == "patching" and heatmap_pairs:
         from selfexplain.tasks.patching import heatmap_rows
 
@@ -251,8 +256,8 @@ def evaluate_run(
             tokenizer,
             asked,
             labels=labels,
-            max_new_tokens=settings["max_new_tokens"],
-            batch_size=settings["batch_size"],
+            max_new_tokens=settings.max_new_tokens,
+            batch_size=settings.batch_size,
             threshold=threshold,
         )
     # the scores are log-odds fitted on balanced rows: heatmaps (every cell of a pair, mostly

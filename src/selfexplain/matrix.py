@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 from selfexplain.layout import Run
+from selfexplain.settings import TrainSettings
 from selfexplain.variants import TRAINED_VARIANTS, applies
 
 SCALING = re.compile(r"n(\d+)")
@@ -19,9 +20,10 @@ SCALING = re.compile(r"n(\d+)")
 def scaling_sizes(config: dict) -> list[int]:
     """The training-set sizes of the data-scaling variants (distinct; below train.n_train when
     it is set). An entry above 1 is a row count, one in (0, 1] a fraction of train.n_train."""
-    n_train = config["train"].get("n_train")
+    train = TrainSettings.from_dict(config["train"])
+    n_train = train.n_train
     sizes = set()
-    for f in config["train"].get("scaling") or []:
+    for f in train.scaling:
         if f > 1:
             sizes.add(int(f))
         elif n_train is None:

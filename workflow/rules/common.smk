@@ -5,6 +5,7 @@ from selfexplain import layout
 from selfexplain.config import apply_offline, check_config
 from selfexplain.layout import Run, model_marker
 from selfexplain.matrix import all_variants, is_trained, runs, trained_variants
+from selfexplain.settings import from_config
 
 # Readable errors first (naming key, value, allowed values), then snakemake fills defaults.
 check_config(config, workflow.source_path("../schemas/config.schema.yaml"))
@@ -94,9 +95,8 @@ def benchmark_files():
     if "features" in TASKS:
         per_target += ["collect_activations", "train_sae", "describe_features", "label_features"]
     used = set(config["targets"]) | set(config["explainers"])
-    describer = (config.get("features") or {}).get("describer") or {}
-    if "features" in TASKS and describer.get("kind") == "hf":
-        used |= {describer.get("model")} & set(config["models"])
+    if "features" in TASKS:
+        used |= {describer_model()} - {None}  # an hf describer's model is materialised too
     used = sorted(used)
     files = [layout.benchmark_file("get_model", m) for m in used]
     files += [layout.benchmark_file(r, t) for r in per_target for t in config["targets"]]
@@ -121,7 +121,7 @@ def heatmap_pairs(wildcards):
     shown = Run.of(wildcards).eval_file()
     if wildcards.task != "patching" or shown not in heatmap_eval_files(wildcards):
         return 0
-    return config["patching"]["heatmap_pairs"]
+    return from_config(config, "patching").heatmap_pairs
 
 
 def heatmap_eval_files(wildcards):
@@ -139,26 +139,34 @@ def describe_input(wildcards):
         "activations": layout.activations_file(wildcards.target),
         "sae": layout.sae_file(wildcards.target),
     }
-    describer = config["features"].get("describer") or {}
-    if describer.get("kind") == "hf" and describer.get("model") in config["models"]:
-        inputs["describer"] = model_marker(describer["model"])
+    model = describer_model()
+    if model:
+        inputs["describer"] = model_marker(model)
     return inputs
+
+
+def describer_model():
+    """The hf describer's model when it is a name from config.models (materialised by
+    get_model), else None."""
+    describer = from_config(config, "features").describer
+    if describer.kind == "hf" and describer.model in config["models"]:
+        return describer.model
+    return None
 
 
 def describer_settings():
     """The describer settings, with a model named in config.models turned into its directory."""
     describer = dict(config["features"].get("describer") or {"kind": "deterministic"})
-    if describer.get("kind") == "hf" and describer.get("model") in config["models"]:
-        describer["model"] = layout.model_dir(describer["model"])
+    model = describer_model()
+    if model:
+        describer["model"] = layout.model_dir(model)
     return describer
 
 
 def token_identity_settings():
-    """features.token_identity (validate() filled in the schema defaults): run settings and
-    the train.* overrides."""
-    ti = config["features"]["token_identity"]
-    check = {k: ti[k] for k in ("n_train", "n_test", "scales")}
-    return check, {k: ti[k] for k in ("epochs", "lr")}
+    """features.token_identity: run settings and the train.* overrides."""
+    ti = from_config(config, "features").token_identity
+    return ti.check(), ti.overrides()
 
 
 def token_identity_files():

@@ -92,10 +92,7 @@ rule token_identity:
         check=token_identity_settings()[0],
         overrides=token_identity_settings()[1],
         train=config["train"],
-        injection={
-            "layer": config["features"]["inject_layer"],
-            "scale": config["features"]["inject_scale"],
-        },
+        injection=from_config(config, "features").injection,
         relation=lambda wildcards: "self" if wildcards.target == wildcards.explainer else "other",
         # adapter and checkpoints of the check's explainer (resumable), next to the JSON
         workdir=lambda wildcards, output: output[0].removesuffix(".json"),

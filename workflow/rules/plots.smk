@@ -5,7 +5,7 @@ rule summarize:
         parquet=layout.table_file("all_metrics.parquet"),
         csv=layout.table_file("all_metrics.csv"),
     params:
-        n_boot=config.get("plot", {}).get("n_boot", 1000),
+        n_boot=from_config(config, "plot").n_boot,
     log:
         layout.log_file("summarize"),
     conda:
@@ -30,7 +30,7 @@ rule comparisons:
             category="Matrix",
         ),
     params:
-        n_boot=config.get("plot", {}).get("n_boot", 1000),
+        n_boot=from_config(config, "plot").n_boot,
     log:
         layout.log_file("comparisons"),
     resources:

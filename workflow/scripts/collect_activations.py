@@ -9,19 +9,20 @@ from selfexplain.features.activations import collect_activations, default_layer,
 from selfexplain.features.corpus import corpus_documents
 from selfexplain.features.sae import save_activations
 from selfexplain.models import decoder_layers, load
+from selfexplain.settings import FeatureSettings
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 torch.set_num_threads(snakemake.threads)
 
-s = snakemake.params.settings
+s = FeatureSettings.from_dict(snakemake.params.settings)
 model, tokenizer = load(Path(snakemake.input.model).parent)
 n_layers = len(decoder_layers(model))
-layer = s["layer"] if s["layer"] is not None else default_layer(n_layers)
+layer = s.layer if s.layer is not None else default_layer(n_layers)
 if layer >= n_layers:
     raise ValueError(f"features.layer {layer} out of range: the target has {n_layers} layers")
-docs = corpus_documents(s["corpus_file"])
-windows = token_windows(tokenizer, docs, s["context_len"], s["n_windows"])
-acts = collect_activations(model, windows, layer, s["batch_size"])
+docs = corpus_documents(s.corpus_file)
+windows = token_windows(tokenizer, docs, s.context_len, s.n_windows)
+acts = collect_activations(model, windows, layer, s.batch_size)
 print(
     f"{len(docs)} documents -> windows {tuple(windows.shape)} -> {tuple(acts.shape)}, layer {layer}"
 )

@@ -7,6 +7,7 @@ import torch
 
 from selfexplain.examples import read_examples, write_parquet
 from selfexplain.experiment import evaluate_run
+from selfexplain.settings import EvaluateSettings, FeatureSettings, TrainSettings
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 torch.set_num_threads(snakemake.threads)
@@ -17,9 +18,9 @@ rows = evaluate_run(
     snakemake.wildcards,
     model_dir=Path(snakemake.input.model).parent,
     adapter_dir=Path(adapter).parent if adapter else None,
-    settings=snakemake.params.settings,
-    train_settings=snakemake.params.train,
-    features=snakemake.params.features,
+    settings=EvaluateSettings.from_dict(snakemake.params.settings),
+    train_settings=TrainSettings.from_dict(snakemake.params.train),
+    features=FeatureSettings.from_dict(snakemake.params.features),
     heatmap_pairs=snakemake.params.heatmap_pairs,
 )
 write_parquet(rows, snakemake.output[0])

@@ -9,21 +9,22 @@ import torch
 from selfexplain.examples import write_parquet
 from selfexplain.models import load
 from selfexplain.prompts import read_prompts_jsonl
+from selfexplain.settings import AblationSettings
 from selfexplain.tasks import ablation
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 torch.set_num_threads(snakemake.threads)
 
-s = snakemake.params.settings
+s = AblationSettings.from_dict(snakemake.params.settings)
 model, tokenizer = load(Path(snakemake.input.model).parent)
 frame = ablation.label(
     model,
     tokenizer,
     read_prompts_jsonl(snakemake.input.prompts),
     snakemake.wildcards.target,
-    batch_size=s["batch_size"],
-    engine=s["engine"],
-    drop_last=s.get("drop_last", True),
-    test_fraction=s["test_fraction"],
+    batch_size=s.batch_size,
+    engine=s.engine,
+    drop_last=s.drop_last,
+    test_fraction=s.test_fraction,
 )
 write_parquet(frame, snakemake.output[0])

@@ -6,11 +6,12 @@ from pathlib import Path
 from selfexplain.examples import read_parquet, to_frame, write_parquet
 from selfexplain.features.records import records_from_frame
 from selfexplain.features.sae import load_activations, load_sae
+from selfexplain.settings import FeatureSettings
 from selfexplain.tasks.features import feature_examples
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 
-s = snakemake.params.settings
+s = FeatureSettings.from_dict(snakemake.params.settings)
 records = records_from_frame(read_parquet(snakemake.input.descriptions))
 sae = load_sae(Path(snakemake.input.sae).parent)
 layer = load_activations(snakemake.input.activations, meta_only=True)
@@ -19,9 +20,9 @@ examples = feature_examples(
     sae.W_dec.detach(),
     snakemake.wildcards.target,
     layer,
-    test_fraction=s["test_fraction"],
-    holdout=s["holdout"],
-    n_bands=s["n_bands"],
+    test_fraction=s.test_fraction,
+    holdout=s.holdout,
+    n_bands=s.n_bands,
 )
 write_parquet(to_frame(examples), snakemake.output[0])
 n_test = sum(ex.split == "test" for ex in examples)

@@ -9,19 +9,20 @@ import torch
 from selfexplain.examples import write_parquet
 from selfexplain.models import load
 from selfexplain.prompts import read_prompts_jsonl
+from selfexplain.settings import HintSettings
 from selfexplain.tasks import hint
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 torch.set_num_threads(snakemake.threads)
 
-s = snakemake.params.settings
+s = HintSettings.from_dict(snakemake.params.settings)
 model, tokenizer = load(Path(snakemake.input.model).parent)
 frame = hint.label(
     model,
     tokenizer,
     read_prompts_jsonl(snakemake.input.prompts),
     snakemake.wildcards.target,
-    batch_size=s["batch_size"],
-    test_fraction=s["test_fraction"],
+    batch_size=s.batch_size,
+    test_fraction=s.test_fraction,
 )
 write_parquet(frame, snakemake.output[0])

@@ -9,25 +9,26 @@ import torch
 from selfexplain.examples import write_parquet
 from selfexplain.models import load
 from selfexplain.prompts import read_pairs_jsonl
+from selfexplain.settings import PatchingSettings
 from selfexplain.tasks import patching
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 torch.set_num_threads(snakemake.threads)
 
-s = snakemake.params.settings
+s = PatchingSettings.from_dict(snakemake.params.settings)
 model, tokenizer = load(Path(snakemake.input.model).parent)
 frame = patching.label(
     model,
     tokenizer,
     read_pairs_jsonl(snakemake.input.pairs),
     snakemake.wildcards.target,
-    window=s["window"],
-    layer_stride=s["layer_stride"],
-    max_pairs=s["max_pairs"],
-    max_positions=s["max_positions"],
-    batch_size=s["batch_size"],
-    test_fraction=s["test_fraction"],
-    holdout=s["holdout"],
+    window=s.window,
+    layer_stride=s.layer_stride,
+    max_pairs=s.max_pairs,
+    max_positions=s.max_positions,
+    batch_size=s.batch_size,
+    test_fraction=s.test_fraction,
+    holdout=s.holdout,
     source=snakemake.input.pairs,
     advice="raise patching.n_pairs or check your pairs_file",
 )

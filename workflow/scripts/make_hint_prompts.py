@@ -3,19 +3,20 @@
 import sys
 
 from selfexplain.prompts import hint_prompts, read_prompts_jsonl, write_prompts_jsonl
+from selfexplain.settings import HintSettings
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 
-settings = snakemake.params.settings
-if settings.get("prompts_file"):
-    prompts = read_prompts_jsonl(settings["prompts_file"])
+settings = HintSettings.from_dict(snakemake.params.settings)
+if settings.prompts_file:
+    prompts = read_prompts_jsonl(settings.prompts_file)
     missing = [p.id for p in prompts if not p.hint]
     if missing:
         raise ValueError(
-            f'{settings["prompts_file"]}: the hint task needs a "hint" on every line; '
+            f'{settings.prompts_file}: the hint task needs a "hint" on every line; '
             f"missing for ids {missing[:10]}"
         )
 else:
-    prompts = hint_prompts(n=settings["n_prompts"])
+    prompts = hint_prompts(n=settings.n_prompts)
 write_prompts_jsonl(prompts, snakemake.output[0])
 print(f"{len(prompts)} prompts -> {snakemake.output[0]}")

@@ -3,13 +3,14 @@
 import sys
 
 from selfexplain.prompts import counterfactual_pairs, read_pairs_jsonl, write_pairs_jsonl
+from selfexplain.settings import PatchingSettings
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 
-settings = snakemake.params.settings
-if settings.get("pairs_file"):
-    pairs = read_pairs_jsonl(settings["pairs_file"])
+settings = PatchingSettings.from_dict(snakemake.params.settings)
+if settings.pairs_file:
+    pairs = read_pairs_jsonl(settings.pairs_file)
 else:
-    pairs = counterfactual_pairs(settings["n_pairs"], formats=settings["formats"])
+    pairs = counterfactual_pairs(settings.n_pairs, formats=settings.formats)
 write_pairs_jsonl(pairs, snakemake.output[0])
 print(f"{len(pairs)} pairs -> {snakemake.output[0]}")

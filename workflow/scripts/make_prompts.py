@@ -3,13 +3,14 @@
 import sys
 
 from selfexplain.prompts import ablation_prompts, read_prompts_jsonl, write_prompts_jsonl
+from selfexplain.settings import AblationSettings
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 
-settings = snakemake.params.settings
-if settings.get("prompts_file"):
-    prompts = read_prompts_jsonl(settings["prompts_file"])
+settings = AblationSettings.from_dict(snakemake.params.settings)
+if settings.prompts_file:
+    prompts = read_prompts_jsonl(settings.prompts_file)
 else:
-    prompts = ablation_prompts(n_per_kind=settings["n_per_kind"], kinds=settings["kinds"])
+    prompts = ablation_prompts(n_per_kind=settings.n_per_kind, kinds=settings.kinds)
 write_prompts_jsonl(prompts, snakemake.output[0])
 print(f"{len(prompts)} prompts -> {snakemake.output[0]}")

@@ -5,14 +5,14 @@ from pathlib import Path
 
 import torch
 
+from selfexplain.settings import TrainSettings
 from selfexplain.token_identity import run_token_identity
-from selfexplain.train import train_config
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 torch.set_num_threads(snakemake.threads)
 
 p = snakemake.params
-cfg = train_config(dict(p.train) | p.overrides, seed=0)
+cfg = TrainSettings.from_dict(dict(p.train) | p.overrides).config(seed=0)
 result = run_token_identity(
     Path(snakemake.input.target).parent,
     Path(snakemake.input.explainer).parent,

@@ -8,6 +8,7 @@ import torch
 
 from selfexplain.examples import read_examples
 from selfexplain.experiment import train_run
+from selfexplain.settings import FeatureSettings, TrainSettings
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 torch.set_num_threads(snakemake.threads)
@@ -17,8 +18,8 @@ summary = train_run(
     snakemake.wildcards,
     model_dir=Path(snakemake.input.model).parent,
     out_dir=Path(snakemake.output.adapter).parent,
-    train_settings=snakemake.params.train,
-    features=snakemake.params.features,
+    train_settings=TrainSettings.from_dict(snakemake.params.train),
+    features=FeatureSettings.from_dict(snakemake.params.features),
     checkpoint_dir=snakemake.params.checkpoints,
 )
 print({k: v for k, v in summary.items() if k not in ("log_history", "validation")})

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Protocol
 
 from selfexplain.features.records import FeatureRecord
+from selfexplain.settings import GeneratorSettings
 
 KINDS = ("deterministic", "hf", "openai")
 
@@ -188,26 +189,31 @@ class OpenAIEndpoint:
         return out
 
 
-def make_generator(settings: dict | None) -> TextGenerator | None:
-    """The generator named by a describer/judge setting; None for kind "deterministic"/null."""
-    if not settings or settings.get("kind", "deterministic") == "deterministic":
+def make_generator(settings: GeneratorSettings | dict | None) -> TextGenerator | None:
+    """The generator named by a describer/judge setting (a dict: the describer's defaults for
+    the keys it leaves out); None for kind "deterministic"/null."""
+    if not settings:
         return None
-    kind = settings["kind"]
-    max_new = settings.get("max_new_tokens", 32)
+    settings = GeneratorSettings.of(settings)
+    kind = settings.kind
+    if kind == "deterministic":
+        return None
     if kind == "hf":
-        if not settings.get("model"):
+        if not settings.model:
             raise ValueError("describer kind 'hf' needs 'model' (a model directory)")
-        return LocalLM(settings["model"], max_new_tokens=max_new)
+        return LocalLM(settings.model, max_new_tokens=settings.max_new_tokens)
     if kind == "openai":
-        if not settings.get("base_url") or not settings.get("model"):
+        if not settings.base_url or not settings.model:
             raise ValueError("describer kind 'openai' needs 'base_url' and 'model'")
         return OpenAIEndpoint(
-            settings["base_url"], settings["model"], settings.get("api_key_env"), max_new
+            settings.base_url, settings.model, settings.api_key_env, settings.max_new_tokens
         )
     raise ValueError(f"unknown describer kind {kind!r}; allowed: {list(KINDS)}")
 
 
-def describe_records(records: Sequence[FeatureRecord], settings: dict | None = None) -> list[str]:
+def describe_records(
+    records: Sequence[FeatureRecord], settings: GeneratorSettings | dict | None = None
+) -> list[str]:
     """One description per record with the configured describer (deterministic by default)."""
     generator = make_generator(settings)
     if generator is None:
