@@ -160,6 +160,32 @@ def explainer_injector(
     return Injector.setup(model, tokenizer, d_in, settings.get("layer", 0), settings.get("scale"))
 
 
+def describe_vectors(
+    model_path: str | Path,
+    adapter_dir: str | Path | None,
+    asked: pl.DataFrame,
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    injection: dict | None = None,
+) -> list[str]:
+    """The explainer's descriptions of feature rows (their ``question`` with their ``vector``
+    injected through explainer_injector; ``injection`` {"layer", "scale"} sets up an untrained
+    explainer's)."""
+    model, tokenizer = load_explainer(model_path, adapter_dir)
+    vectors = asked["vector"].to_list()
+    injector = explainer_injector(model, tokenizer, adapter_dir, len(vectors[0]), injection)
+    return generate_answers(
+        model,
+        tokenizer,
+        asked["question"].to_list(),
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        vectors=vectors,
+        injector=injector,
+    )
+
+
 def evaluate_change_task(
     model,
     tokenizer,
@@ -285,24 +311,17 @@ def evaluate_features(
             test["vector"].to_list(),
         )
     else:
-        model, tokenizer = load_explainer(model_dir, adapter_dir)
         asked = test
         if variant == "no_signal":
             asked = withhold_signal(test, "features", labels["seed"])
-        vectors = asked["vector"].to_list()
-        injector = explainer_injector(
-            model, tokenizer, adapter_dir, len(vectors[0]), features.injection
-        )
-        preds = generate_answers(
-            model,
-            tokenizer,
-            asked["question"].to_list(),
+        preds = describe_vectors(
+            model_dir,
+            adapter_dir,
+            asked,
             max_new_tokens=features.max_new_tokens,
             batch_size=settings.batch_size,
-            vectors=vectors,
-            injector=injector,
+            injection=features.injection,
         )
-        del model
     return evaluate_feature_task(
         test,
         preds,

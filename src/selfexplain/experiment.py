@@ -194,16 +194,14 @@ def evaluate_run(
     training draw. Features: evaluate.evaluate_features. The settings may be given as the
     config's dicts."""
     from selfexplain.matrix import base_variant
-    from selfexplain.plots import eval_labels, read_json
+    from selfexplain.plots import eval_labels
+    from selfexplain.train import run_summary, summary_threshold
 
     settings, train_settings = EvaluateSettings.of(settings), TrainSettings.of(train_settings)
     features = FeatureSettings.of(features)
     task, variant, seed = run.task, run.variant, int(run.seed)
-    from selfexplain.train import calibrated_threshold
-
-    n_train, threshold = 0, calibrated_threshold(adapter_dir)
-    if adapter_dir is not None:
-        n_train = read_json(f"{adapter_dir}/train_summary.json")["n_examples"]
+    summary = run_summary(adapter_dir)
+    n_train, threshold = summary.get("n_examples", 0), summary_threshold(summary)
     labels = eval_labels(task, run.target, run.explainer, variant, seed, n_train)
 
     def fitted_rows() -> pl.DataFrame:  # what the model-free baselines learn from: the

@@ -21,23 +21,23 @@ def natural_threshold(info: ExplainerDir, labels: str | None = None) -> tuple[fl
     from the run's train_summary.json, else from the train split of the label file it trained
     on (``labels``, or the one next to results/), else left unmoved."""
     from selfexplain.metrics import prior_shift
-    from selfexplain.train import calibrated_threshold
+    from selfexplain.train import run_summary, summary_threshold
 
-    balanced = calibrated_threshold(info.adapter)
-    natural = calibrated_threshold(info.adapter, natural=True)
-    if natural != balanced:
-        return natural, f"validation {balanced:+.3f}, moved to the run's base rate of change"
+    summary = run_summary(info.adapter)
+    balanced = summary_threshold(summary)
+    rate, source = summary.get("base_rate"), "the run's train_summary.json"
     path = Path(labels) if labels else None
     if path is None and info.root is not None and info.task and info.target:
         path = info.root / layout.labels_file(info.task, info.target)
-    if path is not None and path.is_file():
+    if rate is None and path is not None and path.is_file():
         from selfexplain.examples import read_parquet
         from selfexplain.experiment import train_base_rate
 
-        rate = train_base_rate(read_parquet(path))
-        how = f"validation {balanced:+.3f}, moved to base rate {rate:.3f} of {path}'s train split"
-        return balanced + prior_shift(rate), how
-    return balanced, "validation-calibrated; no base rate of change known"
+        rate, source = train_base_rate(read_parquet(path)), f"{path}'s train split"
+    if rate is None:
+        return balanced, "validation-calibrated; no base rate of change known"
+    how = f"validation {balanced:+.3f}, moved to base rate {rate:.3f} of {source}"
+    return balanced + prior_shift(rate), how
 
 
 def answer(model_path: Path, info: ExplainerDir, questions: list[str], args) -> list[str]:

@@ -164,20 +164,14 @@ def _cosines(a: list[list[float]], b: list[list[float]]) -> list[float]:
 
 def _ask_feature_explainer(model_path: Path, adapter: Path, asked, args) -> list[str]:
     """The explainer's descriptions of the asked vectors, as the pipeline's evaluate step."""
-    from selfexplain.evaluate import explainer_injector, generate_answers, load_explainer
+    from selfexplain.evaluate import describe_vectors
 
-    model, tokenizer = load_explainer(model_path, adapter)
-    vectors = asked["vector"].to_list()
-    injector = explainer_injector(model, tokenizer, adapter, len(vectors[0]))
-    preds = generate_answers(
-        model,
-        tokenizer,
-        asked["question"].to_list(),
+    preds = describe_vectors(
+        model_path,
+        adapter,
+        asked,
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
-        vectors=vectors,
-        injector=injector,
     )
-    del model, tokenizer
     gc.collect()
     return preds
