@@ -170,3 +170,37 @@ def test_gpu_run_dry_run(bench, tmp_path):
     jobs = saved["planned_jobs"]
     assert jobs["train_explainer"] > 0 and jobs["evaluate"] > jobs["train_explainer"]
     assert saved["matmul_ceiling"]["median_flops"] > 0 and ENV_KEYS <= set(saved)
+
+
+def test_packed_training(bench, workspace):
+    """Both tasks' rows from whole groups of the training draw; packing computes fewer tokens."""
+    paths = {}
+    for task, key in (("patching", "pair_id"), ("ablation", "prompt_id")):
+        rows = [
+            ExplainerExample(
+                id=f"{task}/tiny/g{g}/q{q}",
+                task=task,
+                target="tiny",
+                split="train",
+                question=f'Prompt: "The capital of country {g} is"\nIf token {q} goes, what then?',
+                answer='changes to " Paris"' if q % 2 else "unchanged",
+                meta={"changed": bool(q % 2), key: f"g{g}", "kind": "fact"},
+            )
+            for g in range(6)
+            for q in range(8)
+        ]
+        paths[task] = workspace / f"{task}_pack.parquet"
+        write_parquet(to_frame(rows), paths[task])
+    out = workspace / "out" / "packed_training.json"
+    args = ["--model", str(workspace / "model"), "--rows", "16", "--packs", "4"]
+    args += ["--patching", str(paths["patching"]), "--ablation", str(paths["ablation"])]
+    args += ["--matmul-size", "128", "--matmul-repeats", "2"]
+    rec = bench("packed_training").main([*args, "--threads", "1", "--out", str(out)])
+    rec = _check(out, rec, {"tasks", "matmul_ceiling_flops", "packs"})
+    for task in ("patching", "ablation"):
+        unpacked, packed = rec["tasks"][task]["runs"]
+        assert (unpacked["pack"], packed["pack"]) == (1, 4)
+        assert unpacked["examples"] == packed["examples"] >= 16
+        assert packed["tokens_computed"] < unpacked["tokens_computed"] == unpacked["row_tokens"]
+        assert packed["sequences"] < unpacked["sequences"]
+        assert 0 < packed["ratio_executed"] and packed["speedup"] > 0

@@ -78,6 +78,7 @@ def change_answers(
     max_new_tokens: int = 16,
     batch_size: int = 16,
     progress: bool = True,
+    pack: int = 1,
 ):
     """Calibrated answers to change-task questions, and their has-changed scores.
 
@@ -86,11 +87,14 @@ def change_answers(
     "unchanged", a higher one is decoded greedily after the tokens that start the
     "changes to" form, so the answer names the new token. With threshold 0 this is greedy
     decoding restricted to the two answer forms; only the "changes to" answers are generated.
+    pack: questions per packed scoring sequence (scoring.change_scores).
     """
     from selfexplain.metrics import UNCHANGED
     from selfexplain.scoring import answer_forms, change_scores
 
-    scores = change_scores(model, tokenizer, questions, batch_size=batch_size, progress=progress)
+    scores = change_scores(
+        model, tokenizer, questions, batch_size=batch_size, progress=progress, pack=pack
+    )
     common, changed_id, _ = answer_forms(tokenizer)
     changed = [i for i, s in enumerate(scores) if s > threshold]
     named = generate_answers(
@@ -195,6 +199,7 @@ def evaluate_change_task(
     max_new_tokens: int = 16,
     batch_size: int = 16,
     threshold: float = 0.0,
+    pack: int = 1,
 ) -> pl.DataFrame:
     """One row per test example: ids, gold answer, the calibrated prediction (change_answers),
     the teacher-forced has-changed score (tf_score, scoring.change_scores), the threshold it is
@@ -207,6 +212,7 @@ def evaluate_change_task(
         threshold=threshold,
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
+        pack=pack,
     )
     return change_rows(examples, preds, tf, labels, threshold)
 

@@ -257,6 +257,7 @@ def evaluate_run(
             max_new_tokens=settings.max_new_tokens,
             batch_size=settings.batch_size,
             threshold=threshold,
+            pack=settings.pack,
         )
     # the scores are log-odds fitted on balanced rows: heatmaps (every cell of a pair, mostly
     # unchanged) are read at the train split's base rate of change (metrics.prior_shift)

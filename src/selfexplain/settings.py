@@ -261,6 +261,7 @@ class TrainSettings(Section):
         "max_length",
         "save_steps",
         "group_by_length",
+        "pack",
         "deepspeed",
     )
 
@@ -294,6 +295,7 @@ class EvaluateSettings(Section):
     n_test: int | None = _field(None, doc="test rows per explainer (null: every balanced row)")
     max_new_tokens: int = _field(16, doc="longest generated answer (change tasks)")
     batch_size: int = _field(16, doc="questions per forward / generation batch")
+    pack: int = _field(8, doc="questions per packed sequence when scoring (1: unpacked)")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -54,6 +54,11 @@ class TrainConfig:
     # batches of similar-length examples (HF LengthGroupedSampler): less compute on padding,
     # but one prompt's questions (same length) then share batches; off = random order
     group_by_length: bool = False
+    # questions per packed training sequence (selfexplain.packing): the questions of one prompt
+    # share one forward of their common prefix; a batch still holds at most batch_size
+    # questions (packing.batch_packs), so a run takes about as many steps as unpacked.
+    # 1 = no packing. Vector (feature) rows never pack.
+    pack: int = 1
     extra: dict = field(default_factory=dict)
 
 
@@ -122,7 +127,9 @@ def answer_loss(model, inputs: dict, num_items_in_batch=None) -> tuple[torch.Ten
     next-token label exists: the output layer is the largest matmul of a step for models with
     large vocabularies (Gemma-3: 262k) and the answer is a few tokens of a long question.
     Equal to the model's own loss (mean over labelled tokens, or sum / num_items_in_batch)."""
-    inputs = dict(inputs)
+    from selfexplain.packing import model_inputs
+
+    inputs = model_inputs(dict(inputs), model)  # a packed batch's 4-D mask, made additive
     labels = inputs.pop("labels")
     target = labels[:, 1:]
     labelled = target != IGNORE
@@ -468,7 +475,9 @@ def validation_scorer(tokenizer, validation: pl.DataFrame, cfg: TrainConfig, col
     gold = [bool(parse_change(a).changed) for a in validation["answer"]]
 
     def change_score(model) -> dict:
-        score = change_scores(model, tokenizer, questions, batch_size=cfg.batch_size * 2)
+        score = change_scores(
+            model, tokenizer, questions, batch_size=cfg.batch_size * 2, pack=cfg.pack
+        )
         cut = best_threshold(gold, score)
         return {
             "auc": auc(gold, score),
@@ -536,10 +545,27 @@ def train_explainer(
     data = _encode_rows(tokenizer, examples, cfg, injector)
     if not data:
         raise ValueError("no training examples: check the task's labels and n_train in config")
+    if not 1 <= cfg.pack <= cfg.batch_size:
+        raise ValueError(
+            f"train.pack must be between 1 and train.batch_size ({cfg.batch_size}), "
+            f"got {cfg.pack}: e.g. pack 4 with batch_size 8"
+        )
+    packed = cfg.pack > 1 and injector is None
+    n_rows, n_row_tokens = len(data), sum(len(d["input_ids"]) for d in data)
+    collator = RightPadCollator(tokenizer.pad_token_id)
+    if packed:
+        from selfexplain.packing import PackCollator, batch_packs, pack_rows
+
+        packs = pack_rows(data, cfg.pack, cfg.seed)
+        data = batch_packs(packs, cfg.batch_size)  # one item per batch of <= batch_size rows
+        train_collator = PackCollator(tokenizer.pad_token_id)
+        print(f"packed {n_rows} rows into {len(packs)} sequences of up to {cfg.pack} questions")
+    else:
+        train_collator = collator
     use_cuda = torch.cuda.is_available()
     args = TrainingArguments(
         output_dir=str(checkpoint_dir),
-        per_device_train_batch_size=cfg.batch_size,
+        per_device_train_batch_size=1 if packed else cfg.batch_size,  # packed: batch items
         gradient_accumulation_steps=cfg.grad_accum,
         num_train_epochs=cfg.epochs,
         learning_rate=cfg.lr,
@@ -558,12 +584,14 @@ def train_explainer(
         deepspeed=cfg.deepspeed,
         dataloader_num_workers=0,
         disable_tqdm=False,
-        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
-        remove_unused_columns=injector is None,  # keep "vectors" for VectorTrainer
+        train_sampling_strategy=(
+            "group_by_length" if cfg.group_by_length and not packed else "random"
+        ),
+        # keep "vectors" for VectorTrainer, the segments of packs for PackCollator
+        remove_unused_columns=injector is None and not packed,
         **cfg.extra,
     )
     extra = {"injector": injector} if injector is not None else {}
-    collator = RightPadCollator(tokenizer.pad_token_id)
     fingerprint = run_fingerprint(model_path, examples, cfg, injection, validation)
     last = last_complete_checkpoint(checkpoint_dir, fingerprint)
     callbacks = list(callbacks or [])
@@ -576,7 +604,7 @@ def train_explainer(
         model=model,
         args=args,
         train_dataset=data,
-        data_collator=collator,
+        data_collator=train_collator,
         callbacks=callbacks,
         **extra,
     )
@@ -599,8 +627,10 @@ def train_explainer(
         injector.spec.save(tmp)
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     summary = {
-        "n_examples": len(data),
-        "n_tokens": sum(len(d["input_ids"]) for d in data),
+        "n_examples": n_rows,
+        "n_tokens": n_row_tokens,  # of the rows, unpacked
+        "n_sequences": len(packs) if packed else n_rows,
+        "n_tokens_computed": (sum(len(p["input_ids"]) for p in packs) if packed else n_row_tokens),
         "steps": trainer.state.global_step,
         "train_loss": result.training_loss,
         "final_logged_loss": losses[-1] if losses else None,

@@ -13,6 +13,7 @@ from pathlib import Path
 from selfexplain import layout
 from selfexplain.cli.locate import ExplainerDir
 from selfexplain.metrics import change_answer, parse_change
+from selfexplain.settings import EvaluateSettings
 
 
 def natural_threshold(info: ExplainerDir, labels: str | None = None) -> tuple[float, str]:
@@ -58,6 +59,7 @@ def answer(model_path: Path, info: ExplainerDir, questions: list[str], args) -> 
         threshold=threshold,
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
+        pack=EvaluateSettings().pack,  # the pipeline's evaluate default
     )
     del model, tokenizer
     gc.collect()
