@@ -143,14 +143,17 @@ def batch_packs(packs: Sequence[dict], batch_size: int) -> list[dict]:
     return [{"packs": b, "n_rows": sum(p["n_rows"] for p in b)} for b in batches]
 
 
-def block_mask(segments: torch.Tensor) -> torch.Tensor:
-    """The boolean attention mask (batch, 1, length, length) of packed sequences whose tokens
-    have segment ids ``segments`` (batch, length): causal, and a question's tokens see the
-    shared tokens and their own question; a padding token (-1) sees only itself."""
+def block_mask(segments: torch.Tensor, packs: torch.Tensor) -> torch.Tensor:
+    """The boolean attention mask (batch, 1, length, length) of rows of packed sequences:
+    ``packs`` (batch, length) numbers the pack each token belongs to (-1: padding),
+    ``segments`` its question within the row (0: its pack's shared tokens). Causal; a token
+    sees only tokens of its own pack, and of those the shared ones and its own question's; a
+    padding token sees only itself."""
     length = segments.shape[-1]
-    q, k = segments[:, :, None], segments[:, None, :]
+    sq, sk = segments[:, :, None], segments[:, None, :]
+    pq, pk = packs[:, :, None], packs[:, None, :]
     causal = torch.ones(length, length, dtype=torch.bool, device=segments.device).tril()
-    allowed = causal & ((k == SHARED) | (k == q)) & (q >= 0) & (k >= 0)
+    allowed = causal & (pq == pk) & (pq >= 0) & ((sk == SHARED) | (sk == sq))
     allowed |= torch.eye(length, dtype=torch.bool, device=segments.device)
     return allowed[:, None]
 
@@ -162,24 +165,66 @@ def additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return out.masked_fill_(~mask, torch.finfo(dtype).min)
 
 
-class PackCollator:
-    """Right-pad a batch of packs into input_ids, labels, position_ids and a boolean 4-D
-    attention mask (answer_loss turns it into the model's additive mask). Items made by
-    batch_packs (``{"packs": [...]}``) contribute all their packs."""
+def fill_rows(lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """Indices of sequences laid end to end into rows of at most ``budget`` tokens (or the
+    longest sequence, if longer): first fit, longest first. Fewer, fuller rows than one row
+    per sequence: no padding spent on packs of different lengths."""
+    budget = max(budget, max(lengths, default=0))
+    rows: list[list[int]] = []
+    used: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        for r, u in enumerate(used):
+            if u + lengths[i] <= budget:
+                rows[r].append(i)
+                used[r] += lengths[i]
+                break
+        else:
+            rows.append([i])
+            used.append(lengths[i])
+    return rows
 
-    def __init__(self, pad_id: int):
+
+class PackCollator:
+    """Lay a batch of packs end to end into rows of at most ``row_tokens`` tokens (fill_rows),
+    right-pad the rows, and give input_ids, labels, position_ids (restarting in every pack) and
+    a boolean 4-D block attention mask (answer_loss makes it the model's additive mask).
+    Items made by batch_packs (``{"packs": [...]}``) contribute all their packs."""
+
+    def __init__(self, pad_id: int, row_tokens: int = 512):
         self.pad_id = pad_id
+        self.row_tokens = row_tokens
+
+    def collate(self, batch: list[dict]) -> tuple[dict[str, torch.Tensor], list[tuple[int, int]]]:
+        """(the tensors, the (row, position) of every question's last token, in pack order
+        then question order)."""
+        packs = [p for item in batch for p in item.get("packs", [item])]
+        layout = fill_rows([len(p["input_ids"]) for p in packs], self.row_tokens)
+        keys = {"input_ids": self.pad_id, "labels": IGNORE, "position_ids": 0}
+        keys = {k: v for k, v in keys.items() if k in packs[0]}
+        rows = [{k: [] for k in [*keys, "segments", "packs"]} for _ in layout]
+        where: dict[int, tuple[int, int, int]] = {}  # pack -> (row, offset, first segment)
+        for r, members in enumerate(layout):
+            row = rows[r]
+            for j, i in enumerate(members):
+                p = packs[i]
+                first = max(row["segments"], default=0)
+                where[i] = (r, len(row["input_ids"]), first)
+                for k in keys:
+                    row[k] += p[k]
+                row["segments"] += [s + first if s != SHARED else SHARED for s in p["segments"]]
+                row["packs"] += [j] * len(p["input_ids"])
+        width = max(len(row["input_ids"]) for row in rows)
+        fills = keys | {"segments": -1, "packs": -1}
+        out = {
+            k: torch.tensor([row[k] + [fill] * (width - len(row[k])) for row in rows])
+            for k, fill in fills.items()
+        }
+        out["attention_mask"] = block_mask(out.pop("segments"), out.pop("packs"))
+        ends = [(where[i][0], where[i][1] + e) for i, p in enumerate(packs) for e in p["ends"]]
+        return out, ends
 
     def __call__(self, batch: list[dict]) -> dict[str, torch.Tensor]:
-        batch = [p for item in batch for p in item.get("packs", [item])]
-        width = max(len(b["input_ids"]) for b in batch)
-        out = {}
-        fills = {"input_ids": self.pad_id, "labels": IGNORE, "position_ids": 0, "segments": -1}
-        for key, fill in fills.items():
-            if key in batch[0]:
-                out[key] = torch.tensor([b[key] + [fill] * (width - len(b[key])) for b in batch])
-        out["attention_mask"] = block_mask(out.pop("segments"))
-        return out
+        return self.collate(batch)[0]
 
 
 def _window(config) -> tuple[int | None, bool]:
@@ -233,23 +278,25 @@ def last_logprobs(
     rows = [{"input_ids": list(s)} for s in seqs]
     plan = plan_packs(rows, max_questions, seed=0)
     device = next(model.parameters()).device
-    collate = PackCollator(pad_id)
+    collate = PackCollator(pad_id).collate
     out = torch.empty(len(rows), 0)
     from tqdm.auto import tqdm
 
     starts = range(0, len(plan), batch_size)
     for start in tqdm(starts, desc="teacher-forced (packed)", unit="batch", disable=not progress):
         chunk = plan[start : start + batch_size]
-        packs = [pack([rows[i] for i in idx]) for idx in chunk]
-        batch = collate(packs)
+        batch, ends = collate([pack([rows[i] for i in idx]) for idx in chunk])
         keep = torch.zeros(batch["input_ids"].shape, dtype=torch.bool)
-        for b, p in enumerate(packs):
-            keep[b, p["ends"]] = True
+        for r, e in ends:
+            keep[r, e] = True
         inputs = model_inputs({k: v.to(device) for k, v in batch.items()}, model)
         with logits_at(model, keep.to(device)):
             logits = model(**inputs).logits
         logp = torch.log_softmax(logits.reshape(-1, logits.shape[-1]).float(), dim=-1).cpu()
         if out.shape[1] == 0:
             out = torch.empty(len(rows), logp.shape[-1])
-        out[torch.tensor([i for idx in chunk for i in idx])] = logp  # pack, then question order
+        # logits_at returns rows in (row, position) order; ends are in pack, question order
+        rank = {pos: n for n, pos in enumerate(sorted(ends))}
+        questions = [i for idx in chunk for i in idx]
+        out[torch.tensor(questions)] = logp[torch.tensor([rank[pos] for pos in ends])]
     return out
