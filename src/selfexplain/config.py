@@ -167,12 +167,17 @@ def _file_problems(config: dict, schema: dict) -> list[str]:
         ("patching", "pairs_file", "patching" in tasks),
         ("train", "deepspeed", "trained" in variants),
     ]
+    values = [(f"{s}.{k}", _setting(config, schema, s, k), used) for s, k, used in checks]
+    per_task = (config.get("train") or {}).get("per_task")
+    for task, keys in per_task.items() if isinstance(per_task, dict) else []:
+        if isinstance(keys, dict) and "deepspeed" in keys:
+            used = "trained" in variants and task in tasks
+            values.append((f"train.per_task.{task}.deepspeed", keys["deepspeed"], used))
     problems = []
-    for section, key, used in checks:
-        value = _setting(config, schema, section, key)
+    for key, value, used in values:
         if used and isinstance(value, str) and value and not os.path.isfile(value):
             problems.append(
-                f"config key '{section}.{key}': file {value!r} does not exist "
+                f"config key '{key}': file {value!r} does not exist "
                 f"(relative to {os.getcwd()}); fix the path or set it to null"
             )
     return problems

@@ -264,10 +264,18 @@ class TrainSettings(Section):
         "deepspeed",
     )
 
+    # the tasks per_task may name, and TrainConfig.method's default (this module imports no
+    # torch, so not from selfexplain.train; tests/test_train_settings.py checks it)
+    TASKS: ClassVar[tuple[str, ...]] = ("ablation", "patching", "hint", "features")
+    DEFAULT_METHOD: ClassVar[str] = "lora"
+
     n_train: int | None = _field(800, doc="training rows per explainer, balanced (null: all)")
     scaling: list[float] = _field([], doc="data-scaling variants n{N}: counts or fractions")
     val_fraction: float = _field(0.15, doc="share of the train split's groups that validate")
     n_val: int | None = _field(200, doc="validation rows scored (balanced; null: all)")
+    per_task: dict = _field(
+        {}, doc="{task: {key: value}}: a task's own fine-tuning keys, over the section's"
+    )
     hyper: dict = _field({}, doc="the TrainConfig keys as the config gives them")
 
     @classmethod
@@ -276,13 +284,37 @@ class TrainSettings(Section):
         rows = {f.name for f in dataclasses.fields(cls)} - {"hyper"}
         cls._check_keys(d, rows | set(cls.HYPER_KEYS))
         hyper = {k: d.pop(k) for k in cls.HYPER_KEYS if k in d}
-        return cls(**d, hyper=hyper)
+        per_task = {
+            task: dict(keys or {}) for task, keys in (d.pop("per_task", None) or {}).items()
+        }
+        for task, keys in per_task.items():
+            if task not in cls.TASKS:
+                raise ValueError(
+                    f"config key 'train.per_task.{task}': no task {task!r}; "
+                    f"tasks: {list(cls.TASKS)}"
+                )
+            unknown = sorted(set(keys) - set(cls.HYPER_KEYS))
+            if unknown:
+                raise ValueError(
+                    f"unknown key(s) {unknown} in config section 'train.per_task.{task}'; "
+                    f"allowed keys (the fine-tuning keys of train): {sorted(cls.HYPER_KEYS)}"
+                )
+        return cls(**d, per_task=per_task, hyper=hyper)
 
-    def config(self, seed: int) -> TrainConfig:
-        """The TrainConfig of one run (train.train_config)."""
+    def hyper_of(self, task: str | None) -> dict:
+        """The fine-tuning keys of a task's runs: the section's, then train.per_task[task]."""
+        return self.hyper | self.per_task.get(task, {})
+
+    def method(self, task: str | None) -> str:
+        """How a task's explainers are trained: "lora" or "full" (train.method, per task)."""
+        return self.hyper_of(task).get("method", self.DEFAULT_METHOD)
+
+    def config(self, seed: int, task: str | None = None) -> TrainConfig:
+        """The TrainConfig of one run of a task (train.train_config; task None: the section's
+        keys without any per-task override)."""
         from selfexplain.train import train_config
 
-        return train_config(self.hyper, seed)
+        return train_config(self.hyper_of(task), seed)
 
 
 @dataclass(frozen=True, kw_only=True)

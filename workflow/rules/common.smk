@@ -20,6 +20,7 @@ MODELS = sorted(config["models"])
 TASKS = config["tasks"]
 VARIANTS = all_variants(config)  # config.variants + data-scaling variants n{N}
 TRAINED = trained_variants(config)
+TRAIN = from_config(config, "train")  # train.method and its per-task overrides
 
 
 wildcard_constraints:
@@ -45,8 +46,14 @@ def train_input(wildcards):
 def evaluate_input(wildcards):
     inputs = train_input(wildcards)
     if is_trained(wildcards.variant):
-        inputs["adapter"] = Run.of(wildcards).adapter_file(config["train"]["method"])
+        inputs["adapter"] = Run.of(wildcards).adapter_file(TRAIN.method(wildcards.task))
     return inputs
+
+
+def method_tasks(method):
+    """The tasks trained with method "lora" (rule train_explainer) or "full" (rule
+    train_explainer_full), as a wildcard constraint (train.method, train.per_task)."""
+    return "|".join(t for t in TASKS if TRAIN.method(t) == method) or "(?!)"  # (?!): none
 
 
 def train_runs():
