@@ -173,6 +173,21 @@ BAD_CONFIGS = {
         "config/deepspeed/zero9.json",
         ["'train.deepspeed'", "does not exist"],
     ),
+    "labels_from names no target": (
+        "patching.labels_from",
+        {"tinny": "tests/data/released/act_patch"},
+        ["'patching.labels_from.tinny'", "'tinny' is not a target", "targets: ['tiny']"],
+    ),
+    "labels_from: missing local dataset": (
+        "hint.labels_from",
+        {"tiny": "./no/such/input_ablation.parquet"},
+        ["'hint.labels_from.tiny'", "'./no/such/input_ablation.parquet' does not exist"],
+    ),
+    "labels_from: not a name -> dataset mapping": (
+        "ablation.labels_from",
+        "Transluce/input_ablation_llama_3.1_8b_instruct_mmlu_hint",
+        ["'ablation.labels_from'", "not of type 'object'"],
+    ),
     "per-task settings of an unknown task": (
         "train.per_task",
         {"patchng": {"lr": 1e-5}},

@@ -183,6 +183,36 @@ def _file_problems(config: dict, schema: dict) -> list[str]:
     return problems
 
 
+LABEL_IMPORT_TASKS = ("ablation", "hint", "patching")  # tasks with <task>.labels_from
+
+
+def _labels_from_problems(config: dict) -> list[str]:
+    """<task>.labels_from must name targets, and a local dataset must exist."""
+    from selfexplain.hfdata import is_local
+
+    tasks = config.get("tasks") if isinstance(config.get("tasks"), list) else []
+    targets = config.get("targets") if isinstance(config.get("targets"), list) else []
+    problems = []
+    for task in LABEL_IMPORT_TASKS:
+        sources = (config.get(task) or {}).get("labels_from")
+        if task not in tasks or not isinstance(sources, dict):
+            continue
+        for target, source in sorted(sources.items()):
+            key = f"{task}.labels_from.{target}"
+            if target not in targets:
+                problems.append(
+                    f"config key '{key}': {target!r} is not a target (targets: {targets}); "
+                    "name a target model, or add it to 'targets'"
+                )
+            elif isinstance(source, str) and is_local(source) and not os.path.exists(source):
+                problems.append(
+                    f"config key '{key}': {source!r} does not exist (relative to "
+                    f"{os.getcwd()}); give a parquet / json / jsonl file, a dataset directory "
+                    "or a hub id"
+                )
+    return problems
+
+
 def config_problems(config: dict, schema_path: str | Path) -> list[str]:
     """Every problem of config: schema violations first, then cross-key checks."""
     schema = yaml.safe_load(Path(schema_path).read_text())
@@ -190,6 +220,7 @@ def config_problems(config: dict, schema_path: str | Path) -> list[str]:
     problems += _model_name_problems(config)
     problems += _size_problems(config, schema)
     problems += _file_problems(config, schema)
+    problems += _labels_from_problems(config)
     if not problems:  # spec checks import the model code: only for an otherwise valid config
         problems += _model_spec_problems(config)
     return problems

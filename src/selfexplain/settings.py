@@ -107,6 +107,9 @@ class AblationSettings(Section):
     )
     batch_size: int = _field(32, doc="removals per forward")
     drop_last: bool = _field(True, doc="no question about removing the prompt's last token")
+    labels_from: dict[str, str] = _field(
+        {}, doc="{target: dataset}: import the paper's released labels (selfexplain.released)"
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -121,6 +124,9 @@ class HintSettings(Section):
     n_prompts: int = _field(1000, doc="generated hinted multiple-choice prompts")
     test_fraction: float = _field(0.3, doc="fraction of prompts held out for the test split")
     batch_size: int = _field(32, doc="prompts per step")
+    labels_from: dict[str, str] = _field(
+        {}, doc="{target: dataset}: import the paper's released labels (selfexplain.released)"
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,6 +148,9 @@ class PatchingSettings(Section):
     test_fraction: float = _field(0.3, doc="fraction of kept pairs held out for the test split")
     batch_size: int = _field(64, doc="patched rows per forward")
     heatmap_pairs: int = _field(3, doc="test pairs whose every cell is evaluated for heatmaps")
+    labels_from: dict[str, str] = _field(
+        {}, doc="{target: dataset}: import the paper's released labels (selfexplain.released)"
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
