@@ -188,6 +188,21 @@ BAD_CONFIGS = {
         "Transluce/input_ablation_llama_3.1_8b_instruct_mmlu_hint",
         ["'ablation.labels_from'", "not of type 'object'"],
     ),
+    "unknown prompt source": (
+        "patching.source",
+        "mmlu",
+        ["'patching.source'", "'mmlu' is not allowed", "['generated', 'counterfact']"],
+    ),
+    "a dataset without its source": (
+        "hint.dataset",
+        "cais/mmlu",
+        ["'hint.dataset'", "read only by hint.source 'mmlu'", "set hint.source: mmlu"],
+    ),
+    "source dataset: missing local file": (
+        "ablation",
+        {"source": "mmlu", "dataset": "./no/such/mmlu.parquet"},
+        ["'ablation.dataset'", "'./no/such/mmlu.parquet' does not exist"],
+    ),
     "per-task settings of an unknown task": (
         "train.per_task",
         {"patchng": {"lr": 1e-5}},

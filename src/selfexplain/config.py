@@ -213,6 +213,34 @@ def _labels_from_problems(config: dict) -> list[str]:
     return problems
 
 
+def _source_problems(config: dict) -> list[str]:
+    """A prompt source's local dataset (<task>.dataset with source mmlu / counterfact) must
+    exist, and a dataset needs a source that reads it."""
+    from selfexplain.hfdata import is_local
+
+    tasks = config.get("tasks") if isinstance(config.get("tasks"), list) else []
+    problems = []
+    for task in ("ablation", "hint", "patching"):
+        section = config.get(task) or {}
+        source, dataset = section.get("source", "generated"), section.get("dataset")
+        if task not in tasks or not isinstance(dataset, str) or not dataset:
+            continue
+        if source == "generated":
+            allowed = "counterfact" if task == "patching" else "mmlu"
+            problems.append(
+                f"config key '{task}.dataset': {dataset!r} is read only by {task}.source "
+                f"{allowed!r}, and {task}.source is 'generated'; set {task}.source: {allowed} "
+                "or remove the dataset"
+            )
+        elif is_local(dataset) and not os.path.exists(dataset):
+            problems.append(
+                f"config key '{task}.dataset': {dataset!r} does not exist (relative to "
+                f"{os.getcwd()}); give a parquet / json / jsonl file, a dataset directory or a "
+                "hub id"
+            )
+    return problems
+
+
 def config_problems(config: dict, schema_path: str | Path) -> list[str]:
     """Every problem of config: schema violations first, then cross-key checks."""
     schema = yaml.safe_load(Path(schema_path).read_text())
@@ -221,6 +249,7 @@ def config_problems(config: dict, schema_path: str | Path) -> list[str]:
     problems += _size_problems(config, schema)
     problems += _file_problems(config, schema)
     problems += _labels_from_problems(config)
+    problems += _source_problems(config)
     if not problems:  # spec checks import the model code: only for an otherwise valid config
         problems += _model_spec_problems(config)
     return problems

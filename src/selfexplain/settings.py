@@ -98,6 +98,11 @@ class AblationSettings(Section):
         None, doc="your own JSONL ({'prompt': ..., 'hint': ...} per line) instead of the generator"
     )
     n_per_kind: int = _field(160, doc="generated prompts per kind")
+    source: str = _field(
+        "generated",
+        doc="generated (the prompt generators) or mmlu (n_per_kind hinted MMLU questions)",
+    )
+    dataset: str | None = _field(None, doc="mmlu: a dataset id or local path (null: cais/mmlu)")
     kinds: list[str] = _field(
         ["fact", "arithmetic", "agreement", "copying"], doc="prompt kinds generated"
     )
@@ -122,6 +127,10 @@ class HintSettings(Section):
         None, doc="your own JSONL ({'prompt': ..., 'hint': ...} per line, hint required)"
     )
     n_prompts: int = _field(1000, doc="generated hinted multiple-choice prompts")
+    source: str = _field(
+        "generated", doc="generated (the generator) or mmlu (hinted MMLU questions)"
+    )
+    dataset: str | None = _field(None, doc="mmlu: a dataset id or local path (null: cais/mmlu)")
     test_fraction: float = _field(0.3, doc="fraction of prompts held out for the test split")
     batch_size: int = _field(32, doc="prompts per step")
     labels_from: dict[str, str] = _field(
@@ -139,6 +148,12 @@ class PatchingSettings(Section):
         None, doc="your own JSONL ({'clean': ..., 'counterfactual': ...} per line)"
     )
     n_pairs: int = _field(500, doc="generated candidate pairs (subject swaps)")
+    source: str = _field(
+        "generated", doc="generated (the pair generator) or counterfact (CounterFact facts)"
+    )
+    dataset: str | None = _field(
+        None, doc="counterfact: a dataset id or local path (null: azhx/counterfact)"
+    )
     formats: list[str] = _field(["mcq", "cloze"], doc="pair formats generated: mcq, cloze")
     max_pairs: int = _field(100, doc="pairs kept per target (equal length, different outputs)")
     window: int = _field(4, doc="consecutive layers patched together (1 = a single layer)")
