@@ -77,6 +77,19 @@ def label_input(task, name, prompts):
     return inputs
 
 
+def export_settings(wildcards):
+    """The config a dataset export records: the task's section and the target's model."""
+    return {
+        wildcards.task: config.get(wildcards.task, {}),
+        "models": {wildcards.target: config["models"][wildcards.target]},
+    }
+
+
+def dataset_dirs():
+    """Every (task, target) dataset export (rule export_datasets)."""
+    return [layout.dataset_dir(task, t) for task in TASKS for t in config["targets"]]
+
+
 def train_runs():
     """The evaluations that need a trained adapter (selfexplain/matrix.py)."""
     return [r for r in runs(config) if is_trained(r.variant)]
