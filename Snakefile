@@ -17,6 +17,7 @@ include: "workflow/rules/features.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/plots.smk"
+include: "workflow/rules/export.smk"
 
 
 rule all:

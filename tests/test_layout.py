@@ -124,20 +124,41 @@ def test_rules_write_the_layout_paths(tmp_path):
 
 
 def test_full_fine_tuning_trains_and_evaluates_a_whole_model(tmp_path):
-    """With train.method full the training jobs write the whole model's weights, and the
-    evaluation jobs read them."""
+    """With train.method full the training jobs (rule train_explainer_full) write the whole
+    model's weights and the evaluation jobs read them; a task whose train.per_task sets method
+    lora keeps rule train_explainer and its adapter."""
     config = tmp_path / "full.yaml"
-    config.write_text("train:\n  method: full\n")
+    config.write_text("train:\n  method: full\n  per_task:\n    patching: {method: lora}\n")
     tiny = str(REPO / "tests/data/tiny.yaml")
     proc = run_snakemake(tmp_path, "-n", "--configfile", tiny, str(config))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    jobs = [j for j in dry_run_jobs(proc.stdout + proc.stderr) if j["rule"] == "train_explainer"]
-    assert jobs
-    for job in jobs:
+    jobs = dry_run_jobs(proc.stdout + proc.stderr)
+    trainings = [j for j in jobs if j["rule"].startswith("train_explainer")]
+    assert {j["wildcards"]["task"] for j in trainings} == {
+        "ablation",
+        "patching",
+        "hint",
+        "features",
+    }
+    evaluations = {j["output"][0]: j for j in jobs if j["rule"] == "evaluate"}
+    for job in trainings:
         w = job["wildcards"]
         run = Run(w["task"], w["target"], w["explainer"], w["variant"], int(w["seed"]))
-        assert job["output"] == [run.adapter_file("full"), run.summary_file()]
-        assert run.adapter_file("full").endswith("/model.safetensors")
+        method = "lora" if run.task == "patching" else "full"
+        rule = "train_explainer" if method == "lora" else "train_explainer_full"
+        assert job["rule"] == rule
+        assert job["output"] == [run.adapter_file(method), run.summary_file()]
+        assert job["log"] == [run.log_file("train_explainer")]
+        assert job["benchmark"] == [run.benchmark_file("train_explainer")]
+        assert run.eval_file() in evaluations
+    assert Run("hint", "t", "t", "trained", 0).adapter_file("full").endswith("/model.safetensors")
+    evaluate_inputs = re.findall(
+        r"^rule evaluate:\n    input: (.*)$", proc.stdout + proc.stderr, re.M
+    )
+    weights = [p for line in evaluate_inputs for p in line.split(", ") if "/explainers/" in p]
+    assert weights and all(
+        p.endswith("adapter_model.safetensors") == ("/patching/" in p) for p in weights
+    )
 
 
 def test_ask_finds_a_fully_fine_tuned_explainer(tmp_path):

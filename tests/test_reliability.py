@@ -173,6 +173,56 @@ BAD_CONFIGS = {
         "config/deepspeed/zero9.json",
         ["'train.deepspeed'", "does not exist"],
     ),
+    "labels_from names no target": (
+        "patching.labels_from",
+        {"tinny": "tests/data/released/act_patch"},
+        ["'patching.labels_from.tinny'", "'tinny' is not a target", "targets: ['tiny']"],
+    ),
+    "labels_from: missing local dataset": (
+        "hint.labels_from",
+        {"tiny": "./no/such/input_ablation.parquet"},
+        ["'hint.labels_from.tiny'", "'./no/such/input_ablation.parquet' does not exist"],
+    ),
+    "labels_from: not a name -> dataset mapping": (
+        "ablation.labels_from",
+        "Transluce/input_ablation_llama_3.1_8b_instruct_mmlu_hint",
+        ["'ablation.labels_from'", "not of type 'object'"],
+    ),
+    "unknown prompt source": (
+        "patching.source",
+        "mmlu",
+        ["'patching.source'", "'mmlu' is not allowed", "['generated', 'counterfact']"],
+    ),
+    "a dataset without its source": (
+        "hint.dataset",
+        "cais/mmlu",
+        ["'hint.dataset'", "read only by hint.source 'mmlu'", "set hint.source: mmlu"],
+    ),
+    "source dataset: missing local file": (
+        "ablation",
+        {"source": "mmlu", "dataset": "./no/such/mmlu.parquet"},
+        ["'ablation.dataset'", "'./no/such/mmlu.parquet' does not exist"],
+    ),
+    "per-task settings of an unknown task": (
+        "train.per_task",
+        {"patchng": {"lr": 1e-5}},
+        ["'train.per_task'", "'patchng' is not allowed", "'patching'"],
+    ),
+    "per-task key that is not a fine-tuning key": (
+        "train.per_task",
+        {"hint": {"n_train": 10}},
+        ["unknown config key(s) ['n_train'] under 'train.per_task.hint'", "'lr'"],
+    ),
+    "per-task method": (
+        "train.per_task",
+        {"patching": {"method": "qlora"}},
+        ["'train.per_task.patching.method'", "'qlora' is not allowed", "['lora', 'full']"],
+    ),
+    "per-task missing deepspeed config": (
+        "train.per_task",
+        {"hint": {"deepspeed": "config/deepspeed/zero9.json"}},
+        ["'train.per_task.hint.deepspeed'", "does not exist"],
+    ),
 }
 
 
@@ -633,6 +683,14 @@ def _rule_blocks() -> dict[str, str]:
     return blocks
 
 
+def _derived_rules() -> set[str]:
+    """Rules defined as `use rule X as Y with:` (Y inherits X's body)."""
+    found = set()
+    for path in sorted((REPO / "workflow/rules").glob("*.smk")):
+        found |= set(re.findall(r"^use rule \w+ as (\w+)", path.read_text(), flags=re.M))
+    return found
+
+
 def test_every_rule_gets_threads_memory_runtime_and_its_environment(tmp_path):
     blocks = _rule_blocks()
     assert {"get_model", "label_patching", "make_pairs", "train_explainer", "plot"} <= set(blocks)
@@ -659,10 +717,11 @@ def test_every_rule_gets_threads_memory_runtime_and_its_environment(tmp_path):
 
 def test_slurm_profile_maps_every_gpu_rule():
     profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
-    rules = set(_rule_blocks())
+    rules = set(_rule_blocks()) | _derived_rules()
     assert set(profile["set-resources"]) <= rules and set(profile["set-threads"]) <= rules
     assert "cpus_per_task" not in profile["default-resources"]  # it would beat cpus_per_gpu
-    for rule in ("label_ablation", "label_patching", "train_explainer", "evaluate"):
+    gpu_rules = ("label_ablation", "label_patching", "train_explainer", "train_explainer_full")
+    for rule in (*gpu_rules, "evaluate"):
         res = profile["set-resources"][rule]
         assert {"gpu", "mem_mb", "runtime", "cpus_per_gpu", "slurm_partition"} <= set(res), rule
         assert profile["set-threads"][rule] == res["cpus_per_gpu"], rule

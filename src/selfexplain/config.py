@@ -167,13 +167,76 @@ def _file_problems(config: dict, schema: dict) -> list[str]:
         ("patching", "pairs_file", "patching" in tasks),
         ("train", "deepspeed", "trained" in variants),
     ]
+    values = [(f"{s}.{k}", _setting(config, schema, s, k), used) for s, k, used in checks]
+    per_task = (config.get("train") or {}).get("per_task")
+    for task, keys in per_task.items() if isinstance(per_task, dict) else []:
+        if isinstance(keys, dict) and "deepspeed" in keys:
+            used = "trained" in variants and task in tasks
+            values.append((f"train.per_task.{task}.deepspeed", keys["deepspeed"], used))
     problems = []
-    for section, key, used in checks:
-        value = _setting(config, schema, section, key)
+    for key, value, used in values:
         if used and isinstance(value, str) and value and not os.path.isfile(value):
             problems.append(
-                f"config key '{section}.{key}': file {value!r} does not exist "
+                f"config key '{key}': file {value!r} does not exist "
                 f"(relative to {os.getcwd()}); fix the path or set it to null"
+            )
+    return problems
+
+
+LABEL_IMPORT_TASKS = ("ablation", "hint", "patching")  # tasks with <task>.labels_from
+
+
+def _labels_from_problems(config: dict) -> list[str]:
+    """<task>.labels_from must name targets, and a local dataset must exist."""
+    from selfexplain.hfdata import is_local
+
+    tasks = config.get("tasks") if isinstance(config.get("tasks"), list) else []
+    targets = config.get("targets") if isinstance(config.get("targets"), list) else []
+    problems = []
+    for task in LABEL_IMPORT_TASKS:
+        sources = (config.get(task) or {}).get("labels_from")
+        if task not in tasks or not isinstance(sources, dict):
+            continue
+        for target, source in sorted(sources.items()):
+            key = f"{task}.labels_from.{target}"
+            if target not in targets:
+                problems.append(
+                    f"config key '{key}': {target!r} is not a target (targets: {targets}); "
+                    "name a target model, or add it to 'targets'"
+                )
+            elif isinstance(source, str) and is_local(source) and not os.path.exists(source):
+                problems.append(
+                    f"config key '{key}': {source!r} does not exist (relative to "
+                    f"{os.getcwd()}); give a parquet / json / jsonl file, a dataset directory "
+                    "or a hub id"
+                )
+    return problems
+
+
+def _source_problems(config: dict) -> list[str]:
+    """A prompt source's local dataset (<task>.dataset with source mmlu / counterfact) must
+    exist, and a dataset needs a source that reads it."""
+    from selfexplain.hfdata import is_local
+
+    tasks = config.get("tasks") if isinstance(config.get("tasks"), list) else []
+    problems = []
+    for task in ("ablation", "hint", "patching"):
+        section = config.get(task) or {}
+        source, dataset = section.get("source", "generated"), section.get("dataset")
+        if task not in tasks or not isinstance(dataset, str) or not dataset:
+            continue
+        if source == "generated":
+            allowed = "counterfact" if task == "patching" else "mmlu"
+            problems.append(
+                f"config key '{task}.dataset': {dataset!r} is read only by {task}.source "
+                f"{allowed!r}, and {task}.source is 'generated'; set {task}.source: {allowed} "
+                "or remove the dataset"
+            )
+        elif is_local(dataset) and not os.path.exists(dataset):
+            problems.append(
+                f"config key '{task}.dataset': {dataset!r} does not exist (relative to "
+                f"{os.getcwd()}); give a parquet / json / jsonl file, a dataset directory or a "
+                "hub id"
             )
     return problems
 
@@ -185,6 +248,8 @@ def config_problems(config: dict, schema_path: str | Path) -> list[str]:
     problems += _model_name_problems(config)
     problems += _size_problems(config, schema)
     problems += _file_problems(config, schema)
+    problems += _labels_from_problems(config)
+    problems += _source_problems(config)
     if not problems:  # spec checks import the model code: only for an otherwise valid config
         problems += _model_spec_problems(config)
     return problems

@@ -154,7 +154,7 @@ def train_run(
         model_dir,
         train,
         out_dir,
-        train_settings.config(seed),
+        train_settings.config(seed, run.task),
         checkpoint_dir,
         injection=features.injection if run.task == "features" else None,
         validation=val if len(val) else None,

@@ -58,6 +58,11 @@ def labels_file(task: str, target: str) -> str:
     return f"{RESULTS}/labels/{task}/{target}.parquet"
 
 
+def dataset_dir(task: str, target: str) -> str:
+    """One task's explainer examples on one target as a Hugging Face dataset directory."""
+    return f"{RESULTS}/datasets/{task}/{target}"
+
+
 def features_dir(target: str) -> str:
     """The feature task's intermediate files of one target."""
     return f"{RESULTS}/features/{target}"

@@ -98,6 +98,11 @@ class AblationSettings(Section):
         None, doc="your own JSONL ({'prompt': ..., 'hint': ...} per line) instead of the generator"
     )
     n_per_kind: int = _field(160, doc="generated prompts per kind")
+    source: str = _field(
+        "generated",
+        doc="generated (the prompt generators) or mmlu (n_per_kind hinted MMLU questions)",
+    )
+    dataset: str | None = _field(None, doc="mmlu: a dataset id or local path (null: cais/mmlu)")
     kinds: list[str] = _field(
         ["fact", "arithmetic", "agreement", "copying"], doc="prompt kinds generated"
     )
@@ -107,6 +112,9 @@ class AblationSettings(Section):
     )
     batch_size: int = _field(32, doc="removals per forward")
     drop_last: bool = _field(True, doc="no question about removing the prompt's last token")
+    labels_from: dict[str, str] = _field(
+        {}, doc="{target: dataset}: import the paper's released labels (selfexplain.released)"
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,8 +127,15 @@ class HintSettings(Section):
         None, doc="your own JSONL ({'prompt': ..., 'hint': ...} per line, hint required)"
     )
     n_prompts: int = _field(1000, doc="generated hinted multiple-choice prompts")
+    source: str = _field(
+        "generated", doc="generated (the generator) or mmlu (hinted MMLU questions)"
+    )
+    dataset: str | None = _field(None, doc="mmlu: a dataset id or local path (null: cais/mmlu)")
     test_fraction: float = _field(0.3, doc="fraction of prompts held out for the test split")
     batch_size: int = _field(32, doc="prompts per step")
+    labels_from: dict[str, str] = _field(
+        {}, doc="{target: dataset}: import the paper's released labels (selfexplain.released)"
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -133,6 +148,12 @@ class PatchingSettings(Section):
         None, doc="your own JSONL ({'clean': ..., 'counterfactual': ...} per line)"
     )
     n_pairs: int = _field(500, doc="generated candidate pairs (subject swaps)")
+    source: str = _field(
+        "generated", doc="generated (the pair generator) or counterfact (CounterFact facts)"
+    )
+    dataset: str | None = _field(
+        None, doc="counterfact: a dataset id or local path (null: azhx/counterfact)"
+    )
     formats: list[str] = _field(["mcq", "cloze"], doc="pair formats generated: mcq, cloze")
     max_pairs: int = _field(100, doc="pairs kept per target (equal length, different outputs)")
     window: int = _field(4, doc="consecutive layers patched together (1 = a single layer)")
@@ -142,6 +163,9 @@ class PatchingSettings(Section):
     test_fraction: float = _field(0.3, doc="fraction of kept pairs held out for the test split")
     batch_size: int = _field(64, doc="patched rows per forward")
     heatmap_pairs: int = _field(3, doc="test pairs whose every cell is evaluated for heatmaps")
+    labels_from: dict[str, str] = _field(
+        {}, doc="{target: dataset}: import the paper's released labels (selfexplain.released)"
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -265,10 +289,18 @@ class TrainSettings(Section):
         "deepspeed",
     )
 
+    # the tasks per_task may name, and TrainConfig.method's default (this module imports no
+    # torch, so not from selfexplain.train; tests/test_train_settings.py checks it)
+    TASKS: ClassVar[tuple[str, ...]] = ("ablation", "patching", "hint", "features")
+    DEFAULT_METHOD: ClassVar[str] = "lora"
+
     n_train: int | None = _field(800, doc="training rows per explainer, balanced (null: all)")
     scaling: list[float] = _field([], doc="data-scaling variants n{N}: counts or fractions")
     val_fraction: float = _field(0.15, doc="share of the train split's groups that validate")
     n_val: int | None = _field(200, doc="validation rows scored (balanced; null: all)")
+    per_task: dict = _field(
+        {}, doc="{task: {key: value}}: a task's own fine-tuning keys, over the section's"
+    )
     hyper: dict = _field({}, doc="the TrainConfig keys as the config gives them")
 
     @classmethod
@@ -277,13 +309,37 @@ class TrainSettings(Section):
         rows = {f.name for f in dataclasses.fields(cls)} - {"hyper"}
         cls._check_keys(d, rows | set(cls.HYPER_KEYS))
         hyper = {k: d.pop(k) for k in cls.HYPER_KEYS if k in d}
-        return cls(**d, hyper=hyper)
+        per_task = {
+            task: dict(keys or {}) for task, keys in (d.pop("per_task", None) or {}).items()
+        }
+        for task, keys in per_task.items():
+            if task not in cls.TASKS:
+                raise ValueError(
+                    f"config key 'train.per_task.{task}': no task {task!r}; "
+                    f"tasks: {list(cls.TASKS)}"
+                )
+            unknown = sorted(set(keys) - set(cls.HYPER_KEYS))
+            if unknown:
+                raise ValueError(
+                    f"unknown key(s) {unknown} in config section 'train.per_task.{task}'; "
+                    f"allowed keys (the fine-tuning keys of train): {sorted(cls.HYPER_KEYS)}"
+                )
+        return cls(**d, per_task=per_task, hyper=hyper)
 
-    def config(self, seed: int) -> TrainConfig:
-        """The TrainConfig of one run (train.train_config)."""
+    def hyper_of(self, task: str | None) -> dict:
+        """The fine-tuning keys of a task's runs: the section's, then train.per_task[task]."""
+        return self.hyper | self.per_task.get(task, {})
+
+    def method(self, task: str | None) -> str:
+        """How a task's explainers are trained: "lora" or "full" (train.method, per task)."""
+        return self.hyper_of(task).get("method", self.DEFAULT_METHOD)
+
+    def config(self, seed: int, task: str | None = None) -> TrainConfig:
+        """The TrainConfig of one run of a task (train.train_config; task None: the section's
+        keys without any per-task override)."""
         from selfexplain.train import train_config
 
-        return train_config(self.hyper, seed)
+        return train_config(self.hyper_of(task), seed)
 
 
 @dataclass(frozen=True, kw_only=True)

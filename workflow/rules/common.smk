@@ -3,6 +3,7 @@ from snakemake.utils import validate
 
 from selfexplain import layout
 from selfexplain.config import apply_offline, check_config
+from selfexplain.hfdata import is_local
 from selfexplain.layout import Run, model_marker
 from selfexplain.matrix import all_variants, is_trained, runs, trained_variants
 from selfexplain.settings import from_config
@@ -20,6 +21,7 @@ MODELS = sorted(config["models"])
 TASKS = config["tasks"]
 VARIANTS = all_variants(config)  # config.variants + data-scaling variants n{N}
 TRAINED = trained_variants(config)
+TRAIN = from_config(config, "train")  # train.method and its per-task overrides
 
 
 wildcard_constraints:
@@ -45,8 +47,47 @@ def train_input(wildcards):
 def evaluate_input(wildcards):
     inputs = train_input(wildcards)
     if is_trained(wildcards.variant):
-        inputs["adapter"] = Run.of(wildcards).adapter_file(config["train"]["method"])
+        inputs["adapter"] = Run.of(wildcards).adapter_file(TRAIN.method(wildcards.task))
     return inputs
+
+
+def method_tasks(method):
+    """The tasks trained with method "lora" (rule train_explainer) or "full" (rule
+    train_explainer_full), as a wildcard constraint (train.method, train.per_task)."""
+    return "|".join(t for t in TASKS if TRAIN.method(t) == method) or "(?!)"  # (?!): none
+
+
+def labels_source(task, target):
+    """The released label set a target's labels of task are imported from (<task>.labels_from),
+    or None: then they are computed."""
+    return from_config(config, task).labels_from.get(target)
+
+
+def label_input(task, name, prompts):
+    """Inputs of the label_<task> rule. Computed labels need the target model and its prompts
+    (or pairs: name); imported ones (<task>.labels_from) only the dataset, when it is local (a
+    hub id is no file)."""
+
+    def inputs(wildcards):
+        source = labels_source(task, wildcards.target)
+        if source is None:
+            return {"model": model_marker(wildcards.target), name: prompts}
+        return {"released": source} if is_local(source) else {}
+
+    return inputs
+
+
+def export_settings(wildcards):
+    """The config a dataset export records: the task's section and the target's model."""
+    return {
+        wildcards.task: config.get(wildcards.task, {}),
+        "models": {wildcards.target: config["models"][wildcards.target]},
+    }
+
+
+def dataset_dirs():
+    """Every (task, target) dataset export (rule export_datasets)."""
+    return [layout.dataset_dir(task, t) for task in TASKS for t in config["targets"]]
 
 
 def train_runs():

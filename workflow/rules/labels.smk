@@ -16,8 +16,7 @@ rule make_prompts:
 
 rule label_ablation:
     input:
-        model=lambda wildcards: model_marker(wildcards.target),
-        prompts=rules.make_prompts.output[0],
+        unpack(label_input("ablation", "prompts", rules.make_prompts.output[0])),
     output:
         layout.labels_file("ablation", "{target}"),
     params:
@@ -54,8 +53,7 @@ rule make_pairs:
 
 rule label_patching:
     input:
-        model=lambda wildcards: model_marker(wildcards.target),
-        pairs=rules.make_pairs.output[0],
+        unpack(label_input("patching", "pairs", rules.make_pairs.output[0])),
     output:
         layout.labels_file("patching", "{target}"),
     params:
@@ -92,8 +90,7 @@ rule make_hint_prompts:
 
 rule label_hint:
     input:
-        model=lambda wildcards: model_marker(wildcards.target),
-        prompts=rules.make_hint_prompts.output[0],
+        unpack(label_input("hint", "prompts", rules.make_hint_prompts.output[0])),
     output:
         layout.labels_file("hint", "{target}"),
     params:

@@ -2,7 +2,7 @@ rule train_explainer:
     input:
         unpack(train_input),
     output:
-        adapter=RUN.adapter_file(config["train"]["method"]),
+        adapter=RUN.adapter_file("lora"),
         summary=RUN.summary_file(),
     params:
         train=config["train"],
@@ -10,6 +10,7 @@ rule train_explainer:
         checkpoints=lambda wildcards: Run.of(wildcards).checkpoint_dir(),
     wildcard_constraints:
         variant="|".join(TRAINED),
+        task=method_tasks("lora"),
     log:
         RUN.log_file("train_explainer"),
     benchmark:
@@ -24,3 +25,14 @@ rule train_explainer:
         CONDA_ENV
     script:
         "../scripts/train_explainer.py"
+
+
+# the tasks whose train.method (per task: train.per_task) is full: the same job, whose output is
+# the whole fine-tuned model
+use rule train_explainer as train_explainer_full with:
+    output:
+        adapter=RUN.adapter_file("full"),
+        summary=RUN.summary_file(),
+    wildcard_constraints:
+        variant="|".join(TRAINED),
+        task=method_tasks("full"),

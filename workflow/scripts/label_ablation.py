@@ -1,5 +1,7 @@
 """Input-ablation labels of one target model, as explainer examples (parquet):
-selfexplain.tasks.ablation.label, the recipe `selfexplain labels ablation` runs too."""
+selfexplain.tasks.ablation.label, the recipe `selfexplain labels ablation` runs too, or, when
+ablation.labels_from names a released label set for the target, its hint removals
+(selfexplain.released.import_labels)."""
 
 import sys
 from pathlib import Path
@@ -7,24 +9,31 @@ from pathlib import Path
 import torch
 
 from selfexplain.examples import write_parquet
-from selfexplain.models import load
-from selfexplain.prompts import read_prompts_jsonl
 from selfexplain.settings import AblationSettings
-from selfexplain.tasks import ablation
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 torch.set_num_threads(snakemake.threads)
 
 s = AblationSettings.from_dict(snakemake.params.settings)
-model, tokenizer = load(Path(snakemake.input.model).parent)
-frame = ablation.label(
-    model,
-    tokenizer,
-    read_prompts_jsonl(snakemake.input.prompts),
-    snakemake.wildcards.target,
-    batch_size=s.batch_size,
-    engine=s.engine,
-    drop_last=s.drop_last,
-    test_fraction=s.test_fraction,
-)
+target = snakemake.wildcards.target
+if target in s.labels_from:
+    from selfexplain.released import import_labels
+
+    frame = import_labels("ablation", s.labels_from[target], target)
+else:
+    from selfexplain.models import load
+    from selfexplain.prompts import read_prompts_jsonl
+    from selfexplain.tasks import ablation
+
+    model, tokenizer = load(Path(snakemake.input.model).parent)
+    frame = ablation.label(
+        model,
+        tokenizer,
+        read_prompts_jsonl(snakemake.input.prompts),
+        target,
+        batch_size=s.batch_size,
+        engine=s.engine,
+        drop_last=s.drop_last,
+        test_fraction=s.test_fraction,
+    )
 write_parquet(frame, snakemake.output[0])

@@ -1,5 +1,7 @@
 """Activation-patching labels of one target model, as explainer examples (parquet):
-selfexplain.tasks.patching.label, the recipe `selfexplain labels patching` runs too."""
+selfexplain.tasks.patching.label, the recipe `selfexplain labels patching` runs too, or, when
+patching.labels_from names a released label set for the target,
+selfexplain.released.import_labels."""
 
 import sys
 from pathlib import Path
@@ -7,29 +9,36 @@ from pathlib import Path
 import torch
 
 from selfexplain.examples import write_parquet
-from selfexplain.models import load
-from selfexplain.prompts import read_pairs_jsonl
 from selfexplain.settings import PatchingSettings
-from selfexplain.tasks import patching
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 torch.set_num_threads(snakemake.threads)
 
 s = PatchingSettings.from_dict(snakemake.params.settings)
-model, tokenizer = load(Path(snakemake.input.model).parent)
-frame = patching.label(
-    model,
-    tokenizer,
-    read_pairs_jsonl(snakemake.input.pairs),
-    snakemake.wildcards.target,
-    window=s.window,
-    layer_stride=s.layer_stride,
-    max_pairs=s.max_pairs,
-    max_positions=s.max_positions,
-    batch_size=s.batch_size,
-    test_fraction=s.test_fraction,
-    holdout=s.holdout,
-    source=snakemake.input.pairs,
-    advice="raise patching.n_pairs or check your pairs_file",
-)
+target = snakemake.wildcards.target
+if target in s.labels_from:
+    from selfexplain.released import import_labels
+
+    frame = import_labels("patching", s.labels_from[target], target)
+else:
+    from selfexplain.models import load
+    from selfexplain.prompts import read_pairs_jsonl
+    from selfexplain.tasks import patching
+
+    model, tokenizer = load(Path(snakemake.input.model).parent)
+    frame = patching.label(
+        model,
+        tokenizer,
+        read_pairs_jsonl(snakemake.input.pairs),
+        target,
+        window=s.window,
+        layer_stride=s.layer_stride,
+        max_pairs=s.max_pairs,
+        max_positions=s.max_positions,
+        batch_size=s.batch_size,
+        test_fraction=s.test_fraction,
+        holdout=s.holdout,
+        source=snakemake.input.pairs,
+        advice="raise patching.n_pairs or check your pairs_file",
+    )
 write_parquet(frame, snakemake.output[0])

@@ -1,4 +1,5 @@
-"""Write the hint prompts: the user's file (validated, a hint on every line) or the generator."""
+"""Write the hint prompts: the user's file (validated, a hint on every line), hinted MMLU
+questions (hint.source: mmlu) or the generator."""
 
 import sys
 
@@ -16,6 +17,10 @@ if settings.prompts_file:
             f'{settings.prompts_file}: the hint task needs a "hint" on every line; '
             f"missing for ids {missing[:10]}"
         )
+elif settings.source == "mmlu":
+    from selfexplain.sources import mmlu_prompts_from
+
+    prompts = mmlu_prompts_from(settings.dataset, settings.n_prompts, what="hint.source mmlu")
 else:
     prompts = hint_prompts(n=settings.n_prompts)
 write_prompts_jsonl(prompts, snakemake.output[0])

@@ -1,4 +1,5 @@
-"""Write the patching prompt pairs: the user's file (validated) or the built-in generator."""
+"""Write the patching prompt pairs: the user's file (validated), multiple-choice pairs from
+CounterFact (patching.source: counterfact) or the built-in generator."""
 
 import sys
 
@@ -10,6 +11,12 @@ sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 settings = PatchingSettings.from_dict(snakemake.params.settings)
 if settings.pairs_file:
     pairs = read_pairs_jsonl(settings.pairs_file)
+elif settings.source == "counterfact":
+    from selfexplain.sources import counterfact_pairs_from
+
+    pairs = counterfact_pairs_from(
+        settings.dataset, settings.n_pairs, what="patching.source counterfact"
+    )
 else:
     pairs = counterfactual_pairs(settings.n_pairs, formats=settings.formats)
 write_pairs_jsonl(pairs, snakemake.output[0])

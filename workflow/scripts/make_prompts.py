@@ -1,4 +1,5 @@
-"""Write the ablation prompts: the user's file (validated) or the built-in generators."""
+"""Write the ablation prompts: the user's file (validated), hinted MMLU questions
+(ablation.source: mmlu) or the built-in generators."""
 
 import sys
 
@@ -10,6 +11,10 @@ sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 settings = AblationSettings.from_dict(snakemake.params.settings)
 if settings.prompts_file:
     prompts = read_prompts_jsonl(settings.prompts_file)
+elif settings.source == "mmlu":
+    from selfexplain.sources import mmlu_prompts_from
+
+    prompts = mmlu_prompts_from(settings.dataset, settings.n_per_kind, what="ablation.source mmlu")
 else:
     prompts = ablation_prompts(n_per_kind=settings.n_per_kind, kinds=settings.kinds)
 write_prompts_jsonl(prompts, snakemake.output[0])

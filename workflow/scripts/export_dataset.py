@@ -1,0 +1,19 @@
+"""Export one task's explainer examples on one target as a Hugging Face dataset directory with
+a dataset card (selfexplain.export.export_dataset)."""
+
+import sys
+
+from selfexplain.examples import read_examples
+from selfexplain.export import export_dataset
+
+sys.stderr = sys.stdout = open(snakemake.log[0], "w")
+
+out = export_dataset(
+    read_examples(snakemake.input[0]),
+    snakemake.output[0],
+    task=snakemake.wildcards.task,
+    target=snakemake.wildcards.target,
+    model=snakemake.params.model,
+    config=dict(snakemake.params.settings),
+)
+print(f"{snakemake.input[0]} -> {out}")
