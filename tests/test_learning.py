@@ -157,7 +157,8 @@ def test_prompt_only_strips_the_signal_clause():
     ex = toy_patching_rows(1, 4)
     stripped = strip_signal(ex, "patching")
     assert stripped["question"].n_unique() == 1
-    assert "If one hidden state is replaced" in stripped["question"][0]
+    assert stripped["question"][0].endswith("\nReplaced: one hidden state.")
+    assert "token" not in stripped["question"][0].split("\n")[-1]
     assert stripped["answer"].to_list() == ex["answer"].to_list()
 
 

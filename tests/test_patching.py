@@ -185,7 +185,7 @@ def test_question_states_prompts_layers_and_position(tiny_llama):
     assert f'token 4 ("{rows[4]["token"]}")' in q
     assert rows[4]["orig_token"] in q
     single = patching_question(patching_rows(model, tok, clean, cf, layer_starts=[3])[0])
-    assert "layer 3 " in single and "layers" not in single
+    assert single.endswith(" in layer 3.") and "layers" not in single
 
 
 @pytest.mark.parametrize("holdout", ["prompt", "layer"])

@@ -91,7 +91,7 @@ def test_ablation_import_is_the_hint_removal_of_each_prompt(cache):
     assert df["question"][0] == ablation.ablation_question(rows[0])
     assert ablation.surface_features(rows[0])["end_distance"] == "hint"
     stripped = strip_signal(df, "ablation")["question"][0]  # the prompt_only control applies
-    assert "If one part is removed" in stripped and "Hint: I think" in stripped.split("\n")[0]
+    assert stripped.endswith("\nRemoved: one part.") and "Hint: I think" in stripped.split("\n")[0]
     assert (
         df["answer"].to_list()
         == import_labels("hint", str(HINT_DIR), "l", **cache)["answer"].to_list()
@@ -132,7 +132,7 @@ def test_patching_import_decodes_prompts_windows_and_positions(cache):
     assert rows[3]["pair_id"] != rows[0]["pair_id"]
     assert df["question"][0] == patching.patching_question(first)
     assert patching.surface_features(first)["end_distance"] == "6+"
-    assert "If one hidden state is replaced" in strip_signal(df, "patching")["question"][0]
+    assert strip_signal(df, "patching")["question"][0].endswith("\nReplaced: one hidden state.")
 
 
 def test_imported_rows_train_and_test_on_the_released_split(cache):

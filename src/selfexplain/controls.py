@@ -74,14 +74,12 @@ def shuffle_signal(examples: pl.DataFrame, task: str, seed: int = 0) -> pl.DataF
 # the clause of a question that names the removed token / patched position and layers
 _SIGNAL = {
     "ablation": (
-        re.compile(r"^If (token \d+ \(.*?\)|the hint .*?) is removed", re.M),
-        "If one part",
+        re.compile(r"^Removed: (token \d+ \(.*\)|the hint .*)\.$", re.M),
+        "Removed: one part.",
     ),
     "patching": (
-        re.compile(
-            r"^If the hidden state at token \d+ \(.*?\) in layers? [\d to]+ is replaced", re.M
-        ),
-        "If one hidden state",
+        re.compile(r"^Replaced: the hidden state at token \d+ \(.*\) in layers? [\d to]+\.$", re.M),
+        "Replaced: one hidden state.",
     ),
 }
 
@@ -89,16 +87,15 @@ _SIGNAL = {
 def strip_signal(examples: pl.DataFrame, task: str) -> pl.DataFrame:
     """The prompt_only control's examples: each question with the clause that names the removed
     token (ablation) or the patched position and layers (patching) replaced by a generic one
-    ("If one part is removed ...", "If one hidden state is replaced ..."), so all questions of a
-    prompt read alike. What remains learnable: each prompt's base rate of change and the
-    outputs it tends to change to, from the prompt text alone."""
+    (its last line becomes "Removed: one part." / "Replaced: one hidden state."), so all
+    questions of a prompt read alike. What remains learnable: each prompt's base rate of
+    change and the outputs it tends to change to, from the prompt text alone."""
     if task not in _SIGNAL:
         raise ValueError(f"prompt_only is for {sorted(_SIGNAL)}, not {task!r}")
     pattern, generic = _SIGNAL[task]
-    verb = "removed" if task == "ablation" else "replaced"
     questions = []
     for q in examples["question"].to_list():
-        new, n = pattern.subn(f"{generic} is {verb}", q, count=1)
+        new, n = pattern.subn(generic, q, count=1)
         if n != 1:
             raise ValueError(f"{task} question without the expected signal clause: {q!r}")
         questions.append(new)

@@ -297,7 +297,9 @@ def ablation_labels(
 
 
 def ablation_question(row: dict) -> str:
-    """Natural-language question about one removal, in a fixed template."""
+    """Natural-language question about one removal, in a fixed template. The line that names
+    the removal comes last, so every question of a prompt shares everything before it (packed
+    training computes that part once: selfexplain.packing)."""
     if row["unit"] == "hint":
         what = f"the hint {json.dumps(row['removed'])}"
     else:
@@ -305,8 +307,9 @@ def ablation_question(row: dict) -> str:
     return (
         f"Prompt: {json.dumps(row['prompt'])}\n"
         f"The model's next token is {json.dumps(row['orig_token'])}.\n"
-        f"If {what} is removed from the prompt, what is the model's next token? "
-        'Answer "unchanged" or "changes to" the new token.'
+        "If one part is removed from the prompt, what is the model's next token? "
+        'Answer "unchanged" or "changes to" the new token.\n'
+        f"Removed: {what}."
     )
 
 

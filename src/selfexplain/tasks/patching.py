@@ -361,14 +361,17 @@ def _layers_words(row: dict) -> str:
 
 
 def patching_question(row: dict) -> str:
-    """Natural-language question about one patch, in a fixed template."""
+    """Natural-language question about one patch, in a fixed template. The line that names
+    the position and layers comes last, so every question of a pair shares everything before
+    it (packed training computes that part once: selfexplain.packing)."""
     return (
         f"Prompt: {json.dumps(row['clean'])}\n"
         f"Counterfactual prompt: {json.dumps(row['counterfactual'])}\n"
         f"The model's next token is {json.dumps(row['orig_token'])}.\n"
-        f"If the hidden state at token {row['position']} ({json.dumps(row['token'])}) in "
-        f"{_layers_words(row)} is replaced by its value from the counterfactual prompt, what "
-        'is the model\'s next token? Answer "unchanged" or "changes to" the new token.'
+        "If one hidden state is replaced by its value from the counterfactual prompt, what is "
+        'the model\'s next token? Answer "unchanged" or "changes to" the new token.\n'
+        f"Replaced: the hidden state at token {row['position']} ({json.dumps(row['token'])}) "
+        f"in {_layers_words(row)}."
     )
 
 
