@@ -1,23 +1,29 @@
-"""Explainer answer generation: batched (batch 16) vs one question at a time, same answers.
+"""Explainer answer generation: shared-prefix batches vs plain batches (batch 16) vs one
+question at a time, same answers.
 
     python benchmarks/generation.py --n 32
 
 Loads the explainer as the evaluate rule does (``evaluate.load_explainer``: base model plus the
 trained LoRA adapter, --adapter none for the base model alone), draws --n test questions from
---labels as the pipeline does (split == "test", balanced changed/unchanged, seed 0) and answers
-them with ``evaluate.generate_answers`` (greedy, left-padded) at --batch-size and at batch size
-1. Writes results/benchmarks/generation.json.
+--labels as the pipeline does (split == "test", balanced changed/unchanged, seed 0; with
+--whole-prompts, every test question of whole prompts / pairs instead, as a heatmap or
+`selfexplain ask` asks them) and answers them with ``evaluate.generate_answers`` (greedy) three
+ways: reusing the cached prefix the questions of one prompt share (``share_prefix``, the
+pipeline's default), in plain left-padded batches of --batch-size, and one at a time. Writes
+results/benchmarks/generation.json.
 """
 
 from __future__ import annotations
 
 import argparse
 
+import polars as pl
 import torch
 from _common import environment, print_table, timed, write_record
 
 from selfexplain.evaluate import generate_answers, load_explainer
 from selfexplain.examples import read_examples, select, subsample
+from selfexplain.experiment import groups
 from selfexplain.train import format_prompt
 
 
@@ -31,6 +37,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     ap.add_argument("--labels", default="results/labels/ablation/smollm2.parquet")
     ap.add_argument("--n", type=int, default=32, help="test questions")
+    ap.add_argument(
+        "--whole-prompts", action="store_true", help="all test questions of whole prompts"
+    )
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
@@ -43,17 +52,32 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     adapter = None if args.adapter.lower() == "none" else args.adapter
     model, tok = load_explainer(args.model, adapter)
-    test = subsample(select(read_examples(args.labels), "test"), args.n, 0, "changed")
+    test = select(read_examples(args.labels), "test")
+    if args.whole_prompts:
+        keys = groups(test, test["task"][0])
+        keep: set[str] = set()
+        for k in dict.fromkeys(keys):  # whole groups, in file order, until --n questions
+            if sum(x in keep for x in keys) >= args.n:
+                break
+            keep.add(k)
+        test = test.filter(pl.Series([k in keep for k in keys]))
+    else:
+        test = subsample(test, args.n, 0, "changed")
     questions = test["question"].to_list()
     gold = test["answer"].to_list()
     kw = {"max_new_tokens": args.max_new_tokens}
     generate_answers(model, tok, questions[:2], **kw, batch_size=2)  # warm-up
     answers, seconds = {}, {}
-    for name, bs in (("batched", args.batch_size), ("single", 1)):
+    paths = (("shared", args.batch_size, True), ("batched", args.batch_size, False))
+    paths += (("single", 1, False),)
+    for name, bs, share in paths:
         answers[name], seconds[name] = timed(
-            lambda bs=bs: generate_answers(model, tok, questions, **kw, batch_size=bs)
+            lambda bs=bs, share=share: generate_answers(
+                model, tok, questions, **kw, batch_size=bs, share_prefix=share
+            )
         )
     same = [a == b for a, b in zip(answers["batched"], answers["single"], strict=True)]
+    same_shared = [a == b for a, b in zip(answers["shared"], answers["batched"], strict=True)]
     prompt_tokens = [len(tok(format_prompt(q))["input_ids"]) for q in questions]
     record = {
         "benchmark": "generation",
@@ -69,6 +93,10 @@ def main(argv=None) -> dict:
         "batched_s": seconds["batched"],
         "naive_s": seconds["single"],
         "speedup": seconds["single"] / seconds["batched"],
+        "whole_prompts": args.whole_prompts,
+        "shared_s": seconds["shared"],
+        "shared_speedup": seconds["batched"] / seconds["shared"],
+        "identical_shared": sum(same_shared),
         "identical_answers": sum(same),
         "all_identical": all(same),
         "mismatches": [
@@ -91,10 +119,14 @@ def main(argv=None) -> dict:
                 f"{seconds[name]:.2f}",
                 f"{len(questions) / seconds[name]:.2f}",
             ]
-            for name, bs in (("batched", args.batch_size), ("single", 1))
+            for name, bs, _ in paths
         ],
     )
-    print(f"speedup {record['speedup']:.1f}x, identical answers {sum(same)}/{len(same)}")
+    print(f"batched vs single {record['speedup']:.1f}x, identical answers {sum(same)}/{len(same)}")
+    print(
+        f"shared prefix vs batched {record['shared_speedup']:.1f}x, identical answers "
+        f"{sum(same_shared)}/{len(same_shared)}"
+    )
     return record
 
 

@@ -113,7 +113,7 @@ def test_generation(bench, workspace):
     args += ["--max-new-tokens", "3"]
     rec = bench("generation").main([*args, "--threads", "1", "--out", str(out)])
     rec = _check(out, rec, {"batched_s", "naive_s", "speedup", "identical_answers"})
-    assert rec["questions"] == 4
+    assert rec["questions"] == 4 and rec["identical_shared"] == 4 and rec["shared_s"] > 0
 
 
 def test_run_all_table(bench, workspace):

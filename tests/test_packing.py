@@ -176,3 +176,36 @@ def test_packed_loss_equals_unpacked_on_the_packaged_model(tmp_path):
     _check_packed_equals_unpacked(model, tok, _rows(tok, PROMPTS[:2]))
     rows = pack_rows(_rows(tok), 3, seed=0)
     assert len(rows) == 3
+
+
+def _answers_and_tokens(model, tok, questions, **kwargs):
+    """generate_answers' answers and the token positions its forwards ran."""
+    from selfexplain.evaluate import generate_answers
+
+    seen = []
+
+    def count(_module, _args, kw):
+        seen.append(kw["input_ids"].numel() if kw.get("input_ids") is not None else 0)
+
+    handle = model.register_forward_pre_hook(count, with_kwargs=True)
+    try:
+        answers = generate_answers(model, tok, questions, max_new_tokens=8, batch_size=4, **kwargs)
+    finally:
+        handle.remove()
+    return answers, sum(seen)
+
+
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gemma"])
+def test_shared_prefix_generation_gives_the_same_answers(name, request):
+    """The questions of one prompt reuse its cached prefix: same greedy answers, fewer
+    positions computed (tiny Gemma-3's 16-token sliding window is shorter than the questions,
+    so it takes the plain path, batched by prompt: fewer padded positions at most)."""
+    model, tok = request.getfixturevalue(name)
+    questions = [q for p in PROMPTS for q, _ in _questions(p)] + ["short?"]
+    for forced in ((), tuple(tok("changes", add_special_tokens=False)["input_ids"])):
+        shared, n_shared = _answers_and_tokens(model, tok, questions, prefix=forced)
+        plain, n_plain = _answers_and_tokens(
+            model, tok, questions, prefix=forced, share_prefix=False
+        )
+        assert shared == plain
+        assert n_shared < n_plain if name == "tiny_llama" else n_shared <= n_plain

@@ -29,6 +29,7 @@ def generate_answers(
     injector=None,
     raw: bool = False,
     prefix: Sequence[int] = (),
+    share_prefix: bool = True,
 ) -> list[str]:
     """Greedy answers to each question (batched, left-padded), cut at the first newline.
 
@@ -36,37 +37,109 @@ def generate_answers(
     explainer's placeholder token and vector i is injected there, as in training. raw: the
     questions are whole prompts, used as they are (not wrapped in train.format_prompt).
     prefix: answer tokens forced before greedy decoding; they are part of the returned answer
-    and count towards max_new_tokens.
+    and count towards max_new_tokens. share_prefix: questions that share their start (the
+    questions of one prompt) reuse its keys and values (generate_shared); without vectors only.
     """
-    answers: list[str] = []
-    device = next(model.parameters()).device
     eos = tokenizer.eos_token_id
     if vectors is not None:
         questions = injector.render(questions)
     prefix = list(prefix)
-    for start in tqdm(range(0, len(questions), batch_size), desc="generate", unit="batch"):
-        chunk = questions[start : start + batch_size]
-        seqs = [tokenizer(q if raw else format_prompt(q))["input_ids"] + prefix for q in chunk]
-        ids, mask = pad_left(seqs, tokenizer.pad_token_id)
-        injected = contextlib.nullcontext()
-        if vectors is not None:
-            vecs = torch.tensor(vectors[start : start + batch_size], dtype=torch.float32)
-            injected = injector.inject(model, ids, vecs, allowed=mask)
-        with injected:
-            out = model.generate(
-                input_ids=ids.to(device),
-                attention_mask=mask.to(device),
-                max_new_tokens=max(1, max_new_tokens - len(prefix)),
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=eos,
-            )
-        for row in out[:, ids.shape[1] :].tolist():
-            if eos in row:
-                row = row[: row.index(eos)]
-            text = tokenizer.decode(prefix + row, skip_special_tokens=True)
-            answers.append(text.split("\n")[0].strip())
+    seqs = [tokenizer(q if raw else format_prompt(q))["input_ids"] + prefix for q in questions]
+    new_tokens = max(1, max_new_tokens - len(prefix))
+    if vectors is None and share_prefix:
+        rows = generate_shared(model, seqs, tokenizer.pad_token_id, eos, new_tokens, batch_size)
+    else:
+        rows = []
+        device = next(model.parameters()).device
+        for start in tqdm(range(0, len(seqs), batch_size), desc="generate", unit="batch"):
+            ids, mask = pad_left(seqs[start : start + batch_size], tokenizer.pad_token_id)
+            injected = contextlib.nullcontext()
+            if vectors is not None:
+                vecs = torch.tensor(vectors[start : start + batch_size], dtype=torch.float32)
+                injected = injector.inject(model, ids, vecs, allowed=mask)
+            with injected:
+                out = model.generate(
+                    input_ids=ids.to(device),
+                    attention_mask=mask.to(device),
+                    max_new_tokens=new_tokens,
+                    do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=eos,
+                )
+            rows += out[:, ids.shape[1] :].tolist()
+    answers = []
+    for row in rows:
+        if eos in row:
+            row = row[: row.index(eos)]
+        text = tokenizer.decode(prefix + row, skip_special_tokens=True)
+        answers.append(text.split("\n")[0].strip())
     return answers
+
+
+@torch.no_grad()
+def generate_shared(
+    model,
+    seqs: Sequence[Sequence[int]],
+    pad_id: int,
+    eos_id: int,
+    max_new_tokens: int,
+    batch_size: int = 16,
+    min_shared: int = 16,
+) -> list[list[int]]:
+    """Greedy continuations (new token ids, up to max_new_tokens) of each sequence, reusing the
+    keys and values of a prefix that sequences share.
+
+    Sequences are grouped as packing groups them (packing.plan_packs: neighbours in token
+    order sharing at least min_shared leading tokens, at most batch_size a group); a group's
+    common prefix runs through the model once, its cache is repeated for each member, and
+    generate continues all members from it as one batch (each member's own tokens left-padded
+    after the prefix: the attention mask skips the padding and position ids count only real
+    tokens, so every member is computed as if alone). Same tokens as one left-padded batch
+    (tested; float rounding could break an exact tie between two tokens). A model with a
+    sliding window shorter than the sequences (which masks by cache index, where the padding
+    after the prefix would count) gets plain left-padded batches instead."""
+    from transformers import DynamicCache
+
+    from selfexplain.packing import common_prefix, plan_packs, window_of
+
+    device = next(model.parameters()).device
+    window, _ = window_of(model.config)
+    longest = max((len(s) for s in seqs), default=0) + max_new_tokens
+    min_shared = min_shared if window is None or window > longest else 10**9
+    out: list[list[int]] = [[] for _ in seqs]
+    plan = plan_packs([{"input_ids": list(s)} for s in seqs], batch_size, seed=0)
+    for idx in tqdm(plan, desc="generate (shared prefix)", unit="batch"):
+        members = [list(seqs[i]) for i in idx]
+        shared = min(len(m) for m in members) - 1  # every member keeps one token to run
+        for m in members[1:]:
+            shared = min(shared, common_prefix(members[0], m))
+        if len(members) == 1 or shared < min_shared:
+            shared = 0
+        cache = None
+        if shared:
+            cache = DynamicCache(config=model.config)
+            model(
+                input_ids=torch.tensor([members[0][:shared]], device=device),
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            cache.batch_repeat_interleave(len(members))
+        tails, tail_mask = pad_left([m[shared:] for m in members], pad_id)
+        ids = torch.cat([torch.tensor([members[0][:shared]] * len(members)).long(), tails], 1)
+        mask = torch.cat([torch.ones(len(members), shared, dtype=torch.long), tail_mask], 1)
+        gen = model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            past_key_values=cache,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad_id,
+            eos_token_id=eos_id,
+        )
+        for i, row in zip(idx, gen[:, ids.shape[1] :].tolist(), strict=True):
+            out[i] = row
+    return out
 
 
 def change_answers(

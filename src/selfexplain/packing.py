@@ -227,7 +227,7 @@ class PackCollator:
         return self.collate(batch)[0]
 
 
-def _window(config) -> tuple[int | None, bool]:
+def window_of(config) -> tuple[int | None, bool]:
     """(sliding window, whether only some layers use it) of a model config."""
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     window = getattr(text, "sliding_window", None)
@@ -248,7 +248,7 @@ def model_inputs(inputs: dict, model) -> dict:
     if mask is None or mask.ndim != 4 or mask.dtype != torch.bool:
         return inputs
     dtype = next(model.parameters()).dtype
-    window, mixed = _window(model.config)
+    window, mixed = window_of(model.config)
     if window is None:
         return dict(inputs) | {"attention_mask": additive(mask, dtype)}
     pos = inputs["position_ids"]
