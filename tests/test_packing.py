@@ -13,10 +13,10 @@ from selfexplain.forward import next_token_logprobs
 from selfexplain.models import load, resolve
 from selfexplain.packing import (
     PackCollator,
-    batch_packs,
     last_logprobs,
     pack,
     pack_rows,
+    plan_batches,
     plan_packs,
     shared_length,
 )
@@ -159,12 +159,13 @@ def test_training_packed_runs_fewer_sequences(tmp_path):
         train_explainer(model_dir, examples, tmp_path / "b", TrainConfig(batch_size=4, pack=5))
 
 
-def test_batches_hold_batch_size_questions():
-    packs = [{"n_rows": n, "input_ids": [n]} for n in (3, 1, 4, 2, 2, 1, 3)]
-    batches = batch_packs(packs, 4)
-    assert all(b["n_rows"] <= 4 for b in batches)
-    assert sorted(p["input_ids"][0] for b in batches for p in b["packs"]) == [1, 1, 2, 2, 3, 3, 4]
-    assert sum(b["n_rows"] for b in batches) == 16 and len(batches) == 4  # all full
+def test_batches_hold_exactly_batch_size_questions():
+    packs = [[0, 1, 2], [3], [4, 5, 6, 7], [8, 9], [10, 11], [12], [13, 14, 15], [16]]
+    batches = plan_batches(packs, 4)
+    assert [sum(len(p) for p in b) for b in batches] == [4, 4, 4, 4, 1]  # as unpacked: 17 / 4
+    assert [i for b in batches for p in b for i in p] == list(range(17))  # order kept
+    assert batches[1] == [[4, 5, 6, 7]] and batches[2] == [[8, 9], [10, 11]]
+    assert batches[0] == [[0, 1, 2], [3]] and batches[3] == [[12], [13, 14, 15]]
 
 
 @pytest.mark.packaged

@@ -120,27 +120,38 @@ def pack_rows(rows: Sequence[dict], max_questions: int, seed: int) -> list[dict]
     return packs
 
 
-def batch_packs(packs: Sequence[dict], batch_size: int) -> list[dict]:
-    """Packs grouped into batches of at most ``batch_size`` questions (rows), filled in the
-    given (random) order, each batch one item ``{"packs": [...]}`` for PackCollator: a batch
-    holds as many questions as an unpacked one, however many questions its packs have, so a
-    packed run takes as many optimizer steps as an unpacked one (a pack larger than batch_size
-    is a batch of its own)."""
-    batches: list[list[dict]] = []
-    open_: list[tuple[int, list[dict]]] = []  # (questions, packs) of batches not yet full
+def plan_batches(packs: Sequence[Sequence[int]], batch_size: int) -> list[list[list[int]]]:
+    """Packs (lists of row indices, in their random order) cut into batches of exactly
+    ``batch_size`` rows (the last may hold fewer): a pack that does not fit in what is left of
+    a batch is split, its first rows finishing the batch and the rest starting the next. So a
+    packed run takes exactly the optimizer steps of an unpacked one, each on as many
+    questions."""
+    batches: list[list[list[int]]] = []
+    current: list[list[int]] = []
+    room = batch_size
     for p in packs:
-        for k, (n, members) in enumerate(open_):
-            if n + p["n_rows"] <= batch_size:
-                members.append(p)
-                open_[k] = (n + p["n_rows"], members)
-                break
-        else:
-            open_.append((p["n_rows"], [p]))
-        full = [k for k, (n, _) in enumerate(open_) if n >= batch_size]
-        for k in reversed(full):
-            batches.append(open_.pop(k)[1])
-    batches += [members for _, members in open_]
-    return [{"packs": b, "n_rows": sum(p["n_rows"] for p in b)} for b in batches]
+        p = list(p)
+        while p:
+            take, p = p[:room], p[room:]
+            current.append(take)
+            room -= len(take)
+            if room == 0:
+                batches.append(current)
+                current, room = [], batch_size
+    if current:
+        batches.append(current)
+    return batches
+
+
+def packed_batches(rows: Sequence[dict], max_questions: int, batch_size: int, seed: int):
+    """Training items for PackCollator: one ``{"packs": [...]}`` per batch (plan_packs, then
+    plan_batches), and the packs' total token count."""
+    items, tokens = [], 0
+    for batch in plan_batches(plan_packs(rows, max_questions, seed), batch_size):
+        packs = [pack([rows[i] for i in idx]) for idx in batch]
+        tokens += sum(len(p["input_ids"]) for p in packs)
+        items.append({"packs": packs, "n_rows": sum(len(idx) for idx in batch)})
+    return items, tokens
 
 
 def block_mask(segments: torch.Tensor, packs: torch.Tensor) -> torch.Tensor:
@@ -188,7 +199,7 @@ class PackCollator:
     """Lay a batch of packs end to end into rows of at most ``row_tokens`` tokens (fill_rows),
     right-pad the rows, and give input_ids, labels, position_ids (restarting in every pack) and
     a boolean 4-D block attention mask (answer_loss makes it the model's additive mask).
-    Items made by batch_packs (``{"packs": [...]}``) contribute all their packs."""
+    Items made by packed_batches (``{"packs": [...]}``) contribute all their packs."""
 
     def __init__(self, pad_id: int, row_tokens: int = 512):
         self.pad_id = pad_id

@@ -55,10 +55,10 @@ class TrainConfig:
     # but one prompt's questions (same length) then share batches; off = random order
     group_by_length: bool = False
     # questions per packed training sequence (selfexplain.packing): the questions of one prompt
-    # share one forward of their common prefix; a batch still holds at most batch_size
-    # questions (packing.batch_packs), so a run takes about as many steps as unpacked.
+    # share one forward of their common prefix; a batch still holds batch_size questions
+    # (packing.plan_batches), so a run takes exactly as many steps as unpacked.
     # 1 = no packing. Vector (feature) rows never pack.
-    pack: int = 1
+    pack: int = 4
     extra: dict = field(default_factory=dict)
 
 
@@ -554,12 +554,12 @@ def train_explainer(
     n_rows, n_row_tokens = len(data), sum(len(d["input_ids"]) for d in data)
     collator = RightPadCollator(tokenizer.pad_token_id)
     if packed:
-        from selfexplain.packing import PackCollator, batch_packs, pack_rows
+        from selfexplain.packing import PackCollator, packed_batches
 
-        packs = pack_rows(data, cfg.pack, cfg.seed)
-        data = batch_packs(packs, cfg.batch_size)  # one item per batch of <= batch_size rows
+        data, packed_tokens = packed_batches(data, cfg.pack, cfg.batch_size, cfg.seed)
+        n_packs = sum(len(item["packs"]) for item in data)  # one item per batch
         train_collator = PackCollator(tokenizer.pad_token_id)
-        print(f"packed {n_rows} rows into {len(packs)} sequences of up to {cfg.pack} questions")
+        print(f"packed {n_rows} rows into {n_packs} sequences of up to {cfg.pack} questions")
     else:
         train_collator = collator
     use_cuda = torch.cuda.is_available()
@@ -629,8 +629,8 @@ def train_explainer(
     summary = {
         "n_examples": n_rows,
         "n_tokens": n_row_tokens,  # of the rows, unpacked
-        "n_sequences": len(packs) if packed else n_rows,
-        "n_tokens_computed": (sum(len(p["input_ids"]) for p in packs) if packed else n_row_tokens),
+        "n_sequences": n_packs if packed else n_rows,
+        "n_tokens_computed": packed_tokens if packed else n_row_tokens,
         "steps": trainer.state.global_step,
         "train_loss": result.training_loss,
         "final_logged_loss": losses[-1] if losses else None,
