@@ -157,7 +157,9 @@ def main(argv=None) -> dict:
     base = TrainConfig()
     # One epoch over exactly steps * batch examples: each example is processed once. No
     # checkpoints inside the timed runs; everything else is the pipeline's default.
-    cfg = TrainConfig(epochs=1, save_steps=10**9)
+    # Unpacked (pack 1): this times tokens through the trainer; packing is
+    # benchmarks/packed_training.py.
+    cfg = TrainConfig(epochs=1, save_steps=10**9, pack=1)
     per_step = base.batch_size * base.grad_accum
     n_max = per_step * args.steps * max(scales)
     pool = subsample(select(read_examples(args.labels), "train"), n_max, 0, "changed")
@@ -185,7 +187,11 @@ def main(argv=None) -> dict:
         "model": args.model,
         "labels": args.labels,
         "train_config": asdict(cfg),
-        "pipeline_defaults_changed": {"epochs": 1, "save_steps": "off (beyond the run)"},
+        "pipeline_defaults_changed": {
+            "epochs": 1,
+            "save_steps": "off (beyond the run)",
+            "pack": "1 (unpacked; packed_training.py times packing)",
+        },
         "steps": args.steps,
         "scales": scales,
         "threads": args.threads,

@@ -294,7 +294,7 @@ class TrainSettings(Section):
     TASKS: ClassVar[tuple[str, ...]] = ("ablation", "patching", "hint", "features")
     DEFAULT_METHOD: ClassVar[str] = "lora"
 
-    n_train: int | None = _field(800, doc="training rows per explainer, balanced (null: all)")
+    n_train: int | None = _field(None, doc="training rows per explainer, balanced (null: all)")
     scaling: list[float] = _field([], doc="data-scaling variants n{N}: counts or fractions")
     val_fraction: float = _field(0.15, doc="share of the train split's groups that validate")
     n_val: int | None = _field(200, doc="validation rows scored (balanced; null: all)")
