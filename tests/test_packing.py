@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 
@@ -74,7 +75,7 @@ def test_shared_part_never_covers_an_answer(tiny_llama):
 def _lora(model):
     cfg = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
     torch.manual_seed(0)
-    peft = get_peft_model(model, cfg)
+    peft = get_peft_model(copy.deepcopy(model), cfg)  # the session fixture stays trainable
     for name, p in peft.named_parameters():  # non-zero B so the adapter changes the logits
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.05)
@@ -113,7 +114,6 @@ def _check_packed_equals_unpacked(model, tok, rows):
             torch.testing.assert_close(inside.detach(), alone.detach(), rtol=1e-5, atol=1e-6)
     finally:
         model.zero_grad()
-        model.unload()  # the session fixture stays a plain model
 
 
 @pytest.mark.parametrize("name", ["tiny_llama", "tiny_gemma"])
