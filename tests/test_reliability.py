@@ -604,7 +604,15 @@ else:
 """
 
 
-def test_slurm_profile_resources_reach_sbatch(tmp_path):
+@pytest.mark.parametrize(
+    ("rule", "method", "weights"),
+    [
+        ("train_explainer", "lora", "adapter_model.safetensors"),
+        # full fine-tuning asks for several GPUs: the job then runs one process per GPU
+        ("train_explainer_full", "full", "model.safetensors"),
+    ],
+)
+def test_slurm_profile_resources_reach_sbatch(tmp_path, rule, method, weights):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for name in ("sbatch", "sacct", "squeue", "sinfo", "scontrol"):
@@ -625,7 +633,9 @@ def test_slurm_profile_resources_reach_sbatch(tmp_path):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("{}\n")
         os.utime(path, (time.time() - 100 + i, time.time() - 100 + i))
-    target = "results/explainers/ablation/tiny/tiny/trained/s0/adapter_model.safetensors"
+    target = f"results/explainers/ablation/tiny/tiny/trained/s0/{weights}"
+    overlay = tmp_path / "method.yaml"
+    overlay.write_text(yaml.safe_dump({"train": {"per_task": {"ablation": {"method": method}}}}))
     env = os.environ | {
         "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
         "STUB_LOG": str(log),
@@ -646,6 +656,7 @@ def test_slurm_profile_resources_reach_sbatch(tmp_path):
             str(REPO / "profiles/slurm"),
             "--configfile",
             str(REPO / "tests/data/tiny.yaml"),
+            str(overlay),
             "--slurm-init-seconds-before-status-checks",
             "1",
             target,
@@ -662,9 +673,9 @@ def test_slurm_profile_resources_reach_sbatch(tmp_path):
     assert len(sbatch) == 1, out[-4000:]
     args = sbatch[0]
     profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
-    res = profile["set-resources"]["train_explainer"]
+    res = profile["set-resources"][rule]
     flags = " ".join(args)
-    assert "rule_train_explainer" in flags
+    assert f"rule_{rule}_" in flags
     assert f"--mem {res['mem_mb']}" in flags
     assert f"-t {res['runtime']}" in flags
     assert f"--gpus={res['gpu']}" in flags

@@ -13,6 +13,9 @@ Rows:
 
 from __future__ import annotations
 
+from pathlib import Path
+from types import SimpleNamespace
+
 import polars as pl
 
 from selfexplain.controls import GROUP_KEY
@@ -134,10 +137,25 @@ def train_run(
     control and data-scaling size and the run's seed), the train settings of the config, the
     feature task's injection. Returns train_explainer's summary. The settings may be given as
     the config's dicts."""
+    from selfexplain.launch import launch_train, n_processes, world_size
     from selfexplain.matrix import base_variant, variant_n_train
     from selfexplain.train import train_explainer
 
     train_settings, features = TrainSettings.of(train_settings), FeatureSettings.of(features)
+    run = _run_fields(run)
+    processes = n_processes(train_settings.processes)
+    if processes > 1 and world_size() == 1:  # not yet inside a launch: torchrun this job
+        return launch_train(
+            examples,
+            vars(run),
+            processes=processes,
+            work_dir=checkpoint_dir or Path(out_dir) / "checkpoints",
+            model_dir=model_dir,
+            out_dir=out_dir,
+            train_settings=train_settings,
+            features=features,
+            checkpoint_dir=checkpoint_dir,
+        )
     seed = int(run.seed)
     train, val = training_rows(
         examples,
@@ -160,6 +178,15 @@ def train_run(
         validation=val if len(val) else None,
         base_rate=train_base_rate(examples) if run.task in CHANGE_TASKS else None,
     )
+
+
+def _run_fields(run) -> SimpleNamespace:
+    """A run's wildcards (Snakemake's, a dict or any object with attributes) as attributes."""
+    if isinstance(run, dict):
+        return SimpleNamespace(**run)
+    if hasattr(run, "items"):  # snakemake.io.Wildcards
+        return SimpleNamespace(**dict(run.items()))
+    return SimpleNamespace(**vars(run))
 
 
 def train_base_rate(examples: pl.DataFrame) -> float:

@@ -87,6 +87,10 @@ class Section:
         """value itself when it already is this section, else from_dict(value)."""
         return value if isinstance(value, cls) else cls.from_dict(value)
 
+    def as_config(self) -> dict:
+        """The section as its config dict (from_dict(as_config()) gives it back)."""
+        return dataclasses.asdict(self)
+
 
 @dataclass(frozen=True, kw_only=True)
 class AblationSettings(Section):
@@ -298,6 +302,9 @@ class TrainSettings(Section):
     scaling: list[float] = _field([], doc="data-scaling variants n{N}: counts or fractions")
     val_fraction: float = _field(0.15, doc="share of the train split's groups that validate")
     n_val: int | None = _field(200, doc="validation rows scored (balanced; null: all)")
+    processes: int | None = _field(
+        None, doc="processes per training job (torchrun); null: one per visible GPU, 1 on CPU"
+    )
     per_task: dict = _field(
         {}, doc="{task: {key: value}}: a task's own fine-tuning keys, over the section's"
     )
@@ -325,6 +332,10 @@ class TrainSettings(Section):
                     f"allowed keys (the fine-tuning keys of train): {sorted(cls.HYPER_KEYS)}"
                 )
         return cls(**d, per_task=per_task, hyper=hyper)
+
+    def as_config(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "hyper"}
+        return copy.deepcopy(d | self.hyper)
 
     def hyper_of(self, task: str | None) -> dict:
         """The fine-tuning keys of a task's runs: the section's, then train.per_task[task]."""

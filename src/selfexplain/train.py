@@ -106,6 +106,15 @@ class RightPadCollator:
         return out
 
 
+def unwrap(model):
+    """The model inside a DDP or DeepSpeed wrapper (the model itself when it is not wrapped)."""
+    while isinstance(model, torch.nn.parallel.DistributedDataParallel) or (
+        type(model).__name__ == "DeepSpeedEngine"
+    ):
+        model = model.module
+    return model
+
+
 @contextmanager
 def logits_at(model, mask: torch.Tensor):
     """Inside the block, the model's output layer sees only the hidden states where ``mask``
@@ -115,7 +124,7 @@ def logits_at(model, mask: torch.Tensor):
     def keep(_module, args):
         return (args[0][mask], *args[1:])
 
-    handle = model.get_output_embeddings().register_forward_pre_hook(keep)
+    handle = unwrap(model).get_output_embeddings().register_forward_pre_hook(keep)
     try:
         yield
     finally:
@@ -129,7 +138,7 @@ def answer_loss(model, inputs: dict, num_items_in_batch=None) -> tuple[torch.Ten
     Equal to the model's own loss (mean over labelled tokens, or sum / num_items_in_batch)."""
     from selfexplain.packing import model_inputs
 
-    inputs = model_inputs(dict(inputs), model)  # a packed batch's 4-D mask, made additive
+    inputs = model_inputs(dict(inputs), unwrap(model))  # a packed batch's 4-D mask, additive
     labels = inputs.pop("labels")
     target = labels[:, 1:]
     labelled = target != IGNORE
@@ -259,6 +268,10 @@ class Validation(TrainerCallback):
         with torch.no_grad():
             metrics = self.score(self.model)
         self.model.train(was_training)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            shared = [metrics]  # every process of a launch takes rank 0's scores: same stops
+            torch.distributed.broadcast_object_list(shared, src=0)
+            metrics = shared[0]
         losses = [e["loss"] for e in state.log_history if "loss" in e]
         point = {"step": state.global_step, "epoch": state.epoch or 0.0} | metrics
         point["train_loss"] = losses[-1] if losses else None
@@ -550,13 +563,20 @@ def train_explainer(
             f"train.pack must be between 1 and train.batch_size ({cfg.batch_size}), "
             f"got {cfg.pack}: e.g. pack 4 with batch_size 8"
         )
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # processes of a torchrun launch
+    if cfg.batch_size % world:
+        raise ValueError(
+            f"train.batch_size ({cfg.batch_size}) must split evenly across the {world} "
+            f"processes of the launch (train.processes): e.g. batch_size {world * 4}"
+        )
+    per_device = cfg.batch_size // world  # a step still takes batch_size questions in all
     packed = cfg.pack > 1 and injector is None
     n_rows, n_row_tokens = len(data), sum(len(d["input_ids"]) for d in data)
     collator = RightPadCollator(tokenizer.pad_token_id)
     if packed:
         from selfexplain.packing import PackCollator, packed_batches
 
-        data, packed_tokens = packed_batches(data, cfg.pack, cfg.batch_size, cfg.seed)
+        data, packed_tokens = packed_batches(data, min(cfg.pack, per_device), per_device, cfg.seed)
         n_packs = sum(len(item["packs"]) for item in data)  # one item per batch
         train_collator = PackCollator(tokenizer.pad_token_id)
         print(f"packed {n_rows} rows into {n_packs} sequences of up to {cfg.pack} questions")
@@ -565,7 +585,7 @@ def train_explainer(
     use_cuda = torch.cuda.is_available()
     args = TrainingArguments(
         output_dir=str(checkpoint_dir),
-        per_device_train_batch_size=1 if packed else cfg.batch_size,  # packed: batch items
+        per_device_train_batch_size=1 if packed else per_device,  # packed: batch items
         gradient_accumulation_steps=cfg.grad_accum,
         num_train_epochs=cfg.epochs,
         learning_rate=cfg.lr,
@@ -582,6 +602,8 @@ def train_explainer(
         use_cpu=not use_cuda,
         bf16=use_cuda and torch.cuda.is_bf16_supported(),
         deepspeed=cfg.deepspeed,
+        ddp_backend=None if use_cuda or world == 1 else "gloo",  # CPU process groups
+        ddp_find_unused_parameters=False if world > 1 else None,
         dataloader_num_workers=0,
         disable_tqdm=False,
         train_sampling_strategy=(
@@ -617,6 +639,8 @@ def train_explainer(
     seconds = time.perf_counter() - start
     if validator is not None:
         validator.restore_best(model)
+    if os.environ.get("RANK", "0") != "0":  # a launch's other processes: rank 0 writes
+        return {"steps": trainer.state.global_step, "seconds": seconds}
     for stale in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):  # left by a killed run
         shutil.rmtree(stale, ignore_errors=True)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
@@ -631,6 +655,7 @@ def train_explainer(
         "n_tokens": n_row_tokens,  # of the rows, unpacked
         "n_sequences": n_packs if packed else n_rows,
         "n_tokens_computed": packed_tokens if packed else n_row_tokens,
+        "processes": world,
         "steps": trainer.state.global_step,
         "train_loss": result.training_loss,
         "final_logged_loss": losses[-1] if losses else None,

@@ -1,0 +1,140 @@
+"""One training job over several processes: torchrun around experiment.train_run.
+
+Snakemake starts one job per training run. When the job sees more than one GPU, or
+``train.processes`` asks for more than one process, ``experiment.train_run`` hands the job to
+``torch.distributed.run`` (torchrun), which starts one worker per process; each worker runs
+:func:`main` here, which runs ``train_run`` again inside the process group. The HF Trainer then
+trains with DDP, or with DeepSpeed ZeRO sharding when ``train.deepspeed`` names a config; the
+``batch_size`` questions of a step are split across the workers (same steps as one process),
+and rank 0 writes the outputs. On CPU the process group uses gloo (how the tests run it).
+
+    python -m selfexplain.launch SPEC.json    # one worker (torchrun starts it; not by hand)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SPEC = "selfexplain_launch.json"
+EXAMPLES = "selfexplain_launch_examples.parquet"
+
+
+def n_processes(requested: int | None) -> int:
+    """Processes for one training job: ``requested`` (train.processes), or one per visible GPU
+    when it is None (1 without a GPU)."""
+    if requested is not None:
+        if int(requested) < 1:
+            raise ValueError(f"train.processes must be at least 1 (or null), got {requested!r}")
+        return int(requested)
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 1
+
+
+def world_size() -> int:
+    """Processes in this job's process group (1 outside a launch)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """Rank 0 (or no launch): the process that writes a job's outputs."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def launch_train(
+    examples,
+    run: dict,
+    *,
+    processes: int,
+    work_dir: str | Path,
+    threads: int | None = None,
+    **kwargs,
+) -> dict:
+    """Run experiment.train_run(examples, run, **kwargs) in ``processes`` torchrun workers and
+    return the summary rank 0 wrote. ``work_dir`` holds the spec and the examples the workers
+    read (the run's checkpoint directory); kwargs are train_run's, the settings as config
+    dicts or sections. ``threads``: CPU threads per worker (default: the cores / processes)."""
+    from selfexplain.examples import to_frame
+    from selfexplain.settings import FeatureSettings, TrainSettings
+    from selfexplain.train import SUMMARY
+
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    frame = examples if hasattr(examples, "write_parquet") else to_frame(examples)
+    frame.write_parquet(work_dir / EXAMPLES)
+    spec = {
+        "examples": str(work_dir / EXAMPLES),
+        "run": {k: str(v) for k, v in run.items()},
+        "model_dir": str(kwargs["model_dir"]),
+        "out_dir": str(kwargs["out_dir"]),
+        "checkpoint_dir": _str_or_none(kwargs.get("checkpoint_dir")),
+        "train_settings": TrainSettings.of(kwargs["train_settings"]).as_config(),
+        "features": FeatureSettings.of(kwargs["features"]).as_config(),
+    }
+    (work_dir / SPEC).write_text(json.dumps(spec, indent=1))
+    threads = threads or max(1, (os.cpu_count() or 1) // processes)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={processes}",
+        "-m",
+        "selfexplain.launch",
+        str(work_dir / SPEC),
+    ]
+    print("launch:", " ".join(cmd), flush=True)
+    env = os.environ | {"OMP_NUM_THREADS": str(threads)}
+    streams = {}  # the workers write where this process does (the rule's log file)
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        try:
+            stream.flush()
+            streams[name] = stream.fileno()
+        except (AttributeError, OSError, ValueError):  # e.g. pytest's capture: inherit
+            pass
+    done = subprocess.run(cmd, env=env, check=False, **streams)
+    if done.returncode:
+        raise RuntimeError(
+            f"torchrun with {processes} processes failed (exit {done.returncode}); the workers' "
+            f"output is above. Spec: {work_dir / SPEC}. To train in one process set "
+            "train.processes: 1"
+        )
+    return json.loads((Path(kwargs["out_dir"]) / SUMMARY).read_text())
+
+
+def _str_or_none(path) -> str | None:
+    return None if path is None else str(path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """A torchrun worker: train_run from the spec launch_train wrote."""
+    import polars as pl
+    import torch
+
+    from selfexplain.experiment import train_run
+
+    (spec_path,) = argv if argv is not None else sys.argv[1:]
+    spec = json.loads(Path(spec_path).read_text())
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    rank = os.environ.get("RANK", "0")
+    if not is_main_process():  # one progress bar and one log: rank 0's
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the process's lifetime
+    print(f"worker {rank} of {world_size()}", flush=True)
+    train_run(
+        pl.read_parquet(spec["examples"]),
+        spec["run"],
+        model_dir=spec["model_dir"],
+        out_dir=spec["out_dir"],
+        train_settings=spec["train_settings"],
+        features=spec["features"],
+        checkpoint_dir=spec["checkpoint_dir"],
+    )
+
+
+if __name__ == "__main__":
+    main()
