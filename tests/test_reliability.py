@@ -399,7 +399,10 @@ def test_interrupted_training_resumes_from_last_checkpoint(tiny_dir, reference_r
     # Nothing half-written where Snakemake looks for the output, no temp dir left behind.
     assert not (tmp_path / "out").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
-    assert sorted(p.name for p in ckpt.iterdir()) == ["checkpoint-4", FINGERPRINT]
+    kept = sorted(p.name for p in ckpt.iterdir())
+    assert kept[:2] == ["checkpoint-4", FINGERPRINT] and len(kept) == 3
+    assert kept[2].startswith("tokenized-")  # the tokenized rows, loaded again on resume
+    tokenized = (ckpt / kept[2]).stat().st_mtime_ns
     # A kill while checkpoint-8 was being written leaves it without trainer_state.json.
     (ckpt / "checkpoint-8").mkdir()
     shutil.copy(ckpt / "checkpoint-4" / "adapter_model.safetensors", ckpt / "checkpoint-8")
@@ -409,6 +412,7 @@ def test_interrupted_training_resumes_from_last_checkpoint(tiny_dir, reference_r
         tiny_dir, toy_examples(), tmp_path / "out", CFG, ckpt, callbacks=[second]
     )
     assert resumed["resumed_from"] == str(ckpt / "checkpoint-4")
+    assert (ckpt / kept[2]).stat().st_mtime_ns == tokenized
     assert second.steps == list(range(5, 13))  # steps 1-4 not repeated
     logged = [e["step"] for e in resumed["log_history"] if "loss" in e]
     assert logged == [2, 4, 6, 8, 10, 12]

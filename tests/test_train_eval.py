@@ -153,3 +153,24 @@ def test_full_fine_tuning_learns_validates_and_reloads(tmp_path):
             TrainConfig(method="qlora"),
             tmp_path / "ckpt-x",
         )
+
+
+def test_tokenized_rows_are_cached_by_what_they_depend_on(tiny_llama, tmp_path):
+    """tokenize_rows is a datasets map: the same rows as encode_example, kept as an Arrow file
+    named by the rows, tokenizer and max_length; a second call loads it (the file is not
+    written again); other settings make a new file and remove the stale one."""
+    import selfexplain.train as train
+
+    _, tok = tiny_llama
+    qs, ans = ["Is it so?", "What if the third token goes?"], ["unchanged", 'changes to "x"']
+    rows = train.tokenize_rows(tok, qs, ans, 64, tmp_path)
+    assert rows == [encode_example(tok, q, a, 64) for q, a in zip(qs, ans, strict=True)]
+    (cached,) = tmp_path.glob("tokenized-*.arrow")
+    written = cached.stat().st_mtime_ns
+    assert train.tokenize_rows(tok, qs, ans, 64, tmp_path) == rows  # from the cache:
+    assert cached.stat().st_mtime_ns == written  # the file was not written again
+    short = train.tokenize_rows(tok, qs, ans, 20, tmp_path)
+    assert short != rows and len(short[1]["input_ids"]) == 20
+    assert [p.name for p in tmp_path.glob("tokenized-*.arrow")] != [cached.name]
+    assert len(list(tmp_path.glob("tokenized-*.arrow"))) == 1
+    assert train.tokenize_rows(tok, qs, ans, 64) == rows  # no cache dir: in memory
