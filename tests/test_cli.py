@@ -419,3 +419,37 @@ def test_bad_input_exits_2_naming_file_and_line(tmp_path, capsys):
     assert f"{bad}:2" in capsys.readouterr().err
     assert main(["ask", "ablation", "--explainer", "x"]) == 2  # argparse: --prompt missing
     assert main(["--help"]) == 0
+
+
+def test_ask_patching_pairs_file(ws, tiny, tmp_path, capsys):
+    """--pairs: every cell of every pair in one call (one explainer load), a heatmap per pair,
+    per-pair metric lines and, last, the metrics pooled over all records; the pair of --clean /
+    --counterfactual gives the same records as asking it alone."""
+    pairs = tmp_path / "pairs.jsonl"
+    lines = [
+        {"id": "fr-jp", "clean": CLEAN, "counterfactual": CF},
+        {"clean": CF, "counterfactual": CLEAN},
+    ]
+    pairs.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    png, out = tmp_path / "map.png", tmp_path / "all.jsonl"
+    base = ["ask", "patching", "--explainer", str(ws / PATCHING)]
+    assert main([*base, "--pairs", str(pairs), "--heatmap", str(png), "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    records = _records(out)
+    assert {r["pair_id"] for r in records} == {"fr-jp", "pair-00002"}
+    assert (tmp_path / "map-fr-jp.png").is_file() and (tmp_path / "map-pair-00002.png").is_file()
+    assert stdout.strip().splitlines()[-1] == _metric_line(records)
+    assert "all 2 pairs:" in stdout
+    alone = tmp_path / "alone.jsonl"
+    args = [*base, "--clean", CLEAN, "--counterfactual", CF, "--heatmap", str(png)]
+    assert main([*args, "--out", str(alone)]) == 0
+    drop = ("pair_id",)
+    first = [
+        {k: v for k, v in r.items() if k not in drop} for r in records if r["pair_id"] == "fr-jp"
+    ]
+    assert first == [{k: v for k, v in r.items() if k not in drop} for r in _records(alone)]
+    capsys.readouterr()
+    assert main([*base, "--pairs", str(pairs), "--clean", CLEAN]) == 2
+    assert "--pairs replaces --clean" in capsys.readouterr().err
+    assert main(base) == 2
+    assert "--clean is required (or --pairs FILE.jsonl)" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
     selfexplain ask ablation --explainer DIR --prompt TEXT      (or --prompts FILE.jsonl)
     selfexplain ask patching --explainer DIR --clean TEXT --counterfactual TEXT
+                                                              (or --pairs FILE.jsonl)
     selfexplain ask features --explainer DIR --feature ID         (or --vector FILE.safetensors)
     selfexplain labels {ablation,patching} --target MODEL --prompts FILE.jsonl --out FILE.parquet
 
@@ -113,8 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
         "without: every cell, and a predicted-vs-true heatmap PNG.",
     )
     _ask_common(pat)
-    pat.add_argument("--clean", required=True, metavar="TEXT")
-    pat.add_argument("--counterfactual", required=True, metavar="TEXT")
+    pat.add_argument("--clean", metavar="TEXT", help="the clean prompt (or --pairs)")
+    pat.add_argument("--counterfactual", metavar="TEXT", help="its counterfactual (same length)")
+    pat.add_argument(
+        "--pairs",
+        metavar="FILE.jsonl",
+        help='instead of --clean / --counterfactual: one {"clean": ..., "counterfactual": ...} '
+        "per line (the pipeline's patching.pairs_file format); every cell of every pair, one "
+        "explainer load, a heatmap per pair (OUT-<pair>.png) and the metrics pooled over all",
+    )
     pat.add_argument("--layer", type=int, metavar="L", help="first layer of the patched window")
     pat.add_argument("--position", type=int, metavar="P", help="token position in --clean")
     pat.add_argument(

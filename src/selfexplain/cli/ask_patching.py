@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from selfexplain import layout
-from selfexplain.cli.answers import answer, answer_records, finish
+from selfexplain.cli.answers import answer, answer_records, finish, metric_line
 from selfexplain.cli.locate import ExplainerDir, ask_models
 from selfexplain.cli.render import print_cells, print_grid, quote, write_heatmap
 
@@ -66,20 +66,44 @@ def _patching_rows_without_truth(model, tokenizer, clean, cf, window, starts) ->
     ]
 
 
-def cmd_ask_patching(args) -> int:
-    from selfexplain.prompts import Prompt
+def _pairs(args) -> list:
+    """The (clean, counterfactual) prompt pairs asked about: --pairs FILE, or the one pair of
+    --clean / --counterfactual."""
+    from selfexplain.prompts import Prompt, read_pairs_jsonl
 
+    if args.pairs:
+        if args.clean is not None or args.counterfactual is not None:
+            raise ValueError("--pairs replaces --clean / --counterfactual: give one or the other")
+        return read_pairs_jsonl(args.pairs)
     for flag, text in (("--clean", args.clean), ("--counterfactual", args.counterfactual)):
+        if text is None:
+            raise ValueError(f"{flag} is required (or --pairs FILE.jsonl)")
         if not text.strip():
             raise ValueError(f"{flag} is empty")
     if args.clean == args.counterfactual:
         raise ValueError("--clean and --counterfactual are identical")
+    return [
+        (
+            Prompt("cli-clean", "custom", args.clean),
+            Prompt("cli-counterfactual", "custom", args.counterfactual),
+        )
+    ]
+
+
+def _heatmap_path(args, pair_id: str, n_pairs: int) -> str:
+    path = args.heatmap or "patching_heatmap.png"
+    if n_pairs == 1:
+        return path
+    stem, dot, ext = path.rpartition(".")
+    return f"{stem}-{pair_id}.{ext}" if dot else f"{path}-{pair_id}"
+
+
+def cmd_ask_patching(args) -> int:
+    pairs = _pairs(args)
     info, target_dir, explainer_model = ask_models(args, "patching")
     from selfexplain.models import decoder_layers, load
     from selfexplain.tasks.patching import patching_question, patching_rows
 
-    clean = Prompt("cli-clean", "custom", args.clean)
-    cf = Prompt("cli-counterfactual", "custom", args.counterfactual)
     truth = not args.no_truth
     model, tokenizer = load(target_dir)
     window, starts = _patching_layout(args, info, len(decoder_layers(model)))
@@ -91,40 +115,58 @@ def cmd_ask_patching(args) -> int:
                 file=sys.stderr,
             )
         starts = [args.layer]
-    if truth:
-        rows = patching_rows(model, tokenizer, clean, cf, window=window, layer_starts=starts)
-    else:
-        rows = _patching_rows_without_truth(model, tokenizer, clean, cf, window, starts)
+    per_pair = []
+    for clean, cf in pairs:
+        if truth:
+            rows = patching_rows(model, tokenizer, clean, cf, window=window, layer_starts=starts)
+        else:
+            rows = _patching_rows_without_truth(model, tokenizer, clean, cf, window, starts)
+        if args.position is not None:
+            tokens = {r["position"]: r["token"] for r in rows}
+            rows = [r for r in rows if r["position"] == args.position]
+            if not rows:
+                choices = ", ".join(f"{p} {quote(t)}" for p, t in sorted(tokens.items()))
+                raise ValueError(
+                    f"--position {args.position} is not a patchable position of the clean "
+                    f"prompt {quote(clean.text)}; choose one of: {choices}"
+                )
+        per_pair.append(rows)
     del model, tokenizer  # free the target before the explainer is loaded
     gc.collect()
-    if args.position is not None:
-        tokens = {r["position"]: r["token"] for r in rows}
-        rows = [r for r in rows if r["position"] == args.position]
-        if not rows:
-            choices = ", ".join(f"{p} {quote(t)}" for p, t in sorted(tokens.items()))
-            raise ValueError(
-                f"--position {args.position} is not a patchable position of the clean prompt; "
-                f"choose one of: {choices}"
-            )
 
+    rows = [r for pair_rows in per_pair for r in pair_rows]
     preds = answer(explainer_model, info, [patching_question(r) for r in rows], args)
     keys = ("pair_id", "layer_start", "layer_end", "position", "token", "position_kind")
     records = answer_records(rows, preds, truth, {key: key for key in keys})
 
-    first = rows[0]
-    print(f"\nclean:          {quote(first['clean'])}")
-    print(f"counterfactual: {quote(first['counterfactual'])}")
-    same = first["orig_token"] == first["cf_token"]
-    print(
-        f"target's next token: clean {quote(first['orig_token'])}, "
-        f"counterfactual {quote(first['cf_token'])}"
-        + ("  (the same: no patch can make it the counterfactual's)" if same else "")
-    )
-    if len(rows) == 1:
-        print_cells(rows, records, truth)
-    else:
-        print_grid(rows, records, truth)
-        path = args.heatmap or "patching_heatmap.png"
-        write_heatmap(rows, records, truth, path)
-        print(f"heatmap -> {path}")
+    start = 0
+    for pair_rows in per_pair:
+        pair_records = records[start : start + len(pair_rows)]
+        start += len(pair_rows)
+        first = pair_rows[0]
+        if len(per_pair) > 1:
+            print(f"\n[{first['pair_id']}]", end="")
+        print(f"\nclean:          {quote(first['clean'])}")
+        print(f"counterfactual: {quote(first['counterfactual'])}")
+        same = first["orig_token"] == first["cf_token"]
+        print(
+            f"target's next token: clean {quote(first['orig_token'])}, "
+            f"counterfactual {quote(first['cf_token'])}"
+            + ("  (the same: no patch can make it the counterfactual's)" if same else "")
+        )
+        if len(pair_rows) == 1:
+            print_cells(pair_rows, pair_records, truth)
+        else:
+            print_grid(pair_rows, pair_records, truth)
+            path = _heatmap_path(args, first["pair_id"], len(per_pair))
+            write_heatmap(pair_rows, pair_records, truth, path)
+            print(f"heatmap -> {path}")
+        if len(per_pair) > 1 and truth:
+            print(
+                metric_line(
+                    [r["answer"] for r in pair_records], [r["prediction"] for r in pair_records]
+                )
+            )
+    if len(per_pair) > 1:
+        print(f"\nall {len(per_pair)} pairs:")
     return finish(records, preds, truth, args.out)
