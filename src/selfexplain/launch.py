@@ -57,7 +57,8 @@ def launch_train(
     """Run experiment.train_run(examples, run, **kwargs) in ``processes`` torchrun workers and
     return the summary rank 0 wrote. ``work_dir`` holds the spec and the examples the workers
     read (the run's checkpoint directory); kwargs are train_run's, the settings as config
-    dicts or sections. ``threads``: CPU threads per worker (default: the cores / processes)."""
+    dicts or sections. ``threads``: CPU threads per worker (default: this process's torch
+    threads, which the rule's script sets to the job's, divided among the workers)."""
     from selfexplain.examples import to_frame
     from selfexplain.settings import FeatureSettings, TrainSettings
     from selfexplain.train import SUMMARY
@@ -76,7 +77,10 @@ def launch_train(
         "features": FeatureSettings.of(kwargs["features"]).as_config(),
     }
     (work_dir / SPEC).write_text(json.dumps(spec, indent=1))
-    threads = threads or max(1, (os.cpu_count() or 1) // processes)
+    if not threads:  # the job's threads (the rule's, set by its script) shared by the workers
+        import torch
+
+        threads = max(1, torch.get_num_threads() // processes)
     cmd = [
         sys.executable,
         "-m",
