@@ -59,14 +59,12 @@ def launch_train(
     read (the run's checkpoint directory); kwargs are train_run's, the settings as config
     dicts or sections. ``threads``: CPU threads per worker (default: this process's torch
     threads, which the rule's script sets to the job's, divided among the workers)."""
-    from selfexplain.examples import to_frame
     from selfexplain.settings import FeatureSettings, TrainSettings
     from selfexplain.train import SUMMARY
 
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    frame = examples if hasattr(examples, "write_parquet") else to_frame(examples)
-    frame.write_parquet(work_dir / EXAMPLES)
+    examples.write_parquet(work_dir / EXAMPLES)
     spec = {
         "examples": str(work_dir / EXAMPLES),
         "run": {k: str(v) for k, v in run.items()},
