@@ -16,12 +16,16 @@ from selfexplain.features.injection import (
     MAP_NAME,
     Injector,
     VectorMap,
+    attach_map,
+    embedding_map,
+    fitted_map,
     inject_residual,
     placeholder_token,
     render_question,
+    with_target_map,
 )
 from selfexplain.hooks import ResidualPatch, patch_residual
-from selfexplain.models import decoder_layers, resolve
+from selfexplain.models import decoder_layers, resolve, tiny_random
 from selfexplain.tasks.features import feature_question
 from selfexplain.train import TrainConfig, encode_example, format_prompt, train_explainer
 
@@ -175,3 +179,41 @@ def test_training_with_vectors_saves_and_reloads_the_map(tmp_path, tiny_llama, m
     # loss on the training examples is computed with the vector in place
     enc = encode_example(tok, inj.render([feature_question(1)])[0], answers[0], 64)
     assert enc["labels"].count(-100) < len(enc["labels"])
+
+
+def test_embedding_map_fits_shared_tokens_and_leaves_out_excluded():
+    """Where the explainer's embeddings are a linear image of the target's, the fitted map
+    carries held-out (excluded) tokens onto their images; a random map does not."""
+    src, src_tok = tiny_random("tiny-random-llama", seed=3)
+    dst, dst_tok = tiny_random("tiny-random-gemma", seed=3)
+    a = torch.randn(64, 48, generator=torch.Generator().manual_seed(0))
+    src_emb = src.get_input_embeddings().weight
+    with torch.no_grad():  # same in-code vocabulary: ids match texts in both
+        dst.get_input_embeddings().weight.copy_(torch.nn.functional.normalize(src_emb, dim=-1) @ a)
+    held_out = list(range(100, 130))
+    weight, n_anchors = embedding_map(src, src_tok, dst, dst_tok, exclude=held_out)
+    shared = len(src_tok) - len(src_tok.all_special_ids)
+    assert weight.shape == (48, 64) and 0 < n_anchors <= shared - len(held_out)
+    x = src_emb[held_out].detach()
+    want = dst.get_input_embeddings().weight[held_out].detach()
+    cos = torch.nn.functional.cosine_similarity(x @ weight.T, want, dim=-1)
+    random_cos = torch.nn.functional.cosine_similarity(VectorMap(64, 48)(x), want, dim=-1)
+    assert cos.min() > 0.95 and random_cos.abs().mean() < 0.5
+
+
+def test_setup_starts_the_map_from_the_target_embeddings(tmp_path):
+    target_dir = resolve("tiny-random-llama", tmp_path / "models" / "llama")
+    explainer_dir = resolve("tiny-random-gemma", tmp_path / "models" / "gemma")
+    model, tok = tiny_random("tiny-random-gemma", seed=0)
+    settings = with_target_map({"layer": 0}, explainer_dir, "llama", "gemma")
+    assert settings == {"layer": 0, "map_from": str(target_dir)}
+    assert with_target_map({"layer": 0}, explainer_dir, "gemma", "gemma") == {"layer": 0}
+    assert "map_from" not in with_target_map(None, explainer_dir, "absent", "gemma")
+    inj = Injector.setup(model, tok, 64, scale=2.0, map_from=settings["map_from"])
+    want, n = fitted_map(target_dir, model, tok)
+    assert inj.spec.map_init == f"embeddings ({n} anchors)"
+    assert torch.equal(getattr(model, MAP_NAME).weight.detach(), want)
+    random_model, _ = tiny_random("tiny-random-gemma", seed=0)
+    assert Injector.setup(random_model, tok, 64, scale=2.0).spec.map_init == "random"
+    with pytest.raises(ValueError, match="vector_map init has shape"):
+        attach_map(tiny_random("tiny-random-gemma", seed=0)[0], inj.spec, init=want.T)

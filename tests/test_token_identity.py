@@ -88,8 +88,9 @@ def test_score_token_identity():
 
 
 def test_run_token_identity_across_widths(tmp_path):
-    """A tiny Llama target (64-d) explained by a tiny Gemma (48-d): the width map is trained
-    with the adapter, and the result JSON has every key."""
+    """A tiny Llama target (64-d) explained by a tiny Gemma (48-d): the width map starts from
+    the shared-token embeddings and is trained with the adapter; the result JSON has every
+    key."""
     target = resolve("tiny-random-llama", tmp_path / "models" / "llama")
     explainer = resolve("tiny-random-gemma", tmp_path / "models" / "gemma")
     cfg = TrainConfig(epochs=1, batch_size=4, lr=1e-2, save_steps=1000, logging_steps=1)
@@ -138,4 +139,7 @@ def test_run_token_identity_across_widths(tmp_path):
     assert 0 <= result["accuracy"] <= 1 and len(result["samples"]) == 4
     spec = json.loads((out / "adapter" / "injection.json").read_text())
     assert (spec["d_in"], spec["d_out"]) == (64, 48)
+    # the map started from the shared-token embeddings, fitted without the held-out words
+    assert spec["map_init"] == result["injection"]["map_init"]
+    assert spec["map_init"].startswith("embeddings (")
     assert not list(tmp_path.glob(".result.json.tmp-*"))

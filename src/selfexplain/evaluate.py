@@ -228,13 +228,22 @@ def explainer_injector(
     model, tokenizer, adapter_dir: str | Path | None, d_in: int, settings: dict | None = None
 ):
     """The injector of a trained explainer (its saved injection.json), or for an untrained one a
-    fresh injector from settings ({"layer", "scale"}; a seed-0 random map if widths differ)."""
+    fresh injector from settings ({"layer", "scale"}, and "map_from" / "map_exclude" for the
+    map when widths differ: fitted on embeddings, else seed-0 random)."""
     from selfexplain.features.injection import INJECTION_FILE, InjectionSpec, Injector
 
     if adapter_dir is not None and (Path(adapter_dir) / INJECTION_FILE).is_file():
         return Injector(InjectionSpec.load(adapter_dir), model)
     settings = settings or {}
-    return Injector.setup(model, tokenizer, d_in, settings.get("layer", 0), settings.get("scale"))
+    return Injector.setup(
+        model,
+        tokenizer,
+        d_in,
+        settings.get("layer", 0),
+        settings.get("scale"),
+        map_from=settings.get("map_from"),
+        map_exclude=settings.get("map_exclude", ()),
+    )
 
 
 def describe_vectors(
@@ -363,6 +372,7 @@ def evaluate_features(
     """
     from selfexplain.examples import select, subsample
     from selfexplain.features.describe import make_generator
+    from selfexplain.features.injection import with_target_map
     from selfexplain.features.metrics import nearest_neighbour_answers
     from selfexplain.variants import withhold_signal
 
@@ -399,7 +409,9 @@ def evaluate_features(
             asked,
             max_new_tokens=features.max_new_tokens,
             batch_size=settings.batch_size,
-            injection=features.injection,
+            injection=with_target_map(
+                features.injection, model_dir, labels["target"], labels["explainer"]
+            ),
         )
     return evaluate_feature_task(
         test,

@@ -137,6 +137,7 @@ def train_run(
     control and data-scaling size and the run's seed), the train settings of the config, the
     feature task's injection. Returns train_explainer's summary. The settings may be given as
     the config's dicts."""
+    from selfexplain.features.injection import with_target_map
     from selfexplain.launch import launch_train, n_processes, world_size
     from selfexplain.matrix import base_variant, variant_n_train
     from selfexplain.train import train_explainer
@@ -174,7 +175,11 @@ def train_run(
         out_dir,
         train_settings.config(seed, run.task),
         checkpoint_dir,
-        injection=features.injection if run.task == "features" else None,
+        injection=(
+            with_target_map(features.injection, model_dir, run.target, run.explainer)
+            if run.task == "features"
+            else None
+        ),
         validation=val if len(val) else None,
         base_rate=train_base_rate(examples) if run.task in CHANGE_TASKS else None,
     )

@@ -195,6 +195,12 @@ def run_token_identity(
     d_in = len(frame["vector"][0])
     vectors = test["vector"].to_list()
     answers = test["answer"].to_list()
+    if relation == "other":  # the width map starts from the two models' shared-token
+        # embeddings, fitted without the held-out words
+        injection |= {
+            "map_from": str(target_dir),
+            "map_exclude": [m["token_id"] for m in meta(test)],
+        }
 
     # untrained explainer (no adapter): the identity prompt (with the word written out: the
     # prompt's ceiling) and the trained question, the vector at each multiple of the ref. norm
@@ -207,7 +213,16 @@ def run_token_identity(
     )
     untrained: dict[str, dict[str, float]] = {"identity": {}, "question": {}}
     for scale in scales:
-        injector = Injector.setup(model, tok, d_in, layer, scale=scale * ref, seed=0)
+        injector = Injector.setup(
+            model,
+            tok,
+            d_in,
+            layer,
+            scale=scale * ref,
+            seed=0,
+            map_from=injection.get("map_from"),
+            map_exclude=injection.get("map_exclude", ()),
+        )
         kwargs = {"max_new_tokens": max_new_tokens, "batch_size": batch_size}
         kwargs |= {"vectors": vectors, "injector": injector}
         identity = generate_raw(model, tok, [IDENTITY_PROMPT] * len(test), **kwargs)
@@ -249,7 +264,7 @@ def run_token_identity(
         vectors=train["vector"].head(len(test)).to_list(),
         injector=injector,
     )
-    spec_norm = injector.spec.norm
+    spec_norm, spec_map_init = injector.spec.norm, injector.spec.map_init
     del model, tok, injector
     gc.collect()
 
@@ -275,7 +290,12 @@ def run_token_identity(
             for a, p in zip(answers, preds, strict=True)
             if _normalise(a) != _normalise(p)
         ][:n_errors],
-        "injection": {"layer": layer, "scale": injection.get("scale"), "norm": spec_norm},
+        "injection": {
+            "layer": layer,
+            "scale": injection.get("scale"),
+            "norm": spec_norm,
+            "map_init": spec_map_init,
+        },
         "reference_norm": ref,
         "steps": summary["steps"],
         "train_loss": summary["train_loss"],

@@ -596,8 +596,9 @@ def train_explainer(
     with the same settings, data and model (see run_fingerprint) resumes from the newest
     complete one. callbacks are extra transformers TrainerCallbacks (tests use one to interrupt).
     Rows with a vector (feature task) get it injected at their question's placeholder
-    (``injection``: {"layer", "scale"}, see selfexplain.features.injection); a linear map is trained
-    with the adapter when the vector's width differs from the explainer's.
+    (``injection``: {"layer", "scale"}, and for another model's vectors "map_from": its model
+    directory, "map_exclude": token ids; see selfexplain.features.injection); a linear map is
+    trained with the adapter when the vector's width differs from the explainer's.
 
     validation: held-out rows of the same kind (grouped apart from the training rows by the
     caller). Scored every cfg.eval_steps steps: change tasks by the teacher-forced has-changed
@@ -621,7 +622,14 @@ def train_explainer(
 
         inj = injection or {}
         injector = Injector.setup(
-            model, tokenizer, len(vectors[0]), inj.get("layer", 0), inj.get("scale"), cfg.seed
+            model,
+            tokenizer,
+            len(vectors[0]),
+            inj.get("layer", 0),
+            inj.get("scale"),
+            cfg.seed,
+            map_from=inj.get("map_from"),
+            map_exclude=inj.get("map_exclude", ()),
         )
     to_save = [MAP_NAME] if injector is not None and injector.spec.has_map else None
     if cfg.method not in ("lora", "full"):

@@ -6,7 +6,10 @@ token of the explainer's vocabulary (no vocabulary change). The hidden state *en
 ``norm`` (by default the explainer's mean hidden-state norm at that site on ordinary text, so
 the vector looks like a token there; with layer 0 it replaces the input embedding, as in the
 paper). When the target's width differs from the explainer's, a linear map (``vector_map``,
-trained jointly with the LoRA adapter and saved inside it) carries the vector across.
+trained jointly with the LoRA adapter and saved inside it) carries the vector across. Given the
+target's model directory (``map_from``), the map starts as embedding_map: the least-squares map
+between the two models' input embeddings of the tokens both vocabularies share, the nearest
+linear analogue of the identity a model explaining itself gets; without it, a seeded random map.
 
 The overwrite is the one ``hooks.patch_residual(site="input")`` does (a test checks they are
 equal), but applied only to the forward that sees the whole prompt: ``generate`` with a KV
@@ -56,6 +59,7 @@ class InjectionSpec:
     placeholder_id: int
     d_in: int
     d_out: int
+    map_init: str = "random"  # how vector_map started: "random" or "embeddings (<n> anchors)"
 
     @property
     def has_map(self) -> bool:
@@ -157,17 +161,30 @@ class Injector:
 
     @classmethod
     def setup(
-        cls, model, tokenizer, d_in: int, layer: int = 0, scale: float | None = None, seed: int = 0
+        cls,
+        model,
+        tokenizer,
+        d_in: int,
+        layer: int = 0,
+        scale: float | None = None,
+        seed: int = 0,
+        map_from: str | Path | None = None,
+        map_exclude: Sequence[int] = (),
     ) -> Injector:
-        """A fresh injector: placeholder, norm (scale, or the reference norm), and a seeded
-        vector_map attached to the model when the widths differ."""
+        """A fresh injector: placeholder, norm (scale, or the reference norm), and a vector_map
+        attached to the model when the widths differ: fitted by embedding_map from the target
+        model directory map_from (leaving out its token ids map_exclude), else seeded random."""
         placeholder, pid = placeholder_token(tokenizer)
         n_layers = len(decoder_layers(model))
         if not 0 <= layer < n_layers:
             raise ValueError(f"injection layer {layer} out of range (0..{n_layers - 1})")
         norm = float(scale) if scale is not None else reference_norm(model, tokenizer, layer)
         spec = InjectionSpec(layer, norm, placeholder, pid, d_in, hidden_size(model))
-        attach_map(model, spec, seed)
+        init = None
+        if spec.has_map and map_from is not None:
+            init, n_anchors = fitted_map(map_from, model, tokenizer, tuple(map_exclude))
+            spec.map_init = f"embeddings ({n_anchors} anchors)"
+        attach_map(model, spec, seed, init)
         return cls(spec, model)
 
     def bind(self, model) -> None:
@@ -202,7 +219,96 @@ class Injector:
             yield
 
 
-def attach_map(model, spec: InjectionSpec, seed: int = 0) -> None:
-    """Give the (base) model a vector_map when the spec needs one (before peft wrapping)."""
+def attach_map(model, spec: InjectionSpec, seed: int = 0, init: torch.Tensor | None = None) -> None:
+    """Give the (base) model a vector_map when the spec needs one (before peft wrapping);
+    init: its starting weight (d_out, d_in), e.g. embedding_map's, else a seeded random one."""
     if spec.has_map and getattr(_base(model), MAP_NAME, None) is None:
-        setattr(_base(model), MAP_NAME, VectorMap(spec.d_in, spec.d_out, seed))
+        vmap = VectorMap(spec.d_in, spec.d_out, seed)
+        if init is not None:
+            if tuple(init.shape) != (spec.d_out, spec.d_in):
+                raise ValueError(
+                    f"vector_map init has shape {tuple(init.shape)}, "
+                    f"expected {(spec.d_out, spec.d_in)}"
+                )
+            with torch.no_grad():
+                vmap.weight.copy_(init.to(vmap.weight.dtype))
+        setattr(_base(model), MAP_NAME, vmap)
+
+
+def _token_texts(tokenizer, n_rows: int) -> dict[str, int]:
+    """Decoded text -> token id for the ids below n_rows that decode to a distinct non-blank
+    text other than a special token (first id wins)."""
+    special = set(tokenizer.all_special_ids)
+    ids = [i for i in range(min(len(tokenizer), n_rows)) if i not in special]
+    out: dict[str, int] = {}
+    for i, text in zip(ids, tokenizer.batch_decode([[i] for i in ids]), strict=True):
+        if text.strip() and "\ufffd" not in text:
+            out.setdefault(text, i)
+    return out
+
+
+@torch.no_grad()
+def embedding_map(
+    source_model,
+    source_tokenizer,
+    model,
+    tokenizer,
+    *,
+    exclude: Sequence[int] = (),
+    ridge: float = 1e-3,
+) -> tuple[torch.Tensor, int]:
+    """A linear map from source_model's input-embedding space to model's, fitted by ridge
+    regression on the unit-normalised embeddings of the anchor tokens: the texts that are one
+    token in both vocabularies (source token ids in `exclude` are left out, e.g. a check's
+    held-out words). For a model explaining itself the map would be the identity; this is its
+    nearest linear analogue across widths. Returns (weight (d_out, d_in), number of anchors)."""
+    src_emb = source_model.get_input_embeddings().weight.detach().float().cpu()
+    dst_emb = model.get_input_embeddings().weight.detach().float().cpu()
+    src = _token_texts(source_tokenizer, src_emb.shape[0])
+    dst = _token_texts(tokenizer, dst_emb.shape[0])
+    skip = set(exclude)
+    pairs = [(i, dst[t]) for t, i in src.items() if t in dst and i not in skip]
+    if len(pairs) < 2 * src_emb.shape[1]:
+        raise ValueError(
+            f"only {len(pairs)} tokens are shared by the two vocabularies, too few to fit a "
+            f"{src_emb.shape[1]}-to-{dst_emb.shape[1]} map (need {2 * src_emb.shape[1]})"
+        )
+    s_ids, d_ids = (torch.tensor(x) for x in zip(*pairs, strict=True))
+    x = nn.functional.normalize(src_emb[s_ids], dim=-1)
+    y = nn.functional.normalize(dst_emb[d_ids], dim=-1)
+    gram = x.T @ x + ridge * len(x) * torch.eye(x.shape[1])
+    w = torch.linalg.solve(gram, x.T @ y)  # (d_in, d_out)
+    return w.T.contiguous(), len(pairs)
+
+
+_FITTED: dict[tuple, tuple[torch.Tensor, int]] = {}
+
+
+def fitted_map(
+    source_dir: str | Path, model, tokenizer, exclude: tuple[int, ...] = ()
+) -> tuple[torch.Tensor, int]:
+    """embedding_map from the model in source_dir (loaded for its embeddings and tokenizer) to
+    model; kept per process, so an untrained baseline at several scales fits it once."""
+    name = getattr(getattr(model, "config", None), "name_or_path", "")
+    key = (str(Path(source_dir).resolve()), name, hidden_size(model), exclude)
+    if key not in _FITTED:
+        from selfexplain.models import load
+
+        source, source_tok = load(source_dir)
+        _FITTED[key] = embedding_map(source, source_tok, model, tokenizer, exclude=exclude)
+        del source
+    return _FITTED[key]
+
+
+def with_target_map(injection: dict | None, explainer_dir, target: str, explainer: str) -> dict:
+    """The feature injection settings for `explainer` reading `target`'s vectors: for another
+    model, "map_from" names the target's model directory (the explainer's sibling, as in the
+    workflow's resources/models/), so the width map starts from embedding_map. Unchanged for
+    self, or when no such directory exists (the map then starts random)."""
+    out = dict(injection or {})
+    if explainer_dir is None or target == explainer:
+        return out
+    target_dir = Path(explainer_dir).parent / target
+    if (target_dir / "config.json").is_file():
+        out["map_from"] = str(target_dir)
+    return out
