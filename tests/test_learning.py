@@ -276,3 +276,42 @@ def test_natural_threshold_reads_the_recorded_base_rate(tmp_path):
     assert natural == pytest.approx(-0.3 + prior_shift(0.2))
     (tmp_path / SUMMARY).write_text(json.dumps({"best": {"threshold": -0.3}}))
     assert calibrated_threshold(tmp_path, natural=True) == pytest.approx(-0.3)  # no rate: as is
+
+
+def test_paper_answer_format_trains_scores_and_generates_in_its_strings(tmp_path):
+    """train.answer_format paper: the rows are rewritten, the summary records the format, the
+    teacher-forced score reads the paper forms, and calibrated answers are paper strings whose
+    change is the score's (both forms are generated: "unchanged" names the current output)."""
+    from selfexplain.examples import with_answer_format
+    from selfexplain.metrics import COMPACT, PAPER, parse_change
+
+    model_dir = resolve("tiny-random-llama", tmp_path / "model")
+    toy = toy_examples(24)
+    toy = toy.with_columns(
+        question=pl.col("question") + " " + COMPACT.instruction,
+        meta=pl.lit('{"orig_token": " A"}'),
+    )
+    examples = with_answer_format(toy, "paper")
+    _, tok = load_explainer(model_dir)
+    common, changed_id, unchanged_id = answer_forms(tok, PAPER)
+    assert common and changed_id != unchanged_id  # "The" is shared, then " most" / " output"
+    cfg = TrainConfig(epochs=8, batch_size=4, lr=1e-2, eval_steps=8, patience=0, seed=0)
+    summary = train_explainer(
+        model_dir, examples.head(16), tmp_path / "a", cfg, tmp_path / "c", validation=examples
+    )
+    assert summary["answer_format"] == "paper" and summary["best"]["value"][0] == 1.0
+    model, tok = load_explainer(model_dir, tmp_path / "a")
+    rows = evaluate_change_task(
+        model,
+        tok,
+        examples,
+        labels={"variant": "trained"},
+        max_new_tokens=24,
+        batch_size=8,
+        answer_format="paper",
+    )
+    parsed = [parse_change(p) for p in rows["prediction"]]
+    assert all(p.valid for p in parsed)
+    assert [p.changed for p in parsed] == (rows["tf_score"] > 0).to_list()
+    assert all(p.startswith(("The output would", "The most likely")) for p in rows["prediction"])
+    assert change_metrics(rows)["balanced_accuracy"] == 1.0

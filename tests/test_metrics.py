@@ -49,3 +49,63 @@ def test_bootstrap_ci_brackets_value():
     lo, hi = ci["exact_match"]
     assert lo < value < hi and hi - lo < 0.3
     assert isinstance(rows, pl.DataFrame)
+
+
+def test_answer_formats_round_trip_and_parse_either():
+    from selfexplain.metrics import COMPACT, PAPER, answer_format, format_of
+
+    paper_changed = PAPER.answer(True, " Paris")
+    paper_same = PAPER.answer(False, None, " Rome")
+    assert paper_changed == "The most likely output would change to <<< Paris>>>."
+    assert paper_same == "The output would remain unchanged from <<< Rome>>>."
+    assert COMPACT.answer(True, " Paris") == change_answer(True, " Paris")
+    assert parse_change(paper_changed) == parse_change(COMPACT.answer(True, " Paris"))
+    assert parse_change(paper_same) == parse_change("unchanged")
+    # a cut-off answer still says which way it went; anything else is invalid
+    assert parse_change("The most likely output would change to <<<Par").changed is True
+    assert parse_change("The output would remain").valid is False
+    assert format_of(["unchanged", paper_same]) is PAPER and format_of(["unchanged"]) is COMPACT
+    with pytest.raises(ValueError, match="names the current output"):
+        PAPER.answer(False, None)
+    with pytest.raises(ValueError, match=r"unknown answer format 'long'.*compact.*paper"):
+        answer_format("long")
+
+
+def test_exact_match_is_the_whole_string_in_one_format_and_the_change_across():
+    from selfexplain.metrics import PAPER
+
+    gold = [PAPER.answer(False, None, " Rome"), PAPER.answer(True, " B"), "unchanged"]
+    pred = [PAPER.answer(False, None, " Oslo"), PAPER.answer(True, " B"), PAPER.answer(True, " B")]
+    rows = score_change_rows(gold, pred)
+    # the paper's exact match: X is part of the string; across formats (compact gold names no
+    # current output) the change and the new token decide
+    assert rows["exact_match"].to_list() == [False, True, False]
+    cross = score_change_rows(['changes to " B"', "unchanged"], [pred[1], pred[0]])
+    assert cross["exact_match"].to_list() == [True, True]
+    assert cross["content_match"].to_list() == [True, None]
+
+
+def test_with_answer_format_rewrites_answers_and_the_instruction():
+    from selfexplain.examples import ExplainerExample, to_frame, with_answer_format
+    from selfexplain.metrics import COMPACT, PAPER
+
+    def row(i, answer, orig):
+        return ExplainerExample(
+            id=f"r{i}",
+            task="ablation",
+            target="t",
+            split="train",
+            question=f"Prompt {i}? {COMPACT.instruction}\nRemoved: token 0.",
+            answer=answer,
+            meta={"orig_token": orig},
+        )
+
+    df = to_frame([row(0, 'changes to " B"', " A"), row(1, "unchanged", " A")])
+    assert with_answer_format(df, "compact") is df
+    out = with_answer_format(df, "paper")
+    assert out["answer"].to_list() == [PAPER.answer(True, " B"), PAPER.answer(False, None, " A")]
+    assert all(PAPER.instruction in q and COMPACT.instruction not in q for q in out["question"])
+    assert out["question"][0].endswith("\nRemoved: token 0.")
+    bad = df.with_columns(pl.Series("question", ["no instruction here", "x"]))
+    with pytest.raises(ValueError, match="no 'Answer"):
+        with_answer_format(bad, "paper")

@@ -755,7 +755,9 @@ def _schema_defaults(schema: dict, path: str = "") -> dict[str, object]:
 
 
 # keys the schema gives no default whose settings dataclass supplies one (judge: as describer)
-CODE_DEFAULTS = {"features.judge.max_new_tokens": 32}
+# defaults the code has and the schema leaves out on purpose: a schema default would change the
+# params of every run made before the key existed, and rerun them
+CODE_DEFAULTS = {"features.judge.max_new_tokens": 32, "train.answer_format": "compact"}
 
 
 def _settings_disagreements(section: dict, cls, config: dict, path: str) -> list[str]:

@@ -72,7 +72,8 @@ def test_train_run_trains_with_its_task_settings(monkeypatch, tmp_path):
     seen = {}
 
     def fake_train_explainer(model_dir, train, out_dir, cfg, *args, **kwargs):
-        seen["cfg"], seen["n"] = cfg, len(train)
+        seen["cfg"], seen["n"], seen["answers"] = cfg, len(train), train["answer"].to_list()
+        seen["validation"] = kwargs["validation"]
         return {}
 
     monkeypatch.setattr(selfexplain.train, "train_explainer", fake_train_explainer)
@@ -93,7 +94,16 @@ def test_train_run_trains_with_its_task_settings(monkeypatch, tmp_path):
     )
     cfg = seen["cfg"]
     assert (cfg.lr, cfg.method, cfg.epochs, cfg.seed) == (5e-5, "full", 20, 1)
-    assert seen["n"] > 0
+    assert seen["n"] > 0 and "unchanged" in seen["answers"]
+    # train.answer_format: paper rewrites the training and validation rows (labels stay compact)
+    settings |= {"answer_format": "paper", "val_fraction": 0.5}
+    kwargs = {"model_dir": tmp_path, "out_dir": tmp_path / "out", "features": {}}
+    train_run(toy_patching_rows(n_pairs=12), run, train_settings=settings, **kwargs)
+    assert {a.split(" <<<")[0] for a in seen["answers"]} == {
+        "The output would remain unchanged from",
+        "The most likely output would change to",
+    }
+    assert all(a.startswith("The ") for a in seen["validation"]["answer"])
 
 
 def _paper_train() -> TrainSettings:
@@ -108,6 +118,7 @@ def test_paper_config_has_the_reference_hyper_parameters():
     0.1, lr 5e-5, 20 epochs, batch 32; input ablation (ablation and hint) full, lr 1e-5, 30
     epochs, batch 8; features full, lr 5e-5, 10 epochs, batch 64."""
     train = _paper_train()
+    assert train.answer_format == "paper"
     expected = {
         "patching": ("lora", 5e-5, 20, 32),
         "ablation": ("full", 1e-5, 30, 8),

@@ -152,6 +152,7 @@ def change_answers(
     batch_size: int = 16,
     progress: bool = True,
     pack: int = 1,
+    answer_format: str = "compact",
 ):
     """Calibrated answers to change-task questions, and their has-changed scores.
 
@@ -160,27 +161,33 @@ def change_answers(
     "unchanged", a higher one is decoded greedily after the tokens that start the
     "changes to" form, so the answer names the new token. With threshold 0 this is greedy
     decoding restricted to the two answer forms; only the "changes to" answers are generated.
-    pack: questions per packed scoring sequence (scoring.change_scores).
+    pack: questions per packed scoring sequence (scoring.change_scores). answer_format: the
+    explainer's (metrics.AnswerFormat; the run's train_summary.json has it); in the paper
+    format an "unchanged" answer names the current output, so both forms are generated.
     """
-    from selfexplain.metrics import UNCHANGED
+    from selfexplain.metrics import COMPACT, UNCHANGED
+    from selfexplain.metrics import answer_format as get_format
     from selfexplain.scoring import answer_forms, change_scores
 
+    fmt = get_format(answer_format)
     scores = change_scores(
-        model, tokenizer, questions, batch_size=batch_size, progress=progress, pack=pack
+        model, tokenizer, questions, batch_size=batch_size, progress=progress, pack=pack, fmt=fmt
     )
-    common, changed_id, _ = answer_forms(tokenizer)
-    changed = [i for i, s in enumerate(scores) if s > threshold]
-    named = generate_answers(
-        model,
-        tokenizer,
-        [questions[i] for i in changed],
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        prefix=[*common, changed_id],
-    )
+    common, changed_id, unchanged_id = answer_forms(tokenizer, fmt)
     answers = [UNCHANGED] * len(questions)
-    for i, text in zip(changed, named, strict=True):
-        answers[i] = text
+    forms = [(True, changed_id)] if fmt is COMPACT else [(True, changed_id), (False, unchanged_id)]
+    for is_changed, first in forms:
+        rows = [i for i, s in enumerate(scores) if (s > threshold) == is_changed]
+        named = generate_answers(
+            model,
+            tokenizer,
+            [questions[i] for i in rows],
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            prefix=[*common, first],
+        )
+        for i, text in zip(rows, named, strict=True):
+            answers[i] = text
     return answers, scores
 
 
@@ -282,6 +289,7 @@ def evaluate_change_task(
     batch_size: int = 16,
     threshold: float = 0.0,
     pack: int = 1,
+    answer_format: str = "compact",
 ) -> pl.DataFrame:
     """One row per test example: ids, gold answer, the calibrated prediction (change_answers),
     the teacher-forced has-changed score (tf_score, scoring.change_scores), the threshold it is
@@ -295,6 +303,7 @@ def evaluate_change_task(
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
         pack=pack,
+        answer_format=answer_format,
     )
     return change_rows(examples, preds, tf, labels, threshold)
 

@@ -131,3 +131,27 @@ def select(df: pl.DataFrame, split: str, ids: Sequence[str] | None = None) -> pl
     if ids is not None:
         out = out.filter(pl.col("id").is_in(list(ids)))
     return out
+
+
+def with_answer_format(df: pl.DataFrame, name: str) -> pl.DataFrame:
+    """Change-task rows with their answers (and the question's sentence on how to answer) in
+    the answer format `name` (metrics.AnswerFormat; the labels are written compact). A paper
+    "unchanged" answer names the current output, the row's meta ``orig_token``."""
+    from selfexplain.metrics import COMPACT, answer_format, parse_change
+
+    fmt = answer_format(name)
+    if fmt is COMPACT or df.is_empty():
+        return df
+    questions, answers = [], []
+    for question, answer, m in zip(df["question"], df["answer"], meta(df), strict=True):
+        if COMPACT.instruction not in question:
+            raise ValueError(f"question has no {COMPACT.instruction!r} to rewrite: {question!r}")
+        parsed = parse_change(answer)
+        if not parsed.valid:
+            raise ValueError(f"answer {answer!r} is not a change answer")
+        questions.append(question.replace(COMPACT.instruction, fmt.instruction))
+        answers.append(fmt.answer(bool(parsed.changed), parsed.new_token, m.get("orig_token")))
+    return df.with_columns(
+        pl.Series("question", questions, dtype=pl.String),
+        pl.Series("answer", answers, dtype=pl.String),
+    )

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import polars as pl
 
 from selfexplain.controls import GROUP_KEY
-from selfexplain.examples import meta, select, split_of, subsample
+from selfexplain.examples import meta, select, split_of, subsample, with_answer_format
 from selfexplain.settings import EvaluateSettings, FeatureSettings, TrainSettings
 
 CHANGE_TASKS = ("ablation", "patching", "hint")
@@ -168,6 +168,9 @@ def train_run(
         val_fraction=train_settings.val_fraction,
         n_val=train_settings.n_val,
     )
+    if run.task in CHANGE_TASKS:  # the labels are compact; train.answer_format may differ
+        train = with_answer_format(train, train_settings.answer_format)
+        val = with_answer_format(val, train_settings.answer_format)
     print(f"{len(train)} training rows, {len(val)} validation rows")
     return train_explainer(
         model_dir,
@@ -280,6 +283,9 @@ def evaluate_run(
         preds, scores = baseline_predictions(variant, task, train, asked)
         rows = change_rows(asked, preds, scores, labels | {"n_train": len(train)})
     else:
+        # an explainer trained in the paper's answer format is asked and scored in it
+        answer_format = summary.get("answer_format") or "compact"
+        asked = with_answer_format(asked, answer_format)
         model, tokenizer = load_explainer(model_dir, adapter_dir)
         rows = evaluate_change_task(
             model,
@@ -290,6 +296,7 @@ def evaluate_run(
             batch_size=settings.batch_size,
             threshold=threshold,
             pack=settings.pack,
+            answer_format=answer_format,
         )
     # the scores are log-odds fitted on balanced rows: heatmaps (every cell of a pair, mostly
     # unchanged) are read at the train split's base rate of change (metrics.prior_shift)

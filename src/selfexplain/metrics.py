@@ -30,9 +30,67 @@ class ParsedChange:
     new_token: str | None
 
 
+@dataclass(frozen=True)
+class AnswerFormat:
+    """How a change answer is written. ``compact`` (the default, short for small models):
+    ``unchanged`` / ``changes to "<token>"``. ``paper`` (the reference implementation's
+    strings): ``The output would remain unchanged from <<<X>>>.`` / ``The most likely output
+    would change to <<<Y>>>.``, X the current output and Y the new one. parse_change reads
+    both, so gold and predicted answers may be in either."""
+
+    name: str
+    instruction: str  # the question's last sentence saying how to answer
+
+    def answer(self, changed: bool, new_token: str | None, original: str | None = None) -> str:
+        if self.name == "compact":
+            return change_answer(changed, new_token)
+        if changed:
+            return f"{PAPER_CHANGED} <<<{new_token}>>>."
+        if original is None:
+            raise ValueError("a paper-format 'unchanged' answer names the current output")
+        return f"{PAPER_UNCHANGED} <<<{original}>>>."
+
+
+PAPER_UNCHANGED = "The output would remain unchanged from"
+PAPER_CHANGED = "The most likely output would change to"
+_PAPER_RE = re.compile(
+    r"^(The output would remain unchanged from|"
+    r"The most likely output would change to) <<<(.*?)>>>",
+    re.DOTALL,
+)
+COMPACT = AnswerFormat("compact", 'Answer "unchanged" or "changes to" the new token.')
+PAPER = AnswerFormat(
+    "paper",
+    f'Answer "{PAPER_UNCHANGED} <<<X>>>." with X the current next token, or '
+    f'"{PAPER_CHANGED} <<<Y>>>." with Y the new one.',
+)
+FORMATS = {f.name: f for f in (COMPACT, PAPER)}
+
+
+def answer_format(name: str) -> AnswerFormat:
+    """The AnswerFormat called name (train.answer_format)."""
+    if name not in FORMATS:
+        raise ValueError(f"unknown answer format {name!r}: use one of {sorted(FORMATS)}")
+    return FORMATS[name]
+
+
+def format_of(answers: Sequence[str]) -> AnswerFormat:
+    """The format the answers are written in: paper when any parses as paper, else compact."""
+    return PAPER if any(_PAPER_RE.match(a.strip()) for a in answers) else COMPACT
+
+
 def parse_change(text: str) -> ParsedChange:
-    """Parse an answer written in the change_answer template (leading whitespace ignored)."""
+    """Parse an answer written in either AnswerFormat (leading whitespace ignored); in the
+    paper format the <<<...>>> of a changed answer is the new token."""
     text = text.strip()
+    m = _PAPER_RE.match(text)
+    if m:
+        changed = m.group(1) == PAPER_CHANGED
+        return ParsedChange(True, changed, m.group(2) if changed else None)
+    if text.startswith(PAPER_UNCHANGED):
+        return ParsedChange(True, False, None)
+    if text.startswith(PAPER_CHANGED):
+        return ParsedChange(True, True, None)
     if text.startswith(UNCHANGED):
         return ParsedChange(True, False, None)
     m = _CHANGED_RE.match(text)
@@ -105,7 +163,8 @@ def best_threshold(gold: Sequence[bool], score: Sequence[float]) -> float:
 
 
 def score_change_rows(gold_answers: Sequence[str], predictions: Sequence[str]) -> pl.DataFrame:
-    """Per-example columns: exact_match, gold/pred changed flags, content_match (changed only)."""
+    """Per-example columns: exact_match (the same text, or across answer formats the same
+    change and new token), gold/pred changed flags, content_match (changed only)."""
     rows = []
     for gold_text, pred_text in zip(gold_answers, predictions, strict=True):
         gold = parse_change(gold_text)
@@ -113,9 +172,14 @@ def score_change_rows(gold_answers: Sequence[str], predictions: Sequence[str]) -
         content = None
         if gold.changed:
             content = bool(pred.changed and pred.new_token == gold.new_token)
+        if format_of([gold_text]) is format_of([pred_text]):
+            exact = pred_text.strip() == gold_text.strip()
+        else:  # e.g. a paper-format answer against a compact gold, which names no current
+            # output: the same change and new token
+            exact = pred.valid and (pred.changed, pred.new_token) == (gold.changed, gold.new_token)
         rows.append(
             {
-                "exact_match": pred_text.strip() == gold_text.strip(),
+                "exact_match": exact,
                 "valid": pred.valid,
                 "gold_changed": bool(gold.changed),
                 "pred_changed": pred.changed,

@@ -19,15 +19,16 @@ import torch
 from tqdm.auto import tqdm
 
 from selfexplain.forward import next_token_logprobs
-from selfexplain.metrics import UNCHANGED, change_answer
+from selfexplain.metrics import COMPACT, AnswerFormat
 from selfexplain.train import format_prompt
 
 
-def answer_forms(tokenizer) -> tuple[list[int], int, int]:
-    """The tokens both answer forms start with, and the first token where "changes to ..."
-    and "unchanged" differ (as encoded for training: the answer without special tokens)."""
-    unchanged = tokenizer(UNCHANGED, add_special_tokens=False)["input_ids"]
-    changed = tokenizer(change_answer(True, "x"), add_special_tokens=False)["input_ids"]
+def answer_forms(tokenizer, fmt: AnswerFormat = COMPACT) -> tuple[list[int], int, int]:
+    """The tokens both answer forms of fmt start with, and the first token where the "changed"
+    and the "unchanged" form differ (as encoded for training: the answer without special
+    tokens)."""
+    unchanged = tokenizer(fmt.answer(False, None, "x"), add_special_tokens=False)["input_ids"]
+    changed = tokenizer(fmt.answer(True, "x"), add_special_tokens=False)["input_ids"]
     k = 0
     while k < min(len(unchanged), len(changed)) and unchanged[k] == changed[k]:
         k += 1
@@ -45,14 +46,16 @@ def change_scores(
     batch_size: int = 16,
     progress: bool = False,
     pack: int = 1,
+    fmt: AnswerFormat = COMPACT,
 ) -> np.ndarray:
     """log p("changes to" form) - log p("unchanged" form) at the first token where they differ,
-    per question (batched, left-padded forwards with the last position's logits only).
+    per question (batched, left-padded forwards with the last position's logits only); the
+    forms of the answer format fmt.
 
     pack > 1: questions that share a prompt are packed, up to ``pack`` per sequence
     (selfexplain.packing), so the shared prompt is computed once per pack; batch_size then
     counts packs. Same scores (to float rounding), fewer tokens computed."""
-    common, changed_id, unchanged_id = answer_forms(tokenizer)
+    common, changed_id, unchanged_id = answer_forms(tokenizer, fmt)
     seqs = [tokenizer(format_prompt(q))["input_ids"] + common for q in questions]
     if pack > 1 and seqs:
         from selfexplain.packing import last_logprobs

@@ -305,6 +305,9 @@ class TrainSettings(Section):
     processes: int | None = _field(
         None, doc="processes per training job (torchrun); null: one per visible GPU, 1 on CPU"
     )
+    answer_format: str = _field(
+        "compact", doc="change answers: compact or paper (the reference strings; metrics.py)"
+    )
     per_task: dict = _field(
         {}, doc="{task: {key: value}}: a task's own fine-tuning keys, over the section's"
     )

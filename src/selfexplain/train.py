@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
+from selfexplain.metrics import format_of
 from selfexplain.models import MANIFEST, load
 
 IGNORE = -100
@@ -561,10 +562,11 @@ def validation_scorer(tokenizer, validation: pl.DataFrame, cfg: TrainConfig, col
 
     questions = validation["question"].to_list()
     gold = [bool(parse_change(a).changed) for a in validation["answer"]]
+    fmt = format_of(validation["answer"].to_list())  # the forms the explainer is taught
 
     def change_score(model) -> dict:
         score = change_scores(
-            model, tokenizer, questions, batch_size=cfg.batch_size * 2, pack=cfg.pack
+            model, tokenizer, questions, batch_size=cfg.batch_size * 2, pack=cfg.pack, fmt=fmt
         )
         cut = best_threshold(gold, score)
         return {
@@ -747,6 +749,8 @@ def train_explainer(
         "seconds": seconds,
         "n_validation": 0 if validation is None else len(validation),
         "base_rate": base_rate,
+        # the change answers' metrics.AnswerFormat, which evaluation scores and generates in
+        "answer_format": None if vectors is not None else format_of(examples["answer"]).name,
         "validation": validator.curve if validator else [],
         "best": validator.best if validator else None,
         "stopped_early": bool(validator and trainer.state.global_step < trainer.state.max_steps),

@@ -48,14 +48,19 @@ def answer(model_path: Path, info: ExplainerDir, questions: list[str], args) -> 
     at the target's own rate of change, so the threshold is the one the pipeline reads heatmaps
     with (natural_threshold)."""
     from selfexplain.evaluate import change_answers, load_explainer
+    from selfexplain.metrics import COMPACT, answer_format
+    from selfexplain.train import run_summary
 
     threshold, how = natural_threshold(info, getattr(args, "labels", None))
     print(f"has-changed threshold {threshold:+.3f} ({how})", file=sys.stderr)
+    fmt = answer_format(run_summary(info.adapter).get("answer_format") or "compact")
+    questions = [q.replace(COMPACT.instruction, fmt.instruction) for q in questions]
     model, tokenizer = load_explainer(model_path, info.adapter)
     preds, _ = change_answers(
         model,
         tokenizer,
         questions,
+        answer_format=fmt.name,
         threshold=threshold,
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
