@@ -63,6 +63,12 @@ def dataset_dir(task: str, target: str) -> str:
     return f"{RESULTS}/datasets/{task}/{target}"
 
 
+def released_file(name: str, ext: str = "parquet") -> str:
+    """The scores of the released explainer `name` (config released:): rows (.parquet) and the
+    reference metrics (.json)."""
+    return f"{RESULTS}/released/{name}.{ext}"
+
+
 def features_dir(target: str) -> str:
     """The feature task's intermediate files of one target."""
     return f"{RESULTS}/features/{target}"

@@ -54,9 +54,8 @@ class AnswerFormat:
 PAPER_UNCHANGED = "The output would remain unchanged from"
 PAPER_CHANGED = "The most likely output would change to"
 _PAPER_RE = re.compile(
-    r"^(The output would remain unchanged from|"
-    r"The most likely output would change to) <<<(.*?)>>>",
-    re.DOTALL,
+    r"^(The output would remain unchanged from|The most likely output would change to) <<<(.*?)>>>",
+    re.DOTALL | re.IGNORECASE,
 )
 COMPACT = AnswerFormat("compact", 'Answer "unchanged" or "changes to" the new token.')
 PAPER = AnswerFormat(
@@ -83,13 +82,13 @@ def parse_change(text: str) -> ParsedChange:
     """Parse an answer written in either AnswerFormat (leading whitespace ignored); in the
     paper format the <<<...>>> of a changed answer is the new token."""
     text = text.strip()
-    m = _PAPER_RE.match(text)
+    m = _PAPER_RE.match(text)  # case-insensitive, as the reference code compares
     if m:
-        changed = m.group(1) == PAPER_CHANGED
+        changed = m.group(1).lower() == PAPER_CHANGED.lower()
         return ParsedChange(True, changed, m.group(2) if changed else None)
-    if text.startswith(PAPER_UNCHANGED):
+    if text.lower().startswith(PAPER_UNCHANGED.lower()):
         return ParsedChange(True, False, None)
-    if text.startswith(PAPER_CHANGED):
+    if text.lower().startswith(PAPER_CHANGED.lower()):
         return ParsedChange(True, True, None)
     if text.startswith(UNCHANGED):
         return ParsedChange(True, False, None)
@@ -162,9 +161,14 @@ def best_threshold(gold: Sequence[bool], score: Sequence[float]) -> float:
     return float(cuts[int(np.nanargmax(accs))])
 
 
+def _fold(text: str, fmt: AnswerFormat) -> str:
+    return text.strip().lower() if fmt is PAPER else text.strip()
+
+
 def score_change_rows(gold_answers: Sequence[str], predictions: Sequence[str]) -> pl.DataFrame:
-    """Per-example columns: exact_match (the same text, or across answer formats the same
-    change and new token), gold/pred changed flags, content_match (changed only)."""
+    """Per-example columns: exact_match (the same stripped text, in the paper format also
+    lower-cased as the reference code does; across formats the same change and new token),
+    gold/pred changed flags, content_match (changed only)."""
     rows = []
     for gold_text, pred_text in zip(gold_answers, predictions, strict=True):
         gold = parse_change(gold_text)
@@ -172,8 +176,9 @@ def score_change_rows(gold_answers: Sequence[str], predictions: Sequence[str]) -
         content = None
         if gold.changed:
             content = bool(pred.changed and pred.new_token == gold.new_token)
-        if format_of([gold_text]) is format_of([pred_text]):
-            exact = pred_text.strip() == gold_text.strip()
+        fmt = format_of([gold_text])
+        if fmt is format_of([pred_text]):  # the paper's exact match ignores case
+            exact = _fold(pred_text, fmt) == _fold(gold_text, fmt)
         else:  # e.g. a paper-format answer against a compact gold, which names no current
             # output: the same change and new token
             exact = pred.valid and (pred.changed, pred.new_token) == (gold.changed, gold.new_token)

@@ -90,6 +90,12 @@ def dataset_dirs():
     return [layout.dataset_dir(task, t) for task in TASKS for t in config["targets"]]
 
 
+def released_files():
+    """The scores of every released explainer in config released: (rule released)."""
+    names = config.get("released") or {}
+    return [layout.released_file(n, ext) for n in names for ext in ("parquet", "json")]
+
+
 def train_runs():
     """The evaluations that need a trained adapter (selfexplain/matrix.py)."""
     return [r for r in runs(config) if is_trained(r.variant)]

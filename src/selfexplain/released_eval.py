@@ -1,0 +1,184 @@
+"""The paper's released explainers, scored on the reference test split with our metric code
+(config ``released:``; rule evaluate_released, target ``snakemake released``).
+
+A released explainer was trained on the reference implementation's prompts and answers, so it
+is asked exactly those, not our compact questions. Input ablation (the paper's hint setting,
+our task ``hint``, rows imported with ``hint.labels_from``): the explainer's chat has the
+row's system prompt and the user turn ``{hint_user_prompt}\\n\\nIf the hint were removed how
+would the assistant answer change?``; the gold answer is ``The output would remain unchanged
+from <<<Answer: X>>>.`` or ``The most likely output would change to <<<Answer: Y>>>.``
+(shared/PAPER_DATA.md). Greedy decoding, up to 50 new tokens.
+
+Scored twice: by our change-task metrics (metrics.score_change_rows; so the rows sit next to
+our variants' in the same schema) and by the reference definitions (reference_metrics: exact
+match of the lower-cased stripped strings, has-changed macro F1, content match of the
+``<<<...>>>`` text over all items).
+
+Activation patching's released explainers read the patched vector injected at a reserved token;
+our imported patching rows do not keep that vector (released.py), so they are refused with
+that reason.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import polars as pl
+
+from selfexplain.examples import meta
+from selfexplain.metrics import PAPER, macro_f1, parse_change
+
+HINT_QUESTION = "If the hint were removed how would the assistant answer change?"
+MAX_NEW_TOKENS = 50
+_CONTENT = re.compile(r"<<<(.*?)>>>", re.DOTALL)
+SUPPORTED = ("hint",)
+
+
+def hint_messages(row: dict) -> list[dict]:
+    """The reference explainer's chat for one imported hint row (its meta)."""
+    messages = []
+    if row.get("system_prompt"):
+        messages.append({"role": "system", "content": row["system_prompt"]})
+    messages.append({"role": "user", "content": f"{row['prompt']}\n\n{HINT_QUESTION}"})
+    return messages
+
+
+def hint_answer(row: dict) -> str:
+    """The reference answer string of one imported hint row: the answer with the hint (X) stays,
+    or it changes to the one without (Y), as ``Answer: <letter>`` inside <<<...>>>."""
+    if row["changed"]:
+        return PAPER.answer(True, f"Answer: {row['new_token']}")
+    return PAPER.answer(False, None, f"Answer: {row['orig_token']}")
+
+
+def chat_prompt(tokenizer, messages: Sequence[dict]) -> str:
+    """The messages through the tokenizer's chat template (with the assistant turn opened); a
+    tokenizer without one gets the turns as plain paragraphs."""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(
+            list(messages), tokenize=False, add_generation_prompt=True
+        )
+        bos = tokenizer.bos_token
+        adds_bos = bos is not None and tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]
+        # the template writes BOS and the tokenizer adds one: keep one
+        return text[len(bos) :] if adds_bos and text.startswith(bos) else text
+    return "\n\n".join(m["content"] for m in messages) + "\n\n"
+
+
+def _norm(text: str | None) -> str | None:
+    return None if text is None else text.strip().lower()
+
+
+def content(text: str) -> str | None:
+    """The text inside an answer's <<<...>>> (None when it has none)."""
+    m = _CONTENT.search(text)
+    return m.group(1) if m else None
+
+
+def reference_metrics(golds: Sequence[str], predictions: Sequence[str]) -> dict:
+    """The reference code's metrics: exact match (lower-cased, stripped strings equal), has-changed
+    macro F1 (an unparseable answer is wrong), content match (the <<<...>>> text, lower-cased
+    and stripped, equal; over all items); n."""
+    if len(golds) != len(predictions):
+        raise ValueError(f"{len(predictions)} predictions for {len(golds)} gold answers")
+    exact = [_norm(p) == _norm(g) for g, p in zip(golds, predictions, strict=True)]
+    same = [
+        content(p) is not None and _norm(content(p)) == _norm(content(g))
+        for g, p in zip(golds, predictions, strict=True)
+    ]
+    gold_changed = [bool(parse_change(g).changed) for g in golds]
+    pred_changed = [parse_change(p).changed for p in predictions]
+    n = len(golds)
+    return {
+        "exact_match": sum(exact) / n if n else float("nan"),
+        "has_changed_f1": macro_f1(gold_changed, pred_changed),
+        "content_match": sum(same) / n if n else float("nan"),
+        "n": n,
+    }
+
+
+def load_released(model: str, adapter: str | None = None):
+    """A released explainer (hub id or local directory): a full checkpoint, or a base model with
+    a peft adapter; a hub id that is neither cached nor reachable says how to fill the cache."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(adapter or model)
+        explainer = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+        if adapter is not None:
+            from peft import PeftModel
+
+            explainer = PeftModel.from_pretrained(explainer, adapter)
+    except OSError as err:
+        raise OSError(
+            f"cannot load the released explainer {model!r}"
+            + (f" with adapter {adapter!r}" if adapter else "")
+            + f" ({err.__class__.__name__}: {str(err).splitlines()[0]}). Without network, fill "
+            "the Hugging Face cache on a machine with it (huggingface-cli download <id>) and "
+            "copy ~/.cache/huggingface over, or give a local directory"
+        ) from err
+    explainer.eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return explainer, tokenizer
+
+
+def evaluate_released(
+    examples: pl.DataFrame,
+    task: str,
+    *,
+    model: str,
+    adapter: str | None = None,
+    labels: dict,
+    batch_size: int = 8,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    explainer=None,
+) -> tuple[pl.DataFrame, dict]:
+    """Ask a released explainer about the test rows of an imported label set: evaluation rows in
+    our schema (answers in the reference strings, tf_score +1 / -1 / 0 as the answer says
+    changed / unchanged / neither) and the reference metrics. explainer: an already loaded
+    (model, tokenizer), for tests."""
+    from selfexplain.evaluate import change_rows, generate_answers
+
+    if task not in SUPPORTED:
+        raise ValueError(
+            f"released explainers are supported for {SUPPORTED}, not {task!r}: the patching "
+            "explainers read the patched vector, which our imported patching rows do not keep"
+        )
+    test = examples.filter(pl.col("split") == "test")
+    if test.is_empty():
+        raise ValueError("the label set has no test rows: import it with hint.labels_from")
+    rows = meta(test)
+    missing = [k for k in ("prompt", "orig_token", "new_token", "changed") if k not in rows[0]]
+    if missing:
+        raise ValueError(f"the hint rows lack {missing}: are they imported (hint.labels_from)?")
+    model_obj, tokenizer = explainer or load_released(model, adapter)
+    prompts = [chat_prompt(tokenizer, hint_messages(r)) for r in rows]
+    golds = [hint_answer(r) for r in rows]
+    predictions = generate_answers(
+        model_obj,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        raw=True,
+    )
+    scores = [{True: 1.0, False: -1.0, None: 0.0}[parse_change(p).changed] for p in predictions]
+    asked = test.with_columns(
+        pl.Series("question", prompts, dtype=pl.String),
+        pl.Series("answer", golds, dtype=pl.String),
+    )
+    return change_rows(asked, predictions, scores, labels), reference_metrics(golds, predictions)
+
+
+def write_released(rows: pl.DataFrame, metrics: dict, rows_path, metrics_path) -> None:
+    """The evaluation rows (parquet) and the reference metrics (JSON)."""
+    from selfexplain.examples import write_parquet
+
+    write_parquet(rows, rows_path)
+    Path(metrics_path).write_text(json.dumps(metrics, indent=2) + "\n")

@@ -1,0 +1,138 @@
+"""The paper's released explainers (selfexplain.released_eval): asked in the reference chat and
+answer strings about an imported label set's test rows, scored by our metrics and by the
+reference definitions; tested with a tiny full checkpoint and the released-format fixtures."""
+
+from __future__ import annotations
+
+import pytest
+from test_layout import dry_run_jobs
+from test_pipeline import REPO, run_snakemake
+
+from selfexplain.examples import meta
+from selfexplain.models import resolve, tiny_random
+from selfexplain.released import import_labels
+from selfexplain.released_eval import (
+    HINT_QUESTION,
+    chat_prompt,
+    evaluate_released,
+    hint_answer,
+    hint_messages,
+    load_released,
+    reference_metrics,
+)
+
+HINT_DIR = REPO / "tests/data/released/input_ablation"
+TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</s>{% endfor %}"
+    "{% if add_generation_prompt %}<assistant>{% endif %}"
+)
+
+
+@pytest.fixture()
+def hint_rows(tmp_path):
+    return import_labels("hint", str(HINT_DIR), "llama", cache_dir=str(tmp_path / "hf-cache"))
+
+
+def test_reference_metrics_hand_computed():
+    golds = [
+        "The most likely output would change to <<<Answer: B>>>.",
+        "The output would remain unchanged from <<<Answer: A>>>.",
+        "The output would remain unchanged from <<<Answer: C>>>.",
+        "The most likely output would change to <<<Answer: D>>>.",
+    ]
+    preds = [
+        "the most likely output would change to <<<answer: b>>>.",  # case ignored: exact
+        "The most likely output would change to <<<Answer: A>>>.",  # wrong change, same content
+        "The output would remain unchanged from <<<Answer: C>>>.",  # exact
+        "no idea",  # unparseable: wrong
+    ]
+    m = reference_metrics(golds, preds)
+    assert m["exact_match"] == 0.5 and m["content_match"] == 0.75 and m["n"] == 4
+    # changed: gold T F F T, pred T T F None -> F1(changed) = 2/3 (P 1/2, R 1/2 ... ) by hand:
+    # changed class: tp 1, predicted 2, gold 2 -> P = R = 0.5 -> F1 0.5
+    # unchanged class: tp 1, predicted 1, gold 2 -> P 1, R 0.5 -> F1 2/3
+    assert m["has_changed_f1"] == pytest.approx((0.5 + 2 / 3) / 2)
+    with pytest.raises(ValueError, match="3 predictions for 4"):
+        reference_metrics(golds, preds[:3])
+
+
+def test_reference_chat_and_answers_of_an_imported_row(hint_rows):
+    rows = meta(hint_rows.filter(hint_rows["split"] == "test"))
+    first = rows[0]  # with the hint the model says A, without it B: changed
+    messages = hint_messages(first)
+    assert messages[0] == {"role": "system", "content": first["system_prompt"]}
+    assert messages[1]["content"] == f"{first['prompt']}\n\n{HINT_QUESTION}"
+    assert "Hint: I think the answer is (A)" in messages[1]["content"]
+    assert hint_answer(first) == "The most likely output would change to <<<Answer: B>>>."
+    assert hint_answer(rows[1]) == "The output would remain unchanged from <<<Answer: B>>>."
+    _, tok = tiny_random("tiny-random-llama", seed=0)
+    tok.chat_template = None
+    plain = chat_prompt(tok, messages)
+    assert plain.startswith(first["system_prompt"]) and plain.endswith(HINT_QUESTION + "\n\n")
+    tok.chat_template = TEMPLATE
+    chat = chat_prompt(tok, messages)
+    assert chat.startswith(tok.bos_token + "<system>") and chat.endswith("</s><assistant>")
+    assert tok(chat)["input_ids"].count(tok.bos_token_id) == 1
+
+    class AddsBos:  # a tokenizer that puts BOS in front of every text (as Llama 3's does)
+        chat_template, bos_token, bos_token_id = TEMPLATE, "<B>", 1
+
+        def __call__(self, text):
+            return {"input_ids": [1, 5]}
+
+        def apply_chat_template(self, messages, **kwargs):
+            return "<B>" + tok.apply_chat_template(messages, **kwargs)[len(tok.bos_token) :]
+
+    # the template's BOS is dropped when the tokenizer adds its own: one BOS in the ids
+    assert chat_prompt(AddsBos(), messages).startswith("<system>")
+
+
+def test_a_released_full_checkpoint_answers_every_test_row(tmp_path, hint_rows):
+    checkpoint = resolve("tiny-random-llama", tmp_path / "released")
+    labels = {"task": "hint", "variant": "released", "explainer": "tiny-released"}
+    rows, metrics = evaluate_released(
+        hint_rows, "hint", model=str(checkpoint), labels=labels, max_new_tokens=6
+    )
+    n_test = hint_rows.filter(hint_rows["split"] == "test").height
+    assert rows.height == n_test == metrics["n"]
+    assert rows["variant"].unique().to_list() == ["released"]
+    assert all(a.startswith("The ") and "<<<Answer: " in a for a in rows["answer"])
+    assert set(rows["tf_score"].to_list()) <= {-1.0, 0.0, 1.0}
+    for key in ("exact_match", "has_changed_f1", "content_match"):
+        assert 0.0 <= metrics[key] <= 1.0 or metrics[key] != metrics[key]
+
+
+def test_unsupported_tasks_and_missing_explainers_are_named(tmp_path, hint_rows, monkeypatch):
+    with pytest.raises(ValueError, match="not 'patching'.*patched vector"):
+        evaluate_released(hint_rows, "patching", model="x", labels={})
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OSError, match="cannot load the released explainer.*huggingface-cli"):
+        load_released("nobody-here/no-such-explainer")
+
+
+def test_dag_scores_a_configured_released_explainer(tmp_path):
+    """snakemake -n released: one evaluate_released job per entry, reading its target's labels;
+    a task without released explainers is refused by the schema before any rule runs."""
+    config = tmp_path / "released.yaml"
+    config.write_text(
+        f"hint:\n  labels_from:\n    tiny: {HINT_DIR}\n"
+        "released:\n  paper_hint:\n    task: hint\n    target: tiny\n"
+        "    model: Transluce/input_ablation_qwen3_8b_qwen3_8b_hint\n"
+    )
+    base = ["-n", "released", "--configfile", str(REPO / "tests/data/tiny.yaml"), str(config)]
+    proc = run_snakemake(tmp_path, *base)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    jobs = [j for j in dry_run_jobs(out) if j["rule"] == "evaluate_released"]
+    assert [j["wildcards"] for j in jobs] == [{"name": "paper_hint"}]
+    assert sorted(jobs[0]["output"]) == [
+        "results/released/paper_hint.json",
+        "results/released/paper_hint.parquet",
+    ]
+    block = out.split("rule evaluate_released:\n", 1)[1].split("\n\n", 1)[0]
+    assert "    input: results/labels/hint/tiny.parquet\n" in block
+    config.write_text(
+        "released:\n  bad:\n    task: patching\n    target: tiny\n    model: some/id\n"
+    )
+    proc = run_snakemake(tmp_path, *base)
+    assert proc.returncode != 0 and "patching" in proc.stdout + proc.stderr

@@ -1,0 +1,25 @@
+"""Score one released explainer of the paper (config released:) on its target's test split."""
+
+import sys
+
+import torch
+
+from selfexplain.examples import read_examples
+from selfexplain.plots import eval_labels
+from selfexplain.released_eval import evaluate_released, write_released
+
+sys.stderr = sys.stdout = open(snakemake.log[0], "w")
+torch.set_num_threads(snakemake.threads)
+
+spec = snakemake.params.spec
+name = snakemake.wildcards.name
+rows, metrics = evaluate_released(
+    read_examples(snakemake.input.labels),
+    spec["task"],
+    model=spec["model"],
+    adapter=spec.get("adapter"),
+    labels=eval_labels(spec["task"], spec["target"], name, "released", 0, 0),
+    batch_size=spec.get("batch_size", 8),
+)
+write_released(rows, metrics, snakemake.output.rows, snakemake.output.metrics)
+print(metrics)
