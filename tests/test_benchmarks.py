@@ -159,6 +159,26 @@ def test_one_cell(bench, workspace):
     assert {"balanced_accuracy", "auc", "exact_match"} <= metrics
 
 
+def test_sweep(bench, workspace):
+    """Two learning rates on toy patching labels: one validation curve each, read at the end
+    of every epoch, in the record and its markdown table."""
+    from toy_data import toy_patching_rows
+
+    write_parquet(toy_patching_rows(8), workspace / "sweep.parquet")
+    out = workspace / "out" / "sweep.json"
+    args = ["--task", "patching", "--labels", str(workspace / "sweep.parquet")]
+    args += ["--model", str(workspace / "model"), "--out", str(workspace / "sweep")]
+    args += ["--lr", "1e-3", "1e-2", "--epochs", "2", "--set", "eval_steps=2"]
+    args += ["--set", "val_fraction=0.6", "--record", str(out)]
+    rec = _check(out, bench("sweep").main(args), {"runs", "table"})
+    assert [r["settings"]["lr"] for r in rec["runs"]] == [1e-3, 1e-2]
+    for run in rec["runs"]:
+        assert run["settings"]["patience"] == 0 and run["validation"][0]["step"] == 0
+        assert run["validation"][-1]["step"] == run["steps"]
+    lines = rec["table"].splitlines()
+    assert len(lines) == 4 and "epoch 2 AUC" in lines[0] and lines[2].startswith("| 0.001 |")
+
+
 def test_gpu_run_dry_run(bench, tmp_path):
     """The GPU script plans the default matrix with 3 seeds through the same pipeline (ZeRO-2
     config merged in) and writes its record labelled with the device; no GPU needed."""

@@ -70,6 +70,12 @@ def test_per_target_benchmarks_parse():
         "model": "a",
     }
     assert layout.parse_benchmark(layout.benchmark_file("get_model", "b"))["model"] == "b"
+    # token identity trains the explainer: the job's model is the explainer, not the target
+    assert layout.parse_benchmark(layout.benchmark_file("token_identity", "a", "b")) == {
+        "rule": "token_identity",
+        "task": "features",
+        "model": "b",
+    }
 
 
 def test_pattern_is_the_wildcards():

@@ -215,5 +215,7 @@ def parse_benchmark(path: str | Path) -> dict:
         return {"rule": rule, "task": rest[0], "model": rest[2], "variant": rest[3]}
     if rule.startswith("label_"):
         return {"rule": rule, "task": rule.removeprefix("label_"), "model": rest[0]}
+    if rule == "token_identity":  # target/explainer: the explainer is trained
+        return {"rule": rule, "task": "features", "model": rest[1]}
     task = "features" if rule in ("collect_activations", "train_sae", "describe_features") else ""
     return {"rule": rule, "task": task, "model": rest[0] if rest else ""}

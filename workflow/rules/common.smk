@@ -147,6 +147,12 @@ def benchmark_files():
     used = sorted(used)
     files = [layout.benchmark_file("get_model", m) for m in used]
     files += [layout.benchmark_file(r, t) for r in per_target for t in config["targets"]]
+    if "features" in TASKS:  # the token identity check of every (target, explainer) pair
+        files += [
+            layout.benchmark_file("token_identity", t, e)
+            for t in config["targets"]
+            for e in config["explainers"]
+        ]
     for run in runs(config):
         files.append(run.benchmark_file("evaluate"))
         if is_trained(run.variant):
