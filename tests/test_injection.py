@@ -217,3 +217,30 @@ def test_setup_starts_the_map_from_the_target_embeddings(tmp_path):
     assert Injector.setup(random_model, tok, 64, scale=2.0).spec.map_init == "random"
     with pytest.raises(ValueError, match="vector_map init has shape"):
         attach_map(tiny_random("tiny-random-gemma", seed=0)[0], inj.spec, init=want.T)
+
+
+def test_a_fitted_map_stays_fixed_in_training_and_is_saved(tmp_path):
+    """A map started from the embeddings is not trained (the adapter learns to read through
+    it, as a model reads its own vectors through the identity), and it is saved and restored
+    with the adapter."""
+    target_dir = resolve("tiny-random-llama", tmp_path / "models" / "llama")
+    model_dir = resolve("tiny-random-gemma", tmp_path / "models" / "gemma")
+    torch.manual_seed(0)
+    df = pl.DataFrame(
+        {
+            "id": [f"f{i}" for i in range(8)],
+            "question": [feature_question(1)] * 8,
+            "answer": ["the tokens Paris and Rome", "the tokens cat and dog"] * 4,
+            "vector": torch.randn(8, 64).tolist(),
+        },
+        schema_overrides={"vector": pl.List(pl.Float32)},
+    )
+    cfg = TrainConfig(epochs=2, batch_size=4, lr=1e-2, save_steps=1000, seed=0)
+    injection = {"layer": 0, "map_from": str(target_dir)}
+    out = tmp_path / "adapter"
+    train_explainer(model_dir, df, out, cfg, tmp_path / "ckpt", injection=injection)
+    model, tok = load_explainer(model_dir, out)
+    inj = explainer_injector(model, tok, out, 64)
+    assert inj.spec.map_init.startswith("embeddings (")
+    want, _ = fitted_map(target_dir, *load_explainer(model_dir))
+    assert torch.allclose(inj.map(torch.eye(64)).T, want, atol=1e-6)

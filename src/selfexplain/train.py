@@ -640,6 +640,11 @@ def train_explainer(
         model = lora_model(model, cfg, modules_to_save=to_save)
     if injector is not None:
         injector.bind(model)
+        if injector.map is not None and injector.spec.map_init != "random":
+            # a map fitted on the embeddings stays as it is: the nearest analogue of the
+            # identity through which a model reads its own vectors (trained, it memorises the
+            # training vectors; injection.py); it is still saved with the adapter
+            injector.map.requires_grad_(False)
     # rank 0 alone keeps the tokenized rows (a launch's other processes tokenize in memory)
     cache = checkpoint_dir if os.environ.get("RANK", "0") == "0" else None
     data = _encode_rows(tokenizer, examples, cfg, injector, cache) if len(examples) else []

@@ -9,7 +9,8 @@ paper). When the target's width differs from the explainer's, a linear map (``ve
 trained jointly with the LoRA adapter and saved inside it) carries the vector across. Given the
 target's model directory (``map_from``), the map starts as embedding_map: the least-squares map
 between the two models' input embeddings of the tokens both vocabularies share, the nearest
-linear analogue of the identity a model explaining itself gets; without it, a seeded random map.
+linear analogue of the identity a model explaining itself gets, and training leaves it fixed;
+without it, a seeded random map, trained with the adapter.
 
 The overwrite is the one ``hooks.patch_residual(site="input")`` does (a test checks they are
 equal), but applied only to the forward that sees the whole prompt: ``generate`` with a KV
