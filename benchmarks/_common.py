@@ -139,3 +139,16 @@ def body_params(model) -> int:
     then costs one position per sequence, ignored here)."""
     total = sum(p.numel() for p in model.parameters())
     return total - model.get_input_embeddings().weight.numel()
+
+
+def overrides(items: Sequence[str]) -> dict:
+    """--set KEY=VALUE items as a dict, each value parsed as JSON when it is JSON (numbers, null,
+    lists), else kept as text."""
+    out = {}
+    for item in items:
+        key, text = item.split("=", 1)
+        try:
+            out[key] = json.loads(text)
+        except json.JSONDecodeError:
+            out[key] = text
+    return out

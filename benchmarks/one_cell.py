@@ -17,7 +17,6 @@ another run's variant (e.g. a no_signal cell) to the comparisons.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 import types
 from pathlib import Path
@@ -25,7 +24,7 @@ from pathlib import Path
 import polars as pl
 import torch
 import yaml
-from _common import environment, write_record
+from _common import environment, overrides, write_record
 
 from selfexplain.compare import paired_difference
 from selfexplain.examples import read_examples, write_parquet
@@ -34,13 +33,6 @@ from selfexplain.metrics import change_metrics, heatmap_agreement
 from selfexplain.plots import in_sample
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
 
 
 def metrics(rows: pl.DataFrame) -> dict:
@@ -68,9 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     config = yaml.safe_load((REPO / "config/config.yaml").read_text())
     settings = dict(config["train"])
-    for item in args.set:
-        key, value = item.split("=", 1)
-        settings[key] = _value(value)
+    settings |= overrides(args.set)
     examples = read_examples(args.labels)
     n_test = len(evaluation_rows(examples, args.task, args.n_test))
     start = time.perf_counter()

@@ -16,7 +16,6 @@ markdown table.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import time
 import types
@@ -24,16 +23,9 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import yaml
-from _common import environment, write_record
+from _common import environment, overrides, write_record
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
 
 
 def train_one(task: str, labels: str, model: str, out: str, settings: dict, threads: int) -> dict:
@@ -104,9 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--record", default=None, help="JSON path (default: results/benchmarks/)")
     args = parser.parse_args(argv)
     base = dict(yaml.safe_load((REPO / "config/config.yaml").read_text())["train"])
-    for item in args.set:
-        key, value = item.split("=", 1)
-        base[key] = _value(value)
+    base |= overrides(args.set)
     base |= {"epochs": args.epochs, "patience": 0, "n_train": args.n_train}
     points = [base | {"lr": lr} for lr in args.lr]
     outs = [str(Path(args.out) / args.task / f"lr{lr:g}") for lr in args.lr]
