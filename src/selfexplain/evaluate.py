@@ -241,16 +241,7 @@ def explainer_injector(
 
     if adapter_dir is not None and (Path(adapter_dir) / INJECTION_FILE).is_file():
         return Injector(InjectionSpec.load(adapter_dir), model)
-    settings = settings or {}
-    return Injector.setup(
-        model,
-        tokenizer,
-        d_in,
-        settings.get("layer", 0),
-        settings.get("scale"),
-        map_from=settings.get("map_from"),
-        map_exclude=settings.get("map_exclude", ()),
-    )
+    return Injector.from_settings(model, tokenizer, d_in, settings)
 
 
 def describe_vectors(

@@ -54,7 +54,7 @@ class AnswerFormat:
 PAPER_UNCHANGED = "The output would remain unchanged from"
 PAPER_CHANGED = "The most likely output would change to"
 _PAPER_RE = re.compile(
-    r"^(The output would remain unchanged from|The most likely output would change to) <<<(.*?)>>>",
+    rf"^({re.escape(PAPER_UNCHANGED)}|{re.escape(PAPER_CHANGED)}) <<<(.*?)>>>",
     re.DOTALL | re.IGNORECASE,
 )
 COMPACT = AnswerFormat("compact", 'Answer "unchanged" or "changes to" the new token.')

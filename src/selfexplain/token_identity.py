@@ -213,16 +213,7 @@ def run_token_identity(
     )
     untrained: dict[str, dict[str, float]] = {"identity": {}, "question": {}}
     for scale in scales:
-        injector = Injector.setup(
-            model,
-            tok,
-            d_in,
-            layer,
-            scale=scale * ref,
-            seed=0,
-            map_from=injection.get("map_from"),
-            map_exclude=injection.get("map_exclude", ()),
-        )
+        injector = Injector.from_settings(model, tok, d_in, injection | {"scale": scale * ref})
         kwargs = {"max_new_tokens": max_new_tokens, "batch_size": batch_size}
         kwargs |= {"vectors": vectors, "injector": injector}
         identity = generate_raw(model, tok, [IDENTITY_PROMPT] * len(test), **kwargs)

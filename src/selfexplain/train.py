@@ -622,17 +622,7 @@ def train_explainer(
     if vectors is not None:
         from selfexplain.features.injection import MAP_NAME, Injector
 
-        inj = injection or {}
-        injector = Injector.setup(
-            model,
-            tokenizer,
-            len(vectors[0]),
-            inj.get("layer", 0),
-            inj.get("scale"),
-            cfg.seed,
-            map_from=inj.get("map_from"),
-            map_exclude=inj.get("map_exclude", ()),
-        )
+        injector = Injector.from_settings(model, tokenizer, len(vectors[0]), injection, cfg.seed)
     to_save = [MAP_NAME] if injector is not None and injector.spec.has_map else None
     if cfg.method not in ("lora", "full"):
         raise ValueError(f"train.method must be 'lora' or 'full', got {cfg.method!r}")

@@ -188,6 +188,24 @@ class Injector:
         attach_map(model, spec, seed, init)
         return cls(spec, model)
 
+    @classmethod
+    def from_settings(
+        cls, model, tokenizer, d_in: int, settings: dict | None, seed: int = 0
+    ) -> Injector:
+        """setup from the injection settings as the config and the callers pass them:
+        {"layer", "scale", "map_from", "map_exclude"}, each optional."""
+        settings = settings or {}
+        return cls.setup(
+            model,
+            tokenizer,
+            d_in,
+            settings.get("layer", 0),
+            settings.get("scale"),
+            seed,
+            map_from=settings.get("map_from"),
+            map_exclude=settings.get("map_exclude", ()),
+        )
+
     def bind(self, model) -> None:
         """Point at the (possibly peft-wrapped) vector_map of model."""
         self.map = getattr(_base(model), MAP_NAME, None) if self.spec.has_map else None
