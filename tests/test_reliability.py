@@ -730,6 +730,25 @@ def test_every_rule_gets_threads_memory_runtime_and_its_environment(tmp_path):
             assert re.search(needed, resources), f"rule {rule} lacks {needed}"
 
 
+def _train_threads(tmp_path: Path, configfile: str, cores: int) -> set[int]:
+    proc = run_snakemake(
+        tmp_path, "-n", "--cores", str(cores), "--configfile", str(REPO / configfile)
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = re.findall(r"^rule train_explainer:\n(.*?)(?=^\n|\Z)", proc.stdout, re.M | re.S)
+    assert jobs, proc.stdout[-3000:]
+    threads = [re.search(r"^    threads: (\d+)$", body, re.M) for body in jobs]
+    return {int(m.group(1)) if m else 1 for m in threads}  # no line: one thread
+
+
+def test_a_lone_training_job_takes_every_core(tmp_path):
+    """config/quick.yaml trains one explainer: it gets --cores threads (capped there); a matrix
+    of several trains each on one thread, two jobs at a time."""
+    assert _train_threads(tmp_path / "quick", "config/quick.yaml", 2) == {2}
+    assert _train_threads(tmp_path / "quick3", "config/quick.yaml", 3) == {3}
+    assert _train_threads(tmp_path / "tiny", "tests/data/tiny.yaml", 2) == {1}
+
+
 def test_slurm_profile_maps_every_gpu_rule():
     profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
     rules = set(_rule_blocks()) | _derived_rules()

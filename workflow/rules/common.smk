@@ -1,4 +1,5 @@
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from selfexplain import layout
@@ -99,6 +100,20 @@ def released_files():
 def train_runs():
     """The evaluations that need a trained adapter (selfexplain/matrix.py)."""
     return [r for r in runs(config) if is_trained(r.variant)]
+
+
+def train_threads():
+    """Threads of a training job: one when the matrix trains several explainers (two jobs at a
+    time keep a laptop's cores busier than one job on two: model loading overlaps, and matmuls at
+    batch 8 scale poorly past one core), every core of --cores when it trains one
+    (config/quick.yaml), which then has no other job to share them with. Snakemake caps threads
+    at --cores; profiles/slurm sets its own (set-threads)."""
+    if len(train_runs()) != 1:
+        return 1
+    try:
+        return workflow.cores
+    except WorkflowError:  # no --cores (e.g. a dry run without a profile)
+        return 1
 
 
 def eval_files():

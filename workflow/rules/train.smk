@@ -15,9 +15,7 @@ rule train_explainer:
         RUN.log_file("train_explainer"),
     benchmark:
         RUN.benchmark_file("train_explainer")
-    # one thread: on a laptop two jobs at a time keep both cores busier than one job on two
-    # (Python start-up and model loading overlap; matmuls at batch 8 scale poorly past 1 core)
-    threads: 1
+    threads: train_threads()  # 1, or every core when it is the only training job
     resources:
         mem_mb=12000,
         runtime=240,
