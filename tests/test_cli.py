@@ -9,6 +9,8 @@ import shutil
 import pytest
 
 from selfexplain.cli import main
+from selfexplain.cli.ask_ablation import trained_on_last_token
+from selfexplain.cli.locate import explainer_dir
 from selfexplain.examples import read_examples, to_frame, write_parquet
 from selfexplain.metrics import change_answer, change_metrics, score_change_rows
 from selfexplain.models import decoder_layers, load, resolve
@@ -47,6 +49,7 @@ def ws(tmp_path_factory):
     ]
     rows = ablation_labels(model, tok, prompts)
     examples = to_frame(ablation_examples(rows, "tiny", test_fraction=0.0))
+    write_parquet(examples, root / "results/labels/ablation/tiny.parquet")  # last tokens kept
     train_explainer(model_dir, examples, root / ABLATION / "s0", cfg, root / "ckpt" / "a")
     clean = Prompt("pair-a-clean", "mcq", CLEAN, None, {"subject": "France"})
     cf = Prompt("pair-a-counterfactual", "mcq", CF, None, {"subject": "Japan"})
@@ -139,6 +142,33 @@ def test_ask_ablation_prompts_file_matches_direct_labels(ws, tiny, tmp_path, cap
     assert stdout.strip().splitlines()[-1] == f"n={len(records)}"
 
 
+def test_ask_ablation_asks_the_last_token_only_where_the_explainer_learnt_it(
+    ws, tiny, tmp_path, capsys
+):
+    """The pipeline's labels drop the last token's removal (ablation.drop_last): an explainer
+    trained on them is not asked it, unless --keep-last; one trained with it is."""
+    model, tok = tiny
+    text = "The capital of France is"
+    n = len(ablatable_positions(tok, encode(tok, text)))
+    kept = ws / "results/labels/ablation/tiny.parquet"
+    dropped = tmp_path / "dropped.parquet"
+    rows = ablation_labels(model, tok, [Prompt("p0", "custom", text)], drop_last=True)
+    write_parquet(to_frame(ablation_examples(rows, "tiny", test_fraction=0.0)), dropped)
+    info = explainer_dir(ws / ABLATION / "s0")
+    assert trained_on_last_token(info) and trained_on_last_token(info, str(kept))
+    assert not trained_on_last_token(info, str(dropped))
+    ask = ["ask", "ablation", "--explainer", str(ws / ABLATION / "s0"), "--prompt", text]
+    for extra, n_asked in (([], n), (["--labels", str(dropped)], n - 1)):
+        for truth in ([], ["--no-truth"]):
+            out = tmp_path / "answers.jsonl"
+            assert main([*ask, *extra, *truth, "--out", str(out)]) == 0
+            err = capsys.readouterr().err
+            assert [r["position"] for r in _records(out)] == list(range(n_asked))
+            assert ("not asked: removing each prompt's last token" in err) == (n_asked < n)
+    assert main([*ask, "--labels", str(dropped), "--keep-last", "--out", str(out)]) == 0
+    assert len(_records(out)) == n
+
+
 def test_model_dirs_are_inferred_or_named(ws, tmp_path, capsys):
     # same adapter, but the target "ghost" has no resources/models/ghost
     adapter = tmp_path / "results/explainers/ablation/ghost/tiny/trained/s0"
@@ -211,7 +241,6 @@ def test_ask_reads_scores_at_the_targets_base_rate(ws, tmp_path):
     """An ask reads its scores at the natural-rate threshold: the run's recorded base rate, else
     the train split of the label file the explainer trained on, else the validation one."""
     from selfexplain.cli.answers import natural_threshold
-    from selfexplain.cli.locate import explainer_dir
     from selfexplain.examples import read_parquet
     from selfexplain.experiment import train_base_rate
     from selfexplain.metrics import prior_shift
@@ -226,6 +255,41 @@ def test_ask_reads_scores_at_the_targets_base_rate(ws, tmp_path):
     summary = json.loads((copy / "train_summary.json").read_text()) | {"base_rate": 0.25}
     (copy / "train_summary.json").write_text(json.dumps(summary))
     assert natural_threshold(explainer_dir(copy))[0] == pytest.approx(prior_shift(0.25))
+
+
+def test_ask_threshold_rules(ws, tiny, tmp_path, capsys):
+    """--threshold: rank (the default of ask ablation) answers "changes to" for the base-rate
+    share of the questions scored highest; natural, balanced and a number are one threshold;
+    anything else is refused by name."""
+    from selfexplain.cli.answers import ask_threshold, known_base_rate, natural_threshold
+    from selfexplain.train import run_summary, summary_threshold
+
+    info = explainer_dir(ws / PATCHING / "s0")
+    assert ask_threshold(info, "rank")[1] == known_base_rate(info)[0] is not None
+    assert ask_threshold(info, "natural")[:2] == (natural_threshold(info)[0], None)
+    balanced = summary_threshold(run_summary(info.adapter))
+    assert ask_threshold(info, "balanced")[:2] == (balanced, None)
+    assert ask_threshold(info, "-1.5")[:2] == (-1.5, None)
+    copy = tmp_path / "adapter"  # no base rate known: rank falls back to the balanced threshold
+    shutil.copytree(ws / PATCHING / "s0", copy)
+    assert ask_threshold(explainer_dir(copy), "rank")[1] is None
+    _, tok = tiny
+    text = "The capital of France is"
+    n = len(ablatable_positions(tok, encode(tok, text)))
+    ask = ["ask", "ablation", "--explainer", str(ws / ABLATION / "s0"), "--prompt", text]
+    out = tmp_path / "answers.jsonl"
+    assert main([*ask, "--no-truth", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    rate = ask_threshold(explainer_dir(ws / ABLATION / "s0"), "rank")[1]
+    assert "has-changed threshold: rank" in err
+    assert sum(r["pred_changed"] for r in _records(out)) == round(rate * n)
+    for rule, changed in (("1e9", 0), ("-1e9", n)):
+        assert main([*ask, "--no-truth", f"--threshold={rule}", "--out", str(out)]) == 0
+        assert sum(r["pred_changed"] for r in _records(out)) == changed
+    assert main([*ask, "--threshold", "median"]) == 2
+    assert "must be one of rank, natural, balanced or a number, got 'median'" in (
+        capsys.readouterr().err
+    )
 
 
 def test_labels_ablation_from_dir_and_spec(ws, tiny, tmp_path, capsys):

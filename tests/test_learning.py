@@ -25,6 +25,7 @@ from selfexplain.metrics import (
     balanced_accuracy,
     best_threshold,
     change_metrics,
+    rank_threshold,
     score_change_rows,
 )
 from selfexplain.models import resolve
@@ -105,6 +106,23 @@ def test_calibrated_answers_follow_the_threshold(tiny_llama):
             assert answer.startswith(tok.decode([*common, changed_id]).strip())
         else:
             assert answer == "unchanged"
+
+
+def test_rank_threshold_marks_the_base_rate_share_scored_highest(tiny_llama):
+    """rank_threshold marks round(rate * n) of n questions changed, the highest scored; with
+    a rate, change_answers answers "changes to" for exactly those."""
+    scores = [0.3, -1.0, 2.0, 0.9, -0.2]
+    assert rank_threshold(scores, 0.4) == pytest.approx((0.9 + 0.3) / 2)  # 2 of 5: 2.0, 0.9
+    assert sum(s > rank_threshold(scores, 0.4) for s in scores) == 2
+    assert sum(s > rank_threshold(scores, 0.0) for s in scores) == 0
+    assert sum(s > rank_threshold(scores, 1.0) for s in scores) == 5
+    assert rank_threshold([], 0.5) == 0.0
+    model, tok = tiny_llama
+    questions = ["short?", "a much longer question about the tokens here?", "mid length one?"]
+    scores = change_scores(model, tok, questions, batch_size=3)
+    answers, _ = change_answers(model, tok, questions, threshold=99.0, rate=1 / 3, max_new_tokens=2)
+    top = int(np.argmax(scores))
+    assert [a != "unchanged" for a in answers] == [i == top for i in range(3)]
 
 
 def test_validation_state_survives_resume(tmp_path):

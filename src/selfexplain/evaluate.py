@@ -153,6 +153,7 @@ def change_answers(
     progress: bool = True,
     pack: int = 1,
     answer_format: str = "compact",
+    rate: float | None = None,
 ):
     """Calibrated answers to change-task questions, and their has-changed scores.
 
@@ -164,8 +165,10 @@ def change_answers(
     pack: questions per packed scoring sequence (scoring.change_scores). answer_format: the
     explainer's (metrics.AnswerFormat; the run's train_summary.json has it); in the paper
     format an "unchanged" answer names the current output, so both forms are generated.
+    rate: when given, the threshold is metrics.rank_threshold of the scores (that share of the
+    questions, the highest scored, answer "changes to") instead of ``threshold``.
     """
-    from selfexplain.metrics import COMPACT, UNCHANGED
+    from selfexplain.metrics import COMPACT, UNCHANGED, rank_threshold
     from selfexplain.metrics import answer_format as get_format
     from selfexplain.scoring import answer_forms, change_scores
 
@@ -173,6 +176,8 @@ def change_answers(
     scores = change_scores(
         model, tokenizer, questions, batch_size=batch_size, progress=progress, pack=pack, fmt=fmt
     )
+    if rate is not None:
+        threshold = rank_threshold(scores, rate)
     common, changed_id, unchanged_id = answer_forms(tokenizer, fmt)
     answers = [UNCHANGED] * len(questions)
     forms = [(True, changed_id)] if fmt is COMPACT else [(True, changed_id), (False, unchanged_id)]

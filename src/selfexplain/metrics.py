@@ -240,6 +240,22 @@ def prior_shift(rate: float) -> float:
     return float(np.log((1 - rate) / rate))
 
 
+def rank_threshold(scores: Sequence[float], rate: float) -> float:
+    """The threshold that marks the round(rate * n) highest of n scores as changed (prior
+    matching): midway between the last score marked and the next, so ``score > threshold``
+    picks exactly them (ties aside). It reads the explainer's ranking of the questions, not
+    its scores' scale, which drifts on prompts unlike the training ones."""
+    ordered = sorted((float(s) for s in scores), reverse=True)
+    if not ordered:
+        return 0.0
+    k = min(max(round(float(rate) * len(ordered)), 0), len(ordered))
+    if k == 0:
+        return ordered[0]
+    if k == len(ordered):
+        return ordered[-1] - 1.0
+    return (ordered[k - 1] + ordered[k]) / 2
+
+
 def natural_prediction(rows: pl.DataFrame) -> pl.Series:
     """Predicted has-changed for questions asked at the target's natural rate of change (every
     cell of a heatmap): tf_score > prior_threshold (the validation threshold moved by

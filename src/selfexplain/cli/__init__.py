@@ -47,6 +47,33 @@ def _fraction(value: str) -> float:
     return x
 
 
+def _threshold_rule(value: str) -> str:
+    from selfexplain.cli.answers import THRESHOLD_RULES
+
+    if value in THRESHOLD_RULES:
+        return value
+    try:
+        float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be one of {', '.join(THRESHOLD_RULES)} or a number, got {value!r}"
+        ) from None
+    return value
+
+
+def _threshold_arg(p: argparse.ArgumentParser, default: str, why: str) -> None:
+    p.add_argument(
+        "--threshold",
+        type=_threshold_rule,
+        default=default,
+        metavar="RULE",
+        help="how has-changed scores become answers: rank (the run's base rate of change, as "
+        "the share of the asked questions scored highest), natural (the validation threshold "
+        "moved to that base rate), balanced (the validation threshold) or a number; "
+        f"default {default}: {why}",
+    )
+
+
 def _ask_common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--explainer",
@@ -103,6 +130,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--prompts", metavar="FILE.jsonl", help='one {"prompt": ..., "hint": ...} per line'
     )
     abl.add_argument("--hint", metavar="TEXT", help="the removable hint inside --prompt")
+    _threshold_arg(
+        abl,
+        "rank",
+        "free-text prompts shift the scores' scale away from the generated training prompts",
+    )
+    abl.add_argument(
+        "--keep-last",
+        action="store_true",
+        help="also ask about removing each prompt's last token (by default asked only when the "
+        "explainer's labels have that question; the pipeline drops it: ablation.drop_last)",
+    )
+    abl.add_argument(
+        "--labels",
+        metavar="FILE.parquet",
+        help="the label file the explainer trained on (default: the one next to results/)",
+    )
     abl.set_defaults(func=cmd_ask_ablation)
 
     pat = tasks.add_parser(
@@ -143,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     pat.add_argument(
         "--layer-stride", type=_positive, metavar="S", help="window starts 0, S, 2S, ..."
     )
+    _threshold_arg(pat, "natural", "an ask covers a pair's whole grid, as the heatmaps do")
     pat.set_defaults(func=cmd_ask_patching)
 
     feat = tasks.add_parser(

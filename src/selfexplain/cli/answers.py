@@ -15,44 +15,75 @@ from selfexplain.cli.locate import ExplainerDir
 from selfexplain.metrics import change_answer, parse_change
 from selfexplain.settings import EvaluateSettings
 
+THRESHOLD_RULES = ("rank", "natural", "balanced")
 
-def natural_threshold(info: ExplainerDir, labels: str | None = None) -> tuple[float, str]:
-    """The threshold an ask reads scores with, and how it was set: the run's validation
-    threshold moved to the target's base rate of change (metrics.prior_shift), the rate read
-    from the run's train_summary.json, else from the train split of the label file it trained
-    on (``labels``, or the one next to results/), else left unmoved."""
-    from selfexplain.metrics import prior_shift
-    from selfexplain.train import run_summary, summary_threshold
 
-    summary = run_summary(info.adapter)
-    balanced = summary_threshold(summary)
-    rate, source = summary.get("base_rate"), "the run's train_summary.json"
+def known_base_rate(info: ExplainerDir, labels: str | None = None) -> tuple[float | None, str]:
+    """The target's base rate of change the explainer trained at, and where it was read: the
+    run's train_summary.json, else the train split of the label file it trained on
+    (``labels``, or the one next to results/); None when neither is there."""
+    from selfexplain.train import run_summary
+
+    rate = run_summary(info.adapter).get("base_rate")
+    if rate is not None:
+        return rate, "the run's train_summary.json"
     path = Path(labels) if labels else None
     if path is None and info.root is not None and info.task and info.target:
         path = info.root / layout.labels_file(info.task, info.target)
-    if rate is None and path is not None and path.is_file():
+    if path is not None and path.is_file():
         from selfexplain.examples import read_parquet
         from selfexplain.experiment import train_base_rate
 
-        rate, source = train_base_rate(read_parquet(path)), f"{path}'s train split"
+        return train_base_rate(read_parquet(path)), f"{path}'s train split"
+    return None, ""
+
+
+def natural_threshold(info: ExplainerDir, labels: str | None = None) -> tuple[float, str]:
+    """The run's validation threshold moved to the target's base rate of change
+    (metrics.prior_shift; known_base_rate), else left unmoved; and how it was set."""
+    from selfexplain.metrics import prior_shift
+    from selfexplain.train import run_summary, summary_threshold
+
+    balanced = summary_threshold(run_summary(info.adapter))
+    rate, source = known_base_rate(info, labels)
     if rate is None:
         return balanced, "validation-calibrated; no base rate of change known"
     how = f"validation {balanced:+.3f}, moved to base rate {rate:.3f} of {source}"
     return balanced + prior_shift(rate), how
 
 
+def ask_threshold(info: ExplainerDir, rule: str, labels: str | None = None):
+    """How an ask turns has-changed scores into answers: (threshold, rate, description).
+    rule "rank": the share of the asked questions equal to the run's base rate of change, the
+    highest scored, answer "changes to" (metrics.rank_threshold; rate is set); "natural": one
+    threshold, natural_threshold; "balanced": the validation-calibrated threshold (balanced
+    rows); a number: that threshold."""
+    from selfexplain.train import run_summary, summary_threshold
+
+    if rule == "rank":
+        rate, source = known_base_rate(info, labels)
+        if rate is not None:
+            return 0.0, rate, f"rank: the highest-scored {rate:.3f} of the questions ({source})"
+        rule = "balanced"
+    if rule == "natural":
+        value, how = natural_threshold(info, labels)
+        return value, None, how
+    if rule == "balanced":
+        value = summary_threshold(run_summary(info.adapter))
+        return value, None, f"{value:+.3f}, validation-calibrated on balanced rows"
+    return float(rule), None, f"{float(rule):+.3f}, given"
+
+
 def answer(model_path: Path, info: ExplainerDir, questions: list[str], args) -> list[str]:
     """The explainer's answers as the pipeline's evaluate step makes them
     (evaluate.change_answers): "unchanged" or "changes to ..." as its has-changed score is
-    above a threshold. An ask's questions are every cell / token of the user's prompt, asked
-    at the target's own rate of change, so the threshold is the one the pipeline reads heatmaps
-    with (natural_threshold)."""
+    above the threshold of ``args.threshold`` (ask_threshold)."""
     from selfexplain.evaluate import change_answers, load_explainer
     from selfexplain.metrics import COMPACT, answer_format
     from selfexplain.train import run_summary
 
-    threshold, how = natural_threshold(info, getattr(args, "labels", None))
-    print(f"has-changed threshold {threshold:+.3f} ({how})", file=sys.stderr)
+    threshold, rate, how = ask_threshold(info, args.threshold, getattr(args, "labels", None))
+    print(f"has-changed threshold: {how}", file=sys.stderr)
     fmt = answer_format(run_summary(info.adapter).get("answer_format") or "compact")
     questions = [q.replace(COMPACT.instruction, fmt.instruction) for q in questions]
     model, tokenizer = load_explainer(model_path, info.adapter)
@@ -62,6 +93,7 @@ def answer(model_path: Path, info: ExplainerDir, questions: list[str], args) -> 
         questions,
         answer_format=fmt.name,
         threshold=threshold,
+        rate=rate,
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
         pack=EvaluateSettings().pack,  # the pipeline's evaluate default

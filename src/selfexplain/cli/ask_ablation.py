@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import gc
+import sys
 
 from selfexplain.cli.answers import answer, answer_records, finish
 from selfexplain.cli.locate import ask_models
@@ -39,7 +40,33 @@ def _ablation_prompts(args) -> list:
     return prompts
 
 
-def _ablation_rows_without_truth(model, tokenizer, prompt) -> list[dict]:
+def trained_on_last_token(info, labels: str | None = None) -> bool:
+    """Whether the explainer's training labels ask about removing a prompt's last token: read
+    from the label file it trained on (``labels``, or the one next to results/), else the
+    pipeline's default (ablation.drop_last). The pipeline drops that question (its removal
+    always changes the output), so an ask poses it only where the explainer has seen it."""
+    from pathlib import Path
+
+    from selfexplain import layout
+    from selfexplain.settings import AblationSettings
+
+    path = Path(labels) if labels else None
+    if path is None and info.root is not None and info.task and info.target:
+        path = info.root / layout.labels_file(info.task, info.target)
+    if path is None or not path.is_file():
+        return not AblationSettings().drop_last
+    import polars as pl
+
+    from selfexplain.examples import read_parquet
+
+    meta = read_parquet(path).filter(pl.col("split") == "train")["meta"].str.json_decode()
+    return any(
+        m["unit"] == "token" and m.get("n_positions") and m["position"] == m["n_positions"] - 1
+        for m in meta.to_list()
+    )
+
+
+def _ablation_rows_without_truth(model, tokenizer, prompt, drop_last: bool) -> list[dict]:
     """The fields ablation_question needs (the target's tokens and greedy next token), computed
     as prompt_ablation_rows does, without the removal forwards."""
     from selfexplain.forward import next_token_logprobs
@@ -65,6 +92,8 @@ def _ablation_rows_without_truth(model, tokenizer, prompt) -> list[dict]:
         }
         for k, pos in enumerate(ablatable_positions(tokenizer, ids))
     ]
+    if drop_last:
+        rows = rows[:-1]
     if prompt.hint:
         rows.append(base | {"unit": "hint", "position": None, "removed": prompt.hint})
     return rows
@@ -77,11 +106,20 @@ def cmd_ask_ablation(args) -> int:
     from selfexplain.tasks.ablation import ablation_labels, ablation_question
 
     truth = not args.no_truth
+    drop_last = not (args.keep_last or trained_on_last_token(info, args.labels))
+    if drop_last:
+        print(
+            "not asked: removing each prompt's last token (its removal always changes the output;"
+            " the explainer's labels drop it, ablation.drop_last; --keep-last asks it)",
+            file=sys.stderr,
+        )
     model, tokenizer = load(target_dir)
     if truth:
-        rows = ablation_labels(model, tokenizer, prompts)
+        rows = ablation_labels(model, tokenizer, prompts, drop_last=drop_last)
     else:
-        rows = [r for p in prompts for r in _ablation_rows_without_truth(model, tokenizer, p)]
+        rows = [
+            r for p in prompts for r in _ablation_rows_without_truth(model, tokenizer, p, drop_last)
+        ]
     del model, tokenizer  # free the target before the explainer is loaded
     gc.collect()
 
