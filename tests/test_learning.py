@@ -125,6 +125,26 @@ def test_rank_threshold_marks_the_base_rate_share_scored_highest(tiny_llama):
     assert [a != "unchanged" for a in answers] == [i == top for i in range(3)]
 
 
+def test_the_starting_score_is_never_kept_nor_stops_training():
+    """A high score before the first step (noise on a small split) neither becomes the kept
+    step nor runs out the patience: the best of the trained steps is kept."""
+    from types import SimpleNamespace
+
+    from selfexplain.train import Validation
+
+    scores = iter([0.9, 0.4, 0.5, 0.45, 0.3, 0.2])
+    v = Validation(lambda model: {"auc": next(scores)}, "auc", 10, patience=2, resume=None)
+    v.model = torch.nn.Linear(2, 2)
+    control = SimpleNamespace(should_training_stop=False)
+    for step in range(0, 60, 10):
+        v._evaluate(SimpleNamespace(global_step=step, epoch=0.0, log_history=[]), control)
+        if control.should_training_stop:
+            break
+    assert [p["step"] for p in v.curve] == [0, 10, 20, 30, 40]  # 0.9 at step 0 is on the curve
+    assert v.best["step"] == 20 and v.best["value"] == [0.5]  # ... but not kept
+    assert control.should_training_stop  # two trained scores after the best one
+
+
 def test_validation_state_survives_resume(tmp_path):
     """A rerun resumes from the last checkpoint with the same curve and best step."""
     model_dir = resolve("tiny-random-llama", tmp_path / "model")

@@ -235,7 +235,9 @@ def single_process_env() -> None:
 class Validation(TrainerCallback):
     """Learning diagnostics: score a held-out validation split every ``eval_steps`` optimizer
     steps (and before the first), keep the best adapter in memory, stop after ``patience``
-    scores without improvement.
+    scores without improvement. The score before the first step starts the curve but is never
+    the kept one: an explainer left at its initial weights is the `untrained` variant, and a
+    noisy first score must not stop training before it has begun.
 
     ``score(model) -> dict`` returns metrics, ``metric`` names the one that selects (higher is
     better; "a+b": a, ties broken by b).
@@ -278,6 +280,9 @@ class Validation(TrainerCallback):
         point = {"step": state.global_step, "epoch": state.epoch or 0.0} | metrics
         point["train_loss"] = losses[-1] if losses else None
         self.curve.append(point)
+        if state.global_step == 0:  # the starting point: never kept (that is `untrained`)
+            print(f"validation step 0 (before training): {metrics}")
+            return
         value = [metrics[m] for m in self.metric.split("+")]  # ties go to the second metric
         if any(v != v for v in value):  # nan: one class in the validation split
             value = [float("-inf")] * len(value)
