@@ -101,7 +101,7 @@ class AblationSettings(Section):
     prompts_file: str | None = _field(
         None, doc="your own JSONL ({'prompt': ..., 'hint': ...} per line) instead of the generator"
     )
-    n_per_kind: int = _field(160, doc="generated prompts per kind")
+    n_per_kind: int = _field(480, doc="generated prompts per kind")
     source: str = _field(
         "generated",
         doc="generated (the prompt generators) or mmlu (n_per_kind hinted MMLU questions)",
