@@ -10,7 +10,6 @@ import gc
 import sys
 from pathlib import Path
 
-from selfexplain import layout
 from selfexplain.cli.locate import ExplainerDir
 from selfexplain.metrics import change_answer, parse_change
 from selfexplain.settings import EvaluateSettings
@@ -27,9 +26,7 @@ def known_base_rate(info: ExplainerDir, labels: str | None = None) -> tuple[floa
     rate = run_summary(info.adapter).get("base_rate")
     if rate is not None:
         return rate, "the run's train_summary.json"
-    path = Path(labels) if labels else None
-    if path is None and info.root is not None and info.task and info.target:
-        path = info.root / layout.labels_file(info.task, info.target)
+    path = info.labels_path(labels)
     if path is not None and path.is_file():
         from selfexplain.examples import read_parquet
         from selfexplain.experiment import train_base_rate

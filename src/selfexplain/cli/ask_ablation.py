@@ -45,24 +45,19 @@ def trained_on_last_token(info, labels: str | None = None) -> bool:
     from the label file it trained on (``labels``, or the one next to results/), else the
     pipeline's default (ablation.drop_last). The pipeline drops that question (its removal
     always changes the output), so an ask poses it only where the explainer has seen it."""
-    from pathlib import Path
-
-    from selfexplain import layout
     from selfexplain.settings import AblationSettings
 
-    path = Path(labels) if labels else None
-    if path is None and info.root is not None and info.task and info.target:
-        path = info.root / layout.labels_file(info.task, info.target)
+    path = info.labels_path(labels)
     if path is None or not path.is_file():
         return not AblationSettings().drop_last
     import polars as pl
 
-    from selfexplain.examples import read_parquet
+    from selfexplain.examples import meta, read_parquet
 
-    meta = read_parquet(path).filter(pl.col("split") == "train")["meta"].str.json_decode()
+    rows = meta(read_parquet(path).filter(pl.col("split") == "train"))
     return any(
         m["unit"] == "token" and m.get("n_positions") and m["position"] == m["n_positions"] - 1
-        for m in meta.to_list()
+        for m in rows
     )
 
 

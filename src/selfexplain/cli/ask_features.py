@@ -9,7 +9,6 @@ import json
 import sys
 from pathlib import Path
 
-from selfexplain import layout
 from selfexplain.cli.locate import ExplainerDir, ask_models
 from selfexplain.cli.render import write_jsonl
 
@@ -21,11 +20,8 @@ def _feature_labels(args, info: ExplainerDir) -> Path | None:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such label file (--labels)")
         return path
-    if info.root is not None and info.target is not None:
-        path = info.root / layout.labels_file("features", info.target)
-        if path.is_file():
-            return path
-    return None
+    path = info.labels_path(task="features")
+    return path if path is not None and path.is_file() else None
 
 
 def _read_vectors(path: str) -> list[list[float]]:

@@ -9,7 +9,6 @@ import gc
 import sys
 from pathlib import Path
 
-from selfexplain import layout
 from selfexplain.cli.answers import answer, answer_records, finish, metric_line
 from selfexplain.cli.locate import ExplainerDir, ask_models
 from selfexplain.cli.render import print_cells, print_grid, quote, write_heatmap
@@ -27,9 +26,7 @@ def _trained_layout(path: Path) -> tuple[int, list[int]]:
 
 
 def _patching_layout(args, info: ExplainerDir, n_layers: int) -> tuple[int, list[int]]:
-    labels = Path(args.labels) if args.labels else None
-    if labels is None and info.root is not None and info.target is not None:
-        labels = info.root / layout.labels_file("patching", info.target)
+    labels = info.labels_path(args.labels, "patching")
     if args.window is None and labels is not None and labels.is_file():
         window, starts = _trained_layout(labels)
         print(f"window {window}, layer starts {starts} (from {labels})", file=sys.stderr)

@@ -31,6 +31,17 @@ class ExplainerDir:
     variant: str | None = None
     seed: int | None = None
 
+    def labels_path(self, labels: str | None = None, task: str | None = None) -> Path | None:
+        """The label file the explainer was trained on: ``labels`` (a --labels argument) when
+        given, else results/labels/<task>/<target>.parquet next to its results/ (task: its
+        own by default), else None. Whether the file exists is the caller's to check."""
+        if labels:
+            return Path(labels)
+        task = task or self.task
+        if self.root is None or task is None or self.target is None:
+            return None
+        return self.root / layout.labels_file(task, self.target)
+
     def describe(self) -> str:
         if self.task is None:
             return str(self.adapter)
