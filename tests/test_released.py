@@ -101,7 +101,8 @@ def test_ablation_import_is_the_hint_removal_of_each_prompt(cache):
 def test_patching_import_decodes_prompts_windows_and_positions(cache):
     df = import_labels("patching", str(PATCH_DIR), "llama", **cache)
     assert df["split"].to_list() == ["train"] * 5 + ["test"] * 2
-    assert df["vector"].null_count() == len(df)  # the intervention vector is not kept
+    # the patched vector is kept for the released explainers (released_eval reads it)
+    assert df["vector"].to_list() == [[0.5, -0.25, 0.125, 1.0]] * 7
     rows = meta(df)
     first = rows[0]
     assert first["clean"] == "The Eiffel Tower is in\n\nAnswer:"  # BOS dropped, tokens decoded
@@ -146,6 +147,32 @@ def test_imported_rows_train_and_test_on_the_released_split(cache):
     assert set(train["split"]) == {"train"}
     test = evaluation_rows(df, "patching", None)
     assert sorted(test["answer"]) == ['changes to " D"', "unchanged"]
+
+
+def test_our_explainer_trains_on_imported_patching_rows_without_their_vectors(
+    cache, tmp_path, monkeypatch
+):
+    """Our patching question names the counterfactual prompt, so the release's vectors are not
+    injected: train_run hands the trainer rows without them (a vector would need a placeholder
+    in the question)."""
+    import selfexplain.train
+    from selfexplain.experiment import train_run
+
+    seen = {}
+
+    def fake_train_explainer(model_dir, train, out_dir, cfg, *args, **kwargs):
+        seen["train"], seen["validation"] = train, kwargs["validation"]
+        return {}
+
+    monkeypatch.setattr(selfexplain.train, "train_explainer", fake_train_explainer)
+    df = import_labels("patching", str(PATCH_DIR), "llama", **cache)
+    assert df["vector"].null_count() == 0
+    run = {"task": "patching", "variant": "trained", "seed": 0}
+    settings = {"n_train": None, "val_fraction": 0.0}
+    kwargs = {"model_dir": tmp_path, "out_dir": tmp_path / "out", "features": {}}
+    train_run(df, run, train_settings=settings, **kwargs)
+    assert len(seen["train"]) == 4 and seen["validation"] is None
+    assert seen["train"]["vector"].null_count() == 4
 
 
 def test_a_parquet_file_with_a_split_column_and_a_saved_dataset_import_alike(tmp_path, cache):

@@ -1,10 +1,16 @@
 """The paper's released explainers (selfexplain.released_eval): asked in the reference chat and
 answer strings about an imported label set's test rows, scored by our metrics and by the
-reference definitions; tested with a tiny full checkpoint and the released-format fixtures."""
+reference definitions; tested with a tiny full checkpoint and the released-format fixtures.
+Patching explainers read the row's patched vector at a reserved token: a tiny checkpoint whose
+tokenizer has <b>, <v>, <e> added stands in for one."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+
 import pytest
+import torch
 from test_layout import dry_run_jobs
 from test_pipeline import REPO, run_snakemake
 
@@ -13,15 +19,19 @@ from selfexplain.models import resolve, tiny_random
 from selfexplain.released import import_labels
 from selfexplain.released_eval import (
     HINT_QUESTION,
+    ReservedTokenInjector,
     chat_prompt,
     evaluate_released,
     hint_answer,
     hint_messages,
     load_released,
+    patching_answer,
+    patching_question,
     reference_metrics,
 )
 
 HINT_DIR = REPO / "tests/data/released/input_ablation"
+PATCH_DIR = REPO / "tests/data/released/act_patch"
 TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</s>{% endfor %}"
     "{% if add_generation_prompt %}<assistant>{% endif %}"
@@ -102,9 +112,129 @@ def test_a_released_full_checkpoint_answers_every_test_row(tmp_path, hint_rows):
         assert 0.0 <= metrics[key] <= 1.0 or metrics[key] != metrics[key]
 
 
+def released_patching_explainer():
+    """A tiny llama whose tokenizer has the reserved tokens <b>, <v>, <e> (as the released
+    patching explainers' do), with its embeddings resized for them."""
+    model, tok = tiny_random("tiny-random-llama", seed=0)
+    tok.add_special_tokens({"additional_special_tokens": ["<b>", "<v>", "<e>"]})
+    model.resize_token_embeddings(len(tok))
+    return model.eval(), tok
+
+
+def patching_rows(tmp_path, width: int):
+    """The released patching fixture imported, its vectors of the explainer's width."""
+    src = tmp_path / "act_patch"
+    src.mkdir()
+    for split in ("train", "test"):
+        lines = (PATCH_DIR / f"{split}.jsonl").read_text().splitlines()
+        recs = [json.loads(line) for line in lines]
+        for i, rec in enumerate(recs):
+            rec["patch_position"]["intervention_vector"] = [0.1 * (i + 1)] * width
+        (src / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return import_labels("patching", str(src), "llama", cache_dir=str(tmp_path / "hf-cache"))
+
+
+def test_reference_patching_question_and_answers_of_an_imported_row(tmp_path):
+    rows = meta(patching_rows(tmp_path, 4))
+    first = rows[0]  # " Eiffel" patched over layers 0-3, the output changes from " A" to " B"
+    assert patching_question(first) == (
+        "If feature <b><v><e> at layer 0, 1, 2, 3 is added to tokens <Eiffel> when processing "
+        "the text <<<The Eiffel Tower is in\n\nAnswer:>>>, how would the output change?"
+    )
+    assert "Colosseum" not in patching_question(first)  # the counterfactual text is not shown
+    assert patching_question(first, "<|reserved_special_token_3|>").startswith(
+        "If feature <b><|reserved_special_token_3|><e> at layer 0, 1, 2, 3"
+    )
+    assert patching_answer(first) == "The most likely output would change to <<<B>>>."
+    assert patching_answer(rows[1]) == "The output would remain unchanged from <<<A>>>."
+
+
+def test_the_patched_vector_is_the_input_embedding_at_the_reserved_token():
+    """Inside inject, the hidden state entering block 0 is the vector, raw, at <v> of each row
+    (left padding included) and the embedding everywhere else."""
+    model, tok = released_patching_explainer()
+    injector = ReservedTokenInjector(model, tok)
+    texts = ["If feature <b><v><e> at layer 0", "<b><v><e> at layer 1, 2, 3 the text"]
+    enc = tok(texts, return_tensors="pt", padding=True)
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    vectors = torch.randn(2, model.config.hidden_size) * 7
+
+    def entering_block_0(injected: bool) -> torch.Tensor:
+        seen = {}
+        with torch.no_grad(), contextlib.ExitStack() as stack:
+            if injected:
+                stack.enter_context(injector.inject(model, ids, vectors, allowed=mask))
+            # registered after the injection's hook, so it sees what block 0 gets
+            handle = model.model.layers[0].register_forward_pre_hook(
+                lambda m, args, kwargs: seen.update(h=args[0] if args else kwargs["hidden_states"]),
+                with_kwargs=True,
+            )
+            stack.callback(handle.remove)
+            model(input_ids=ids, attention_mask=mask)
+        return seen["h"]
+
+    injected, plain = entering_block_0(True), entering_block_0(False)
+    v_id = tok.convert_tokens_to_ids("<v>")
+    for row in range(2):
+        pos = int((ids[row] == v_id).nonzero())
+        assert torch.allclose(injected[row, pos], vectors[row])  # raw: no rescaling
+        others = [p for p in range(ids.shape[1]) if p != pos]
+        assert torch.equal(injected[row, others], plain[row, others])
+    with pytest.raises(ValueError, match="width 5, the released explainer 64"):
+        with injector.inject(model, ids, torch.zeros(2, 5)):
+            pass
+
+
+def test_a_released_patching_explainer_answers_every_test_row(tmp_path):
+    model, tok = released_patching_explainer()
+    rows_in = patching_rows(tmp_path, model.config.hidden_size)
+    labels = {"task": "patching", "variant": "released", "explainer": "tiny-released"}
+    calls = []
+    inject = ReservedTokenInjector.inject
+
+    def counting(self, model, input_ids, vectors, allowed=None):
+        calls.append((vectors.clone(), tok.batch_decode(input_ids)))
+        return inject(self, model, input_ids, vectors, allowed)
+
+    ReservedTokenInjector.inject = counting
+    try:
+        rows, metrics = evaluate_released(
+            rows_in, "patching", model="x", labels=labels, max_new_tokens=4, explainer=(model, tok)
+        )
+    finally:
+        ReservedTokenInjector.inject = inject
+    test = rows_in.filter(rows_in["split"] == "test")
+    assert rows.height == test.height == metrics["n"] == 2
+    assert [a.split(" <<<")[0] for a in rows["answer"]] == [
+        "The most likely output would change to",
+        "The output would remain unchanged from",
+    ]
+    # one batch: every test row's own vector went in, with its reference question
+    (vectors, asked), *_ = calls
+    assert torch.allclose(vectors, torch.tensor(test["vector"].to_list()))
+    assert ["<b><v><e> at layer" in q and "Federer" not in q for q in asked] == [True, True]
+
+
+def test_released_patching_refuses_rows_without_vectors_and_a_missing_vector_token(tmp_path):
+    model, tok = tiny_random("tiny-random-llama", seed=0)
+    labels = {"task": "patching", "variant": "released"}
+    rows = patching_rows(tmp_path, model.config.hidden_size)
+    with pytest.raises(ValueError, match="2 of 2 patching test rows carry no patched vector"):
+        evaluate_released(
+            rows.with_columns(vector=None),
+            "patching",
+            model="x",
+            labels=labels,
+            explainer=(model, tok),
+        )
+    # the plain tiny tokenizer spells "<v>" in several tokens: name the setting that fixes it
+    with pytest.raises(ValueError, match="'<v>' as [0-9]+ tokens.*released.<name>.vector_token"):
+        evaluate_released(rows, "patching", model="x", labels=labels, explainer=(model, tok))
+
+
 def test_unsupported_tasks_and_missing_explainers_are_named(tmp_path, hint_rows, monkeypatch):
-    with pytest.raises(ValueError, match="not 'patching'.*patched vector"):
-        evaluate_released(hint_rows, "patching", model="x", labels={})
+    with pytest.raises(ValueError, match="supported for .*not 'features'"):
+        evaluate_released(hint_rows, "features", model="x", labels={})
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(OSError, match="cannot load the released explainer.*huggingface-cli"):
         load_released("nobody-here/no-such-explainer")
@@ -132,7 +262,7 @@ def test_dag_scores_a_configured_released_explainer(tmp_path):
     block = out.split("rule evaluate_released:\n", 1)[1].split("\n\n", 1)[0]
     assert "    input: results/labels/hint/tiny.parquet\n" in block
     config.write_text(
-        "released:\n  bad:\n    task: patching\n    target: tiny\n    model: some/id\n"
+        "released:\n  bad:\n    task: features\n    target: tiny\n    model: some/id\n"
     )
     proc = run_snakemake(tmp_path, *base)
-    assert proc.returncode != 0 and "patching" in proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "features" in proc.stdout + proc.stderr

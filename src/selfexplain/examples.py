@@ -133,6 +133,12 @@ def select(df: pl.DataFrame, split: str, ids: Sequence[str] | None = None) -> pl
     return out
 
 
+def without_vectors(df: pl.DataFrame) -> pl.DataFrame:
+    """The rows with no vector: a change task's question names what it asks about in words, so
+    a vector its rows carry (a released patching set's patched vector) is not injected."""
+    return df.with_columns(pl.lit(None, dtype=SCHEMA["vector"]).alias("vector"))
+
+
 def with_answer_format(df: pl.DataFrame, name: str) -> pl.DataFrame:
     """Change-task rows with their answers (and the question's sentence on how to answer) in
     the answer format `name` (metrics.AnswerFormat; the labels are written compact). A paper

@@ -19,7 +19,14 @@ from types import SimpleNamespace
 import polars as pl
 
 from selfexplain.controls import GROUP_KEY
-from selfexplain.examples import meta, select, split_of, subsample, with_answer_format
+from selfexplain.examples import (
+    meta,
+    select,
+    split_of,
+    subsample,
+    with_answer_format,
+    without_vectors,
+)
 from selfexplain.settings import EvaluateSettings, FeatureSettings, TrainSettings
 
 CHANGE_TASKS = ("ablation", "patching", "hint")
@@ -169,8 +176,8 @@ def train_run(
         n_val=train_settings.n_val,
     )
     if run.task in CHANGE_TASKS:  # the labels are compact; train.answer_format may differ
-        train = with_answer_format(train, train_settings.answer_format)
-        val = with_answer_format(val, train_settings.answer_format)
+        train = with_answer_format(without_vectors(train), train_settings.answer_format)
+        val = with_answer_format(without_vectors(val), train_settings.answer_format)
     print(f"{len(train)} training rows, {len(val)} validation rows")
     return train_explainer(
         model_dir,

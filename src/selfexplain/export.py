@@ -27,7 +27,10 @@ COLUMN_DOCS = {
     "id": "unique id of the question",
     "question": "the question the explainer is asked (selfexplain's fixed template)",
     "answer": 'ground truth: "unchanged" or "changes to <token>" (features: a description)',
-    "vector": "features: the SAE feature's decoder vector (the target's width), injected",
+    "vector": (
+        "features: the SAE feature's decoder vector (the target's width), injected; patching "
+        "rows imported from a release: its patched vector (read by its released explainers)"
+    ),
     "meta": "every label field of the row as one JSON object (the shared examples schema)",
     "changed": "whether the target's next token changes (the label)",
     "orig_token": "the target's next token on the prompt",

@@ -13,8 +13,10 @@ position) with the target's next token before and after the patch (original_cont
 ablated_continuation) and is_different. The prompt is input_tokens (the target tokenizer's token
 strings, which the reference loader joins; byte-level BPE tokens such as "ĠParis" are decoded
 here without the tokenizer), the window the list ``layer``, the position
-patch_position.orig_pos. The patched vector (patch_position.intervention_vector) is not kept:
-our patching question names the counterfactual prompt instead.
+patch_position.orig_pos. The patched vector (patch_position.intervention_vector, when the
+release has it) is kept as the example's ``vector``: our own patching question names the
+counterfactual prompt and does not read it (experiment.train_run drops it), the released patching
+explainers read it at their reserved token (selfexplain.released_eval).
 
 Column names as published (shared/PAPER_DATA.md and the reference loaders); a missing one
 raises naming it and the dataset.
@@ -61,6 +63,7 @@ PATCHING_OPTIONAL = (
     "gt_counterfactual_target",
     "patch_position.counterfact_pos",
     "patch_position.counterfact_text_token",
+    "patch_position.intervention_vector",
 )
 
 _HINT_LINE = re.compile(r"^Hint:.*$", re.M)
@@ -240,6 +243,7 @@ def patching_row(rec: dict) -> dict:
         "cf_token_id": None,
         "p_orig_clean": None,
         "n_tokens": len(tokens),
+        "layers": layers,
         "layer_start": min(layers),
         "layer_end": max(layers),
         "window": len(layers),
@@ -310,7 +314,9 @@ def import_labels(task: str, source: str, target: str, **load) -> pl.DataFrame:
                     f"/l{row['layer_start']}/t{row['position']}"
                 )
                 question = patching.patching_question(row)
+                vector = rec.get("patch_position.intervention_vector")
             else:
+                vector = None
                 prompt_id = f"paper-{_short_hash(rec['hint_user_prompt'])}"
                 row = hint_row(rec, prompt_id) | origin
                 if task == "ablation":
@@ -327,7 +333,7 @@ def import_labels(task: str, source: str, target: str, **load) -> pl.DataFrame:
                     split=split,
                     question=question,
                     answer=change_answer(row["changed"], row["new_token"]),
-                    vector=None,
+                    vector=None if vector is None else [float(v) for v in vector],
                     meta=row,
                 )
             )

@@ -14,16 +14,23 @@ our variants' in the same schema) and by the reference definitions (reference_me
 match of the lower-cased stripped strings, has-changed macro F1, content match of the
 ``<<<...>>>`` text over all items).
 
-Activation patching's released explainers read the patched vector injected at a reserved token;
-our imported patching rows do not keep that vector (released.py), so they are refused with
-that reason.
+Activation patching (task ``patching``, rows imported with ``patching.labels_from`` from a
+release that has ``patch_position.intervention_vector``): the explainer is asked the reference
+question ``If feature <b><v><e> at layer {layers} is added to tokens <{token}> when processing
+the text <<<{prompt}>>>, how would the output change?`` (the first of the five reference
+templates; the counterfactual text is not shown) as one user turn, and the row's patched vector
+replaces the input embedding of the reserved token ``<v>`` as it is, unscaled (PAPER.md: the
+vector replaces the input embedding of one reserved token, raw). ``vector_token`` names another
+reserved token when the explainer's tokenizer spells it differently; it must be one token of
+that tokenizer. Gold answers name the tokens stripped of their leading space (``<<<Paris>>>``).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import polars as pl
@@ -32,9 +39,14 @@ from selfexplain.examples import meta
 from selfexplain.metrics import PAPER, macro_f1, parse_change
 
 HINT_QUESTION = "If the hint were removed how would the assistant answer change?"
+PATCHING_QUESTION = (
+    "If feature <b>{vector}<e> at layer {layers} is added to tokens <{token}> when processing "
+    "the text <<<{prompt}>>>, how would the output change?"
+)
+VECTOR_TOKEN = "<v>"
 MAX_NEW_TOKENS = 50
 _CONTENT = re.compile(r"<<<(.*?)>>>", re.DOTALL)
-SUPPORTED = ("hint",)
+SUPPORTED = ("hint", "patching")
 
 
 def hint_messages(row: dict) -> list[dict]:
@@ -52,6 +64,63 @@ def hint_answer(row: dict) -> str:
     if row["changed"]:
         return PAPER.answer(True, f"Answer: {row['new_token']}")
     return PAPER.answer(False, None, f"Answer: {row['orig_token']}")
+
+
+def patching_question(row: dict, vector_token: str = VECTOR_TOKEN) -> str:
+    """The reference explainer's question about one imported patching row (its meta): the
+    patched layers comma-joined, the patched token, the prompt, the vector's reserved token."""
+    layers = row.get("layers") or range(row["layer_start"], row["layer_end"] + 1)
+    return PATCHING_QUESTION.format(
+        vector=vector_token,
+        layers=", ".join(str(layer) for layer in layers),
+        token=row["token"].strip(),
+        prompt=row["clean"],
+    )
+
+
+def patching_answer(row: dict) -> str:
+    """The reference answer string of one imported patching row: the output stays, or it
+    changes to the patched one."""
+    if row["changed"]:
+        return PAPER.answer(True, row["new_token"].strip())
+    return PAPER.answer(False, None, row["orig_token"].strip())
+
+
+class ReservedTokenInjector:
+    """Puts each question's vector, raw, into the hidden state entering block `layer` (0: the
+    input embedding) at a released explainer's reserved vector token; the interface
+    evaluate.generate_answers expects of an injector (render, inject)."""
+
+    def __init__(self, model, tokenizer, token: str = VECTOR_TOKEN, layer: int = 0):
+        from selfexplain.models import hidden_size
+
+        ids = tokenizer(token, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise ValueError(
+                f"the released explainer's tokenizer reads the vector token {token!r} as "
+                f"{len(ids)} tokens, not one: set released.<name>.vector_token to the reserved "
+                "token the explainer was trained to read the vector at"
+            )
+        self.token_id, self.layer, self.width = ids[0], layer, hidden_size(model)
+
+    def render(self, questions: Sequence[str]) -> list[str]:
+        return list(questions)  # the questions already hold the reserved token
+
+    @contextmanager
+    def inject(self, model, input_ids, vectors, allowed=None) -> Iterator[None]:
+        import torch
+
+        from selfexplain.features.injection import inject_residual, placeholder_positions
+
+        if vectors.shape[-1] != self.width:
+            raise ValueError(
+                f"the patched vectors have width {vectors.shape[-1]}, the released explainer "
+                f"{self.width}: are the rows the explainer's target's?"
+            )
+        positions = placeholder_positions(input_ids, self.token_id, allowed)
+        rows = torch.arange(len(input_ids))
+        with inject_residual(model, self.layer, rows, positions, vectors.float()):
+            yield
 
 
 def chat_prompt(tokenizer, messages: Sequence[dict]) -> str:
@@ -137,35 +206,52 @@ def evaluate_released(
     labels: dict,
     batch_size: int = 8,
     max_new_tokens: int = MAX_NEW_TOKENS,
+    vector_token: str = VECTOR_TOKEN,
     explainer=None,
 ) -> tuple[pl.DataFrame, dict]:
     """Ask a released explainer about the test rows of an imported label set: evaluation rows in
     our schema (answers in the reference strings, tf_score +1 / -1 / 0 as the answer says
-    changed / unchanged / neither) and the reference metrics. explainer: an already loaded
-    (model, tokenizer), for tests."""
+    changed / unchanged / neither) and the reference metrics. vector_token: where a patching
+    explainer reads the patched vector. explainer: an already loaded (model, tokenizer), for
+    tests."""
     from selfexplain.evaluate import change_rows, generate_answers
 
     if task not in SUPPORTED:
-        raise ValueError(
-            f"released explainers are supported for {SUPPORTED}, not {task!r}: the patching "
-            "explainers read the patched vector, which our imported patching rows do not keep"
-        )
+        raise ValueError(f"released explainers are supported for {SUPPORTED}, not {task!r}")
     test = examples.filter(pl.col("split") == "test")
     if test.is_empty():
-        raise ValueError("the label set has no test rows: import it with hint.labels_from")
+        raise ValueError(f"the label set has no test rows: import it with {task}.labels_from")
     rows = meta(test)
-    missing = [k for k in ("prompt", "orig_token", "new_token", "changed") if k not in rows[0]]
+    needs = ("clean", "token", "layer_start") if task == "patching" else ("prompt",)
+    missing = [k for k in (*needs, "orig_token", "new_token", "changed") if k not in rows[0]]
     if missing:
-        raise ValueError(f"the hint rows lack {missing}: are they imported (hint.labels_from)?")
+        raise ValueError(f"the {task} rows lack {missing}: are they imported ({task}.labels_from)?")
+    vectors = injector = None
+    if task == "patching":
+        vectors = test["vector"].to_list()
+        if any(v is None for v in vectors):
+            raise ValueError(
+                f"{sum(v is None for v in vectors)} of {len(vectors)} patching test rows carry "
+                "no patched vector: the released patching explainers read it, so import the "
+                "rows from a release with patch_position.intervention_vector"
+            )
     model_obj, tokenizer = explainer or load_released(model, adapter)
-    prompts = [chat_prompt(tokenizer, hint_messages(r)) for r in rows]
-    golds = [hint_answer(r) for r in rows]
+    if task == "patching":
+        injector = ReservedTokenInjector(model_obj, tokenizer, vector_token)
+        questions = [patching_question(r, vector_token) for r in rows]
+        prompts = [chat_prompt(tokenizer, [{"role": "user", "content": q}]) for q in questions]
+        golds = [patching_answer(r) for r in rows]
+    else:
+        prompts = [chat_prompt(tokenizer, hint_messages(r)) for r in rows]
+        golds = [hint_answer(r) for r in rows]
     predictions = generate_answers(
         model_obj,
         tokenizer,
         prompts,
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
+        vectors=vectors,
+        injector=injector,
         raw=True,
     )
     scores = [{True: 1.0, False: -1.0, None: 0.0}[parse_change(p).changed] for p in predictions]

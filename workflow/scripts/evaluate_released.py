@@ -6,7 +6,7 @@ import torch
 
 from selfexplain.examples import read_examples
 from selfexplain.plots import eval_labels
-from selfexplain.released_eval import evaluate_released, write_released
+from selfexplain.released_eval import VECTOR_TOKEN, evaluate_released, write_released
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 torch.set_num_threads(snakemake.threads)
@@ -20,6 +20,7 @@ rows, metrics = evaluate_released(
     adapter=spec.get("adapter"),
     labels=eval_labels(spec["task"], spec["target"], name, "released", 0, 0),
     batch_size=spec.get("batch_size", 8),
+    vector_token=spec.get("vector_token", VECTOR_TOKEN),
 )
 write_released(rows, metrics, snakemake.output.rows, snakemake.output.metrics)
 print(metrics)
