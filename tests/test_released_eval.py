@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 
+import polars as pl
 import pytest
 import torch
 from test_layout import dry_run_jobs
@@ -266,3 +267,63 @@ def test_dag_scores_a_configured_released_explainer(tmp_path):
     )
     proc = run_snakemake(tmp_path, *base)
     assert proc.returncode != 0 and "features" in proc.stdout + proc.stderr
+
+
+def test_question_format_paper_asks_our_explainer_the_reference_hint_turn(hint_rows):
+    """train.question_format paper: hint questions become the released explainers' user turn
+    (system prompt, hinted prompt, HINT_QUESTION); other tasks and compact keep ours."""
+    from selfexplain.examples import with_question_format
+
+    out = with_question_format(hint_rows, "hint", "paper")
+    _, tok = tiny_random("tiny-random-llama", seed=0)
+    tok.chat_template = None  # chat_prompt then writes the turns as plain paragraphs
+    for question, row in zip(out["question"], meta(hint_rows), strict=True):
+        assert question + "\n\n" == chat_prompt(tok, hint_messages(row))
+    assert out["answer"].to_list() == hint_rows["answer"].to_list()
+    assert with_question_format(hint_rows, "hint", "compact") is hint_rows
+    assert with_question_format(hint_rows, "patching", "paper") is hint_rows
+    with pytest.raises(ValueError, match="unknown question format 'chat'"):
+        with_question_format(hint_rows, "hint", "chat")
+
+
+def test_a_run_trained_on_paper_questions_is_evaluated_on_them(hint_rows, tmp_path, monkeypatch):
+    """train_run hands the trainer paper-format hint questions and records the format;
+    evaluate_run asks the trained run in the format its summary records."""
+
+    import selfexplain.evaluate
+    import selfexplain.train
+    from selfexplain.experiment import evaluate_run, train_run
+
+    seen = {}
+
+    def fake_train(model_dir, train, out_dir, cfg, *args, **kwargs):
+        seen["questions"], seen["format"] = train["question"].to_list(), kwargs["question_format"]
+        return {}
+
+    monkeypatch.setattr(selfexplain.train, "train_explainer", fake_train)
+    run = {"task": "hint", "target": "llama", "explainer": "e", "variant": "trained", "seed": 0}
+    settings = {"n_train": None, "val_fraction": 0.0, "question_format": "paper"}
+    kwargs = {"model_dir": tmp_path, "features": {}}
+    train_run(hint_rows, run, out_dir=tmp_path / "out", train_settings=settings, **kwargs)
+    assert seen["format"] == "paper" and seen["questions"]
+    assert all(q.endswith("\n\n" + HINT_QUESTION) for q in seen["questions"])
+
+    def fake_evaluate(model, tokenizer, asked, **kw):
+        seen["asked"] = asked["question"].to_list()
+        return asked.select("id").with_columns(tf_threshold=pl.lit(0.0))
+
+    monkeypatch.setattr(selfexplain.evaluate, "load_explainer", lambda *a: (None, None))
+    monkeypatch.setattr(selfexplain.evaluate, "evaluate_change_task", fake_evaluate)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    for fmt, ends_paper in (("paper", True), (None, False)):  # None: a run trained before
+        (adapter / "train_summary.json").write_text(json.dumps({"question_format": fmt}))
+        evaluate_run(
+            hint_rows,
+            run,
+            adapter_dir=adapter,
+            settings={},
+            train_settings={},
+            **kwargs,
+        )
+        assert seen["asked"] and {q.endswith(HINT_QUESTION) for q in seen["asked"]} == {ends_paper}

@@ -776,7 +776,11 @@ def _schema_defaults(schema: dict, path: str = "") -> dict[str, object]:
 # keys the schema gives no default whose settings dataclass supplies one (judge: as describer)
 # defaults the code has and the schema leaves out on purpose: a schema default would change the
 # params of every run made before the key existed, and rerun them
-CODE_DEFAULTS = {"features.judge.max_new_tokens": 32, "train.answer_format": "compact"}
+CODE_DEFAULTS = {
+    "features.judge.max_new_tokens": 32,
+    "train.answer_format": "compact",
+    "train.question_format": "compact",
+}
 
 
 def _settings_disagreements(section: dict, cls, config: dict, path: str) -> list[str]:

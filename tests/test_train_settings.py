@@ -118,7 +118,7 @@ def test_paper_config_has_the_reference_hyper_parameters():
     0.1, lr 5e-5, 20 epochs, batch 32; input ablation (ablation and hint) full, lr 1e-5, 30
     epochs, batch 8; features full, lr 5e-5, 10 epochs, batch 64."""
     train = _paper_train()
-    assert train.answer_format == "paper"
+    assert (train.answer_format, train.question_format) == ("paper", "paper")
     expected = {
         "patching": ("lora", 5e-5, 20, 32),
         "ablation": ("full", 1e-5, 30, 8),

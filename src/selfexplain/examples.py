@@ -139,6 +139,28 @@ def without_vectors(df: pl.DataFrame) -> pl.DataFrame:
     return df.with_columns(pl.lit(None, dtype=SCHEMA["vector"]).alias("vector"))
 
 
+QUESTION_FORMATS = ("compact", "paper")
+
+
+def with_question_format(df: pl.DataFrame, task: str, name: str) -> pl.DataFrame:
+    """Rows with their questions in the question format `name` (train.question_format; the
+    labels are written compact). paper: a hint question becomes the reference user turn (the
+    row's system prompt, the hinted prompt, then released_eval.HINT_QUESTION, as paragraphs);
+    the other tasks have no reference question our rows can take (patching's reads the patched
+    vector; single-token ablation has none) and keep theirs."""
+    if name not in QUESTION_FORMATS:
+        raise ValueError(f"unknown question format {name!r}: use one of {list(QUESTION_FORMATS)}")
+    if name == "compact" or task != "hint" or df.is_empty():
+        return df
+    from selfexplain.released_eval import HINT_QUESTION
+
+    questions = []
+    for m in meta(df):
+        turns = [m.get("system_prompt"), m["prompt"], HINT_QUESTION]
+        questions.append("\n\n".join(t for t in turns if t))
+    return df.with_columns(pl.Series("question", questions, dtype=pl.String))
+
+
 def with_answer_format(df: pl.DataFrame, name: str) -> pl.DataFrame:
     """Change-task rows with their answers (and the question's sentence on how to answer) in
     the answer format `name` (metrics.AnswerFormat; the labels are written compact). A paper

@@ -25,6 +25,7 @@ from selfexplain.examples import (
     split_of,
     subsample,
     with_answer_format,
+    with_question_format,
     without_vectors,
 )
 from selfexplain.settings import EvaluateSettings, FeatureSettings, TrainSettings
@@ -175,9 +176,15 @@ def train_run(
         val_fraction=train_settings.val_fraction,
         n_val=train_settings.n_val,
     )
-    if run.task in CHANGE_TASKS:  # the labels are compact; train.answer_format may differ
-        train = with_answer_format(without_vectors(train), train_settings.answer_format)
-        val = with_answer_format(without_vectors(val), train_settings.answer_format)
+    if run.task in CHANGE_TASKS:  # the labels are compact; train.*_format may differ
+        train, val = (
+            with_question_format(
+                with_answer_format(without_vectors(rows), train_settings.answer_format),
+                run.task,
+                train_settings.question_format,
+            )
+            for rows in (train, val)
+        )
     print(f"{len(train)} training rows, {len(val)} validation rows")
     return train_explainer(
         model_dir,
@@ -192,6 +199,7 @@ def train_run(
         ),
         validation=val if len(val) else None,
         base_rate=train_base_rate(examples) if run.task in CHANGE_TASKS else None,
+        question_format=train_settings.question_format if run.task == "hint" else None,
     )
 
 
@@ -240,7 +248,7 @@ def evaluate_run(
     from selfexplain.train import run_summary, summary_threshold
 
     settings, train_settings = EvaluateSettings.of(settings), TrainSettings.of(train_settings)
-    features = FeatureSettings.of(features)
+    features, run = FeatureSettings.of(features), _run_fields(run)
     task, variant, seed = run.task, run.variant, int(run.seed)
     summary = run_summary(adapter_dir)
     n_train, threshold = summary.get("n_examples", 0), summary_threshold(summary)
@@ -292,7 +300,11 @@ def evaluate_run(
     else:
         # an explainer trained in the paper's answer format is asked and scored in it
         answer_format = summary.get("answer_format") or "compact"
-        asked = with_answer_format(asked, answer_format)
+        asked = with_question_format(  # as the run was trained (an untrained one: the config)
+            with_answer_format(asked, answer_format),
+            task,
+            summary.get("question_format") or train_settings.question_format,
+        )
         model, tokenizer = load_explainer(model_dir, adapter_dir)
         rows = evaluate_change_task(
             model,

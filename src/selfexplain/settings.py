@@ -308,6 +308,9 @@ class TrainSettings(Section):
     answer_format: str = _field(
         "compact", doc="change answers: compact or paper (the reference strings; metrics.py)"
     )
+    question_format: str = _field(
+        "compact", doc="hint questions: compact (ours) or paper (the reference user turn)"
+    )
     per_task: dict = _field(
         {}, doc="{task: {key: value}}: a task's own fine-tuning keys, over the section's"
     )

@@ -594,6 +594,7 @@ def train_explainer(
     injection: dict | None = None,
     validation: pl.DataFrame | None = None,
     base_rate: float | None = None,
+    question_format: str | None = None,
 ) -> dict:
     """Fine-tune an explainer on (question, answer) rows, as a LoRA adapter (cfg.method "lora")
     or in full ("full": out_dir is then a whole model directory); resume from the last
@@ -613,7 +614,9 @@ def train_explainer(
     the score is kept in ``best["threshold"]``), vector tasks by the answer-token loss.
     The adapter saved is the best validation step's; the curve goes into train_summary.json.
     base_rate: the share of changed answers in the caller's whole train split (the draw is
-    balanced), recorded for calibrated_threshold(natural=True).
+    balanced), recorded for calibrated_threshold(natural=True). question_format: how the
+    caller wrote the questions (examples.with_question_format), recorded so evaluation asks
+    the same way.
     """
     out_dir = Path(out_dir)
     checkpoint_dir = Path(checkpoint_dir or out_dir / "checkpoints")
@@ -751,6 +754,8 @@ def train_explainer(
         "base_rate": base_rate,
         # the change answers' metrics.AnswerFormat, which evaluation scores and generates in
         "answer_format": None if vectors is not None else format_of(examples["answer"]).name,
+        # how the rows' questions were written (examples.with_question_format; None: ours)
+        "question_format": question_format,
         "validation": validator.curve if validator else [],
         "best": validator.best if validator else None,
         "stopped_early": bool(validator and trainer.state.global_step < trainer.state.max_steps),
