@@ -242,26 +242,35 @@ def test_unsupported_tasks_and_missing_explainers_are_named(tmp_path, hint_rows,
 
 
 def test_dag_scores_a_configured_released_explainer(tmp_path):
-    """snakemake -n released: one evaluate_released job per entry, reading its target's labels;
-    a task without released explainers is refused by the schema before any rule runs."""
+    """snakemake -n released: one evaluate_released job per entry (hint, and patching with its
+    vector token), reading its target's labels of the task; a task without released explainers
+    is refused by the schema before any rule runs."""
     config = tmp_path / "released.yaml"
     config.write_text(
         f"hint:\n  labels_from:\n    tiny: {HINT_DIR}\n"
+        f"patching:\n  labels_from:\n    tiny: {PATCH_DIR}\n"
         "released:\n  paper_hint:\n    task: hint\n    target: tiny\n"
         "    model: Transluce/input_ablation_qwen3_8b_qwen3_8b_hint\n"
+        "  paper_patching:\n    task: patching\n    target: tiny\n"
+        "    model: meta-llama/Llama-3.1-8B\n"
+        "    adapter: Transluce/act_patch_llama3.1_8b_llama3.1_8b\n"
+        "    vector_token: <|reserved_special_token_1|>\n"
     )
     base = ["-n", "released", "--configfile", str(REPO / "tests/data/tiny.yaml"), str(config)]
     proc = run_snakemake(tmp_path, *base)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
     jobs = [j for j in dry_run_jobs(out) if j["rule"] == "evaluate_released"]
-    assert [j["wildcards"] for j in jobs] == [{"name": "paper_hint"}]
-    assert sorted(jobs[0]["output"]) == [
-        "results/released/paper_hint.json",
-        "results/released/paper_hint.parquet",
+    assert sorted(j["wildcards"]["name"] for j in jobs) == ["paper_hint", "paper_patching"]
+    outputs = sorted(f for j in jobs for f in j["output"])
+    assert outputs == [
+        f"results/released/{name}.{ext}"
+        for name in ("paper_hint", "paper_patching")
+        for ext in ("json", "parquet")
     ]
-    block = out.split("rule evaluate_released:\n", 1)[1].split("\n\n", 1)[0]
-    assert "    input: results/labels/hint/tiny.parquet\n" in block
+    blocks = out.split("rule evaluate_released:\n")[1:]
+    inputs = sorted(b.split("\n\n", 1)[0].split("input: ")[1].split("\n")[0] for b in blocks)
+    assert inputs == ["results/labels/hint/tiny.parquet", "results/labels/patching/tiny.parquet"]
     config.write_text(
         "released:\n  bad:\n    task: features\n    target: tiny\n    model: some/id\n"
     )
