@@ -140,6 +140,7 @@ def without_vectors(df: pl.DataFrame) -> pl.DataFrame:
 
 
 QUESTION_FORMATS = ("compact", "paper")
+PAPER_QUESTION_TASKS = ("hint",)  # the tasks whose rows question_format paper rewrites
 
 
 def with_question_format(df: pl.DataFrame, task: str, name: str) -> pl.DataFrame:
@@ -150,14 +151,11 @@ def with_question_format(df: pl.DataFrame, task: str, name: str) -> pl.DataFrame
     vector; single-token ablation has none) and keep theirs."""
     if name not in QUESTION_FORMATS:
         raise ValueError(f"unknown question format {name!r}: use one of {list(QUESTION_FORMATS)}")
-    if name == "compact" or task != "hint" or df.is_empty():
+    if name == "compact" or task not in PAPER_QUESTION_TASKS or df.is_empty():
         return df
-    from selfexplain.released_eval import HINT_QUESTION
+    from selfexplain.released_eval import hint_messages
 
-    questions = []
-    for m in meta(df):
-        turns = [m.get("system_prompt"), m["prompt"], HINT_QUESTION]
-        questions.append("\n\n".join(t for t in turns if t))
+    questions = ["\n\n".join(t["content"] for t in hint_messages(m)) for m in meta(df)]
     return df.with_columns(pl.Series("question", questions, dtype=pl.String))
 
 

@@ -20,6 +20,7 @@ import polars as pl
 
 from selfexplain.controls import GROUP_KEY
 from selfexplain.examples import (
+    PAPER_QUESTION_TASKS,
     meta,
     select,
     split_of,
@@ -199,7 +200,9 @@ def train_run(
         ),
         validation=val if len(val) else None,
         base_rate=train_base_rate(examples) if run.task in CHANGE_TASKS else None,
-        question_format=train_settings.question_format if run.task == "hint" else None,
+        question_format=(
+            train_settings.question_format if run.task in PAPER_QUESTION_TASKS else None
+        ),
     )
 
 
