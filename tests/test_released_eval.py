@@ -290,7 +290,7 @@ def test_question_format_paper_asks_our_explainer_the_reference_hint_turn(hint_r
         assert question + "\n\n" == chat_prompt(tok, hint_messages(row))
     assert out["answer"].to_list() == hint_rows["answer"].to_list()
     assert with_question_format(hint_rows, "hint", "compact") is hint_rows
-    assert with_question_format(hint_rows, "patching", "paper") is hint_rows
+    assert with_question_format(hint_rows, "ablation", "paper") is hint_rows
     with pytest.raises(ValueError, match="unknown question format 'chat'"):
         with_question_format(hint_rows, "hint", "chat")
 

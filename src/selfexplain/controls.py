@@ -35,8 +35,11 @@ def _derangement(n: int, rng: np.random.Generator) -> list[int]:
     return perm
 
 
-def shuffle_signal(examples: pl.DataFrame, task: str, seed: int = 0) -> pl.DataFrame:
-    """Examples whose questions are permuted among the examples of the same prompt.
+def shuffle_signal(
+    examples: pl.DataFrame, task: str, seed: int = 0, columns: tuple[str, ...] = ("question",)
+) -> pl.DataFrame:
+    """Examples whose questions (and any other of `columns`, by the same permutation: a
+    patching row's patched vector) are permuted among the examples of the same prompt.
 
     Within each prompt the permutation has no fixed point, so every question names another
     example's token (ablation) or (position, layer window) (patching). A prompt with a single
@@ -51,8 +54,8 @@ def shuffle_signal(examples: pl.DataFrame, task: str, seed: int = 0) -> pl.DataF
     groups: dict[str, list[int]] = {}
     for i, m in enumerate(examples["meta"].to_list()):
         groups.setdefault(str(json.loads(m)[GROUP_KEY[task]]), []).append(i)
-    questions = examples["question"].to_list()
-    new = list(questions)
+    n = len(examples)
+    source = list(range(n))  # row i shows row source[i]'s question
     singles = []
     for key in sorted(groups):
         rows = groups[key]
@@ -60,15 +63,16 @@ def shuffle_signal(examples: pl.DataFrame, task: str, seed: int = 0) -> pl.DataF
             singles.extend(rows)
             continue
         for i, j in zip(rows, _derangement(len(rows), _rng(seed, key)), strict=True):
-            new[i] = questions[rows[j]]
+            source[i] = rows[j]
     rng = _rng(seed, "<singletons>")
     if len(singles) >= 2:
         for i, j in zip(singles, _derangement(len(singles), rng), strict=True):
-            new[i] = questions[singles[j]]
-    elif len(singles) == 1 and len(questions) >= 2:  # the one lone example: any other's question
-        others = [j for j in range(len(questions)) if j != singles[0]]
-        new[singles[0]] = questions[others[int(rng.integers(len(others)))]]
-    return examples.with_columns(pl.Series("question", new, dtype=pl.String))
+            source[i] = singles[j]
+    elif len(singles) == 1 and n >= 2:  # the one lone example: any other's question
+        others = [j for j in range(n) if j != singles[0]]
+        source[singles[0]] = others[int(rng.integers(len(others)))]
+    order = pl.Series(source, dtype=pl.UInt32)
+    return examples.with_columns(*[examples[c].gather(order) for c in columns])
 
 
 # the clause of a question that names the removed token / patched position and layers
@@ -89,7 +93,11 @@ def strip_signal(examples: pl.DataFrame, task: str) -> pl.DataFrame:
     token (ablation) or the patched position and layers (patching) replaced by a generic one
     (its last line becomes "Removed: one part." / "Replaced: one hidden state."), so all
     questions of a prompt read alike. What remains learnable: each prompt's base rate of
-    change and the outputs it tends to change to, from the prompt text alone."""
+    change and the outputs it tends to change to, from the prompt text alone.
+
+    Patching rows that carry their patched vector get a zero vector instead: asked in the
+    paper format (whose question is rebuilt from the row's position and layers), that is the
+    question text without the activation (the paper's "- activation" ablation)."""
     if task not in _SIGNAL:
         raise ValueError(f"prompt_only is for {sorted(_SIGNAL)}, not {task!r}")
     pattern, generic = _SIGNAL[task]
@@ -99,4 +107,8 @@ def strip_signal(examples: pl.DataFrame, task: str) -> pl.DataFrame:
         if n != 1:
             raise ValueError(f"{task} question without the expected signal clause: {q!r}")
         questions.append(new)
-    return examples.with_columns(pl.Series("question", questions, dtype=pl.String))
+    out = examples.with_columns(pl.Series("question", questions, dtype=pl.String))
+    if "vector" in out.columns and out["vector"].null_count() < len(out):
+        zero = pl.col("vector").list.eval(pl.element() * 0.0)  # nulls stay null
+        out = out.with_columns(zero.cast(examples.schema["vector"]))
+    return out

@@ -154,6 +154,8 @@ def change_answers(
     pack: int = 1,
     answer_format: str = "compact",
     rate: float | None = None,
+    vectors: Sequence[Sequence[float]] | None = None,
+    injector=None,
 ):
     """Calibrated answers to change-task questions, and their has-changed scores.
 
@@ -167,6 +169,8 @@ def change_answers(
     format an "unchanged" answer names the current output, so both forms are generated.
     rate: when given, the threshold is metrics.rank_threshold of the scores (that share of the
     questions, the highest scored, answer "changes to") instead of ``threshold``.
+    vectors, injector: question i carries vector i at its placeholder, in scoring and
+    generation alike (a patching question in the paper format: the patched vector).
     """
     from selfexplain.metrics import COMPACT, UNCHANGED, rank_threshold
     from selfexplain.metrics import answer_format as get_format
@@ -174,7 +178,15 @@ def change_answers(
 
     fmt = get_format(answer_format)
     scores = change_scores(
-        model, tokenizer, questions, batch_size=batch_size, progress=progress, pack=pack, fmt=fmt
+        model,
+        tokenizer,
+        questions,
+        batch_size=batch_size,
+        progress=progress,
+        pack=pack,
+        fmt=fmt,
+        vectors=vectors,
+        injector=injector,
     )
     if rate is not None:
         threshold = rank_threshold(scores, rate)
@@ -190,6 +202,8 @@ def change_answers(
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
             prefix=[*common, first],
+            vectors=None if vectors is None else [vectors[i] for i in rows],
+            injector=injector,
         )
         for i, text in zip(rows, named, strict=True):
             answers[i] = text
@@ -286,11 +300,12 @@ def evaluate_change_task(
     threshold: float = 0.0,
     pack: int = 1,
     answer_format: str = "compact",
+    injector=None,
 ) -> pl.DataFrame:
     """One row per test example: ids, gold answer, the calibrated prediction (change_answers),
     the teacher-forced has-changed score (tf_score, scoring.change_scores), the threshold it is
     read with (the trained run's validation-calibrated one; 0 untrained) and the change-task
-    metrics."""
+    metrics. With an injector, each row's vector goes in at its question's placeholder."""
     preds, tf = change_answers(
         model,
         tokenizer,
@@ -300,6 +315,8 @@ def evaluate_change_task(
         batch_size=batch_size,
         pack=pack,
         answer_format=answer_format,
+        vectors=None if injector is None else examples["vector"].to_list(),
+        injector=injector,
     )
     return change_rows(examples, preds, tf, labels, threshold)
 

@@ -140,23 +140,36 @@ def without_vectors(df: pl.DataFrame) -> pl.DataFrame:
 
 
 QUESTION_FORMATS = ("compact", "paper")
-PAPER_QUESTION_TASKS = ("hint",)  # the tasks whose rows question_format paper rewrites
+PAPER_QUESTION_TASKS = ("hint", "patching")  # the tasks whose rows question_format paper rewrites
 
 
 def with_question_format(df: pl.DataFrame, task: str, name: str) -> pl.DataFrame:
     """Rows with their questions in the question format `name` (train.question_format; the
     labels are written compact). paper: a hint question becomes the reference user turn (the
     row's system prompt, the hinted prompt, then released_eval.HINT_QUESTION, as paragraphs);
-    the other tasks have no reference question our rows can take (patching's reads the patched
-    vector; single-token ablation has none) and keep theirs."""
+    a patching question becomes the reference one (released_eval.PATCHING_QUESTION: layers,
+    token and prompt, not the counterfactual), whose feature placeholder carries the row's
+    patched vector (features.injection.PLACEHOLDER; the rows must keep their vectors).
+    Single-token ablation has no reference question and keeps its own."""
     if name not in QUESTION_FORMATS:
         raise ValueError(f"unknown question format {name!r}: use one of {list(QUESTION_FORMATS)}")
     if name == "compact" or task not in PAPER_QUESTION_TASKS or df.is_empty():
         return df
-    from selfexplain.released_eval import hint_messages
+    from selfexplain.released_eval import hint_messages, patching_question
 
-    questions = ["\n\n".join(t["content"] for t in hint_messages(m)) for m in meta(df)]
+    if task == "patching":
+        from selfexplain.features.injection import PLACEHOLDER
+
+        questions = [patching_question(m, PLACEHOLDER) for m in meta(df)]
+    else:
+        questions = ["\n\n".join(t["content"] for t in hint_messages(m)) for m in meta(df)]
     return df.with_columns(pl.Series("question", questions, dtype=pl.String))
+
+
+def vector_question(task: str, question_format: str) -> bool:
+    """Whether a change task's questions in this format carry the row's vector (patching in
+    the paper format); otherwise they name what they ask about in words."""
+    return task == "patching" and question_format == "paper"
 
 
 def with_answer_format(df: pl.DataFrame, name: str) -> pl.DataFrame:

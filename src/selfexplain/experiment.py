@@ -25,6 +25,7 @@ from selfexplain.examples import (
     select,
     split_of,
     subsample,
+    vector_question,
     with_answer_format,
     with_question_format,
     without_vectors,
@@ -177,12 +178,18 @@ def train_run(
         val_fraction=train_settings.val_fraction,
         n_val=train_settings.n_val,
     )
+    injected = run.task == "features"
     if run.task in CHANGE_TASKS:  # the labels are compact; train.*_format may differ
+        fmt = train_settings.question_format
+        injected = vector_question(run.task, fmt)
         train, val = (
             with_question_format(
-                with_answer_format(without_vectors(rows), train_settings.answer_format),
+                with_answer_format(
+                    require_vectors(rows, run.task) if injected else without_vectors(rows),
+                    train_settings.answer_format,
+                ),
                 run.task,
-                train_settings.question_format,
+                fmt,
             )
             for rows in (train, val)
         )
@@ -195,7 +202,7 @@ def train_run(
         checkpoint_dir,
         injection=(
             with_target_map(features.injection, model_dir, run.target, run.explainer)
-            if run.task == "features"
+            if injected
             else None
         ),
         validation=val if len(val) else None,
@@ -204,6 +211,19 @@ def train_run(
             train_settings.question_format if run.task in PAPER_QUESTION_TASKS else None
         ),
     )
+
+
+def require_vectors(rows: pl.DataFrame, task: str) -> pl.DataFrame:
+    """The rows, checked to carry the vectors their questions are asked with."""
+    missing = rows["vector"].null_count()
+    if missing:
+        raise ValueError(
+            f"{missing} of {len(rows)} {task} rows have no patched vector, which "
+            "train.question_format: paper injects at the question's feature placeholder: "
+            "re-run rule label_patching (its labels keep the vector) or use "
+            "train.question_format: compact"
+        )
+    return rows
 
 
 def _run_fields(run) -> SimpleNamespace:
@@ -303,12 +323,25 @@ def evaluate_run(
     else:
         # an explainer trained in the paper's answer format is asked and scored in it
         answer_format = summary.get("answer_format") or "compact"
+        question_format = summary.get("question_format") or train_settings.question_format
+        injected = vector_question(task, question_format)
         asked = with_question_format(  # as the run was trained (an untrained one: the config)
-            with_answer_format(asked, answer_format),
+            with_answer_format(
+                require_vectors(asked, task) if injected else without_vectors(asked),
+                answer_format,
+            ),
             task,
-            summary.get("question_format") or train_settings.question_format,
+            question_format,
         )
         model, tokenizer = load_explainer(model_dir, adapter_dir)
+        injector = None
+        if injected:
+            from selfexplain.evaluate import explainer_injector
+            from selfexplain.features.injection import with_target_map
+
+            injection = with_target_map(features.injection, model_dir, run.target, run.explainer)
+            width = len(asked["vector"][0])
+            injector = explainer_injector(model, tokenizer, adapter_dir, width, injection)
         rows = evaluate_change_task(
             model,
             tokenizer,
@@ -319,6 +352,7 @@ def evaluate_run(
             threshold=threshold,
             pack=settings.pack,
             answer_format=answer_format,
+            injector=injector,
         )
     # the scores are log-odds fitted on balanced rows: heatmaps (every cell of a pair, mostly
     # unchanged) are read at the train split's base rate of change (metrics.prior_shift)

@@ -47,6 +47,8 @@ def change_scores(
     progress: bool = False,
     pack: int = 1,
     fmt: AnswerFormat = COMPACT,
+    vectors: Sequence[Sequence[float]] | None = None,
+    injector=None,
 ) -> np.ndarray:
     """log p("changes to" form) - log p("unchanged" form) at the first token where they differ,
     per question (batched, left-padded forwards with the last position's logits only); the
@@ -54,9 +56,19 @@ def change_scores(
 
     pack > 1: questions that share a prompt are packed, up to ``pack`` per sequence
     (selfexplain.packing), so the shared prompt is computed once per pack; batch_size then
-    counts packs. Same scores (to float rounding), fewer tokens computed."""
+    counts packs. Same scores (to float rounding), fewer tokens computed.
+
+    vectors (with an injector: features.injection.Injector, or the interface it shares with
+    released_eval.ReservedTokenInjector): each question's placeholder is rendered and vector i
+    injected there, as in training (a patching question in the paper format carries the
+    patched vector); such questions are scored unpacked."""
     common, changed_id, unchanged_id = answer_forms(tokenizer, fmt)
+    if vectors is not None:
+        questions = injector.render(questions)
     seqs = [tokenizer(format_prompt(q))["input_ids"] + common for q in questions]
+    if vectors is not None:
+        pair, pad = (changed_id, unchanged_id), tokenizer.pad_token_id
+        return _injected_scores(model, seqs, pad, pair, vectors, injector, batch_size, progress)
     if pack > 1 and seqs:
         from selfexplain.packing import last_logprobs
 
@@ -71,4 +83,32 @@ def change_scores(
             model, seqs[start : start + batch_size], tokenizer.pad_token_id, batch_size
         )
         out.append((logp[:, changed_id] - logp[:, unchanged_id]).numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def _injected_scores(
+    model, seqs, pad_id: int, pair: tuple[int, int], vectors, injector, batch_size: int, progress
+) -> np.ndarray:
+    """log p(pair[0]) - log p(pair[1]) for the next token after each sequence, vector i
+    injected at sequence i's placeholder (left-padded batches; the padding is never taken for a
+    placeholder)."""
+    from selfexplain.forward import pad_left, position_ids
+
+    if len(vectors) != len(seqs):
+        raise ValueError(f"{len(vectors)} vectors for {len(seqs)} questions")
+    device = next(model.parameters()).device
+    out = []
+    starts = range(0, len(seqs), batch_size)
+    for start in tqdm(starts, desc="teacher-forced", unit="batch", disable=not progress):
+        ids, mask = pad_left(seqs[start : start + batch_size], pad_id)
+        vecs = torch.tensor(vectors[start : start + batch_size], dtype=torch.float32)
+        with injector.inject(model, ids, vecs, allowed=mask):
+            logits = model(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                position_ids=position_ids(mask).to(device),
+                logits_to_keep=1,
+            ).logits[:, -1]
+        logp = torch.log_softmax(logits.float(), dim=-1).cpu()
+        out.append((logp[:, pair[0]] - logp[:, pair[1]]).numpy())
     return np.concatenate(out) if out else np.zeros(0)

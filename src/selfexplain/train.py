@@ -175,6 +175,14 @@ class VectorTrainer(AnswerTrainer):
             return super().compute_loss(model, inputs, *args, **kwargs)
 
 
+def is_change_frame(examples: pl.DataFrame) -> bool:
+    """Whether the rows are change-task questions (their answers say "unchanged" or "changes
+    to"), as opposed to feature descriptions; by the frame's task column."""
+    from selfexplain.experiment import CHANGE_TASKS
+
+    return bool(len(examples)) and examples["task"][0] in CHANGE_TASKS
+
+
 def example_vectors(examples: pl.DataFrame) -> list[list[float]] | None:
     """The examples' vectors, or None when they carry none (all rows must agree)."""
     if "vector" not in examples.columns or examples["vector"].null_count() == len(examples):
@@ -541,11 +549,12 @@ def _encode_rows(
 def validation_scorer(tokenizer, validation: pl.DataFrame, cfg: TrainConfig, collator, injector):
     """(score(model) -> metrics, the metric that selects the best step) for a validation split.
 
-    Rows with vectors: the answer-token loss (negated as ``neg_loss``, higher is better).
-    Change-task rows: the teacher-forced has-changed AUC (selects; ties: balanced accuracy), the
-    threshold on the score that maximises the validation balanced accuracy, that balanced
-    accuracy, and the one at threshold 0."""
-    if injector is not None:
+    Feature rows (vectors, descriptions): the answer-token loss (negated as ``neg_loss``,
+    higher is better). Change-task rows (with or without vectors): the teacher-forced
+    has-changed AUC (selects; ties: balanced accuracy), the threshold on the score that
+    maximises the validation balanced accuracy, that balanced accuracy, and the one at
+    threshold 0."""
+    if injector is not None and not is_change_frame(validation):
         data = _encode_rows(tokenizer, validation, cfg, injector)
 
         def loss_score(model) -> dict:
@@ -569,9 +578,18 @@ def validation_scorer(tokenizer, validation: pl.DataFrame, cfg: TrainConfig, col
     gold = [bool(parse_change(a).changed) for a in validation["answer"]]
     fmt = format_of(validation["answer"].to_list())  # the forms the explainer is taught
 
+    vectors = example_vectors(validation) if injector is not None else None
+
     def change_score(model) -> dict:
         score = change_scores(
-            model, tokenizer, questions, batch_size=cfg.batch_size * 2, pack=cfg.pack, fmt=fmt
+            model,
+            tokenizer,
+            questions,
+            batch_size=cfg.batch_size * 2,
+            pack=cfg.pack,
+            fmt=fmt,
+            vectors=vectors,
+            injector=injector,
         )
         cut = best_threshold(gold, score)
         return {
@@ -753,7 +771,9 @@ def train_explainer(
         "n_validation": 0 if validation is None else len(validation),
         "base_rate": base_rate,
         # the change answers' metrics.AnswerFormat, which evaluation scores and generates in
-        "answer_format": None if vectors is not None else format_of(examples["answer"]).name,
+        "answer_format": (
+            format_of(examples["answer"]).name if is_change_frame(examples) else None
+        ),
         # how the rows' questions were written (examples.with_question_format; None: ours)
         "question_format": question_format,
         "validation": validator.curve if validator else [],

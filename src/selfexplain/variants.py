@@ -55,12 +55,17 @@ def withhold_signal(examples: pl.DataFrame, task: str, seed: int = 0) -> pl.Data
     features: each vector becomes a Gaussian random vector of the same width, fixed per example
     id (so train and test see the same kind of input, carrying no information on the answer).
     ablation, patching: each question names the removed token / patched position and layers of
-    another example of the same prompt (controls.shuffle_signal).
+    another example of the same prompt (controls.shuffle_signal); patching rows that carry
+    their patched vector (asked in the paper format, whose question is rebuilt from the row's
+    own position and layers) get another example's vector of the same pair, by the same
+    permutation.
     """
     if task in ("ablation", "patching"):
         from selfexplain.controls import shuffle_signal
 
-        return shuffle_signal(examples, task, seed)
+        vectors = "vector" in examples.columns and examples["vector"].null_count() < len(examples)
+        columns = ("question", "vector") if vectors else ("question",)
+        return shuffle_signal(examples, task, seed, columns)
     if task != "features":
         raise ValueError(f"no_signal is not defined for task {task!r} (see variants.py)")
 

@@ -71,11 +71,15 @@ def ask_threshold(info: ExplainerDir, rule: str, labels: str | None = None):
     return float(rule), None, f"{float(rule):+.3f}, given"
 
 
-def answer(model_path: Path, info: ExplainerDir, questions: list[str], args) -> list[str]:
+def answer(
+    model_path: Path, info: ExplainerDir, questions: list[str], args, vectors=None
+) -> list[str]:
     """The explainer's answers as the pipeline's evaluate step makes them
     (evaluate.change_answers): "unchanged" or "changes to ..." as its has-changed score is
-    above the threshold of ``args.threshold`` (ask_threshold)."""
-    from selfexplain.evaluate import change_answers, load_explainer
+    above the threshold of ``args.threshold`` (ask_threshold). vectors: one per question, put
+    in at its placeholder through the explainer's saved injection (a patching explainer
+    trained on the paper's question)."""
+    from selfexplain.evaluate import change_answers, explainer_injector, load_explainer
     from selfexplain.metrics import COMPACT, answer_format
     from selfexplain.train import run_summary
 
@@ -84,6 +88,9 @@ def answer(model_path: Path, info: ExplainerDir, questions: list[str], args) -> 
     fmt = answer_format(run_summary(info.adapter).get("answer_format") or "compact")
     questions = [q.replace(COMPACT.instruction, fmt.instruction) for q in questions]
     model, tokenizer = load_explainer(model_path, info.adapter)
+    injector = None
+    if vectors is not None:
+        injector = explainer_injector(model, tokenizer, info.adapter, len(vectors[0]))
     preds, _ = change_answers(
         model,
         tokenizer,
@@ -94,6 +101,8 @@ def answer(model_path: Path, info: ExplainerDir, questions: list[str], args) -> 
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
         pack=EvaluateSettings().pack,  # the pipeline's evaluate default
+        vectors=vectors,
+        injector=injector,
     )
     del model, tokenizer
     gc.collect()

@@ -58,6 +58,7 @@ def _patching_rows_without_truth(model, tokenizer, clean, cf, window, starts) ->
             "position": p,
             "token": setup.tokens[p],
             "position_kind": setup.kinds[p],
+            "vector": setup.vector(s, p),
         }
         for s, p in setup.jobs()
     ]
@@ -100,6 +101,7 @@ def cmd_ask_patching(args) -> int:
     info, target_dir, explainer_model = ask_models(args, "patching")
     from selfexplain.models import decoder_layers, load
     from selfexplain.tasks.patching import patching_question, patching_rows
+    from selfexplain.train import run_summary
 
     truth = not args.no_truth
     model, tokenizer = load(target_dir)
@@ -132,7 +134,16 @@ def cmd_ask_patching(args) -> int:
     gc.collect()
 
     rows = [r for pair_rows in per_pair for r in pair_rows]
-    preds = answer(explainer_model, info, [patching_question(r) for r in rows], args)
+    if run_summary(info.adapter).get("question_format") == "paper":
+        # the explainer reads the reference question, with the patched vector at its feature
+        # placeholder (examples.with_question_format)
+        from selfexplain.features.injection import PLACEHOLDER
+        from selfexplain.released_eval import patching_question as paper_question
+
+        questions = [paper_question(r, PLACEHOLDER) for r in rows]
+        preds = answer(explainer_model, info, questions, args, [r["vector"] for r in rows])
+    else:
+        preds = answer(explainer_model, info, [patching_question(r) for r in rows], args)
     keys = ("pair_id", "layer_start", "layer_end", "position", "token", "position_kind")
     records = answer_records(rows, preds, truth, {key: key for key in keys})
 

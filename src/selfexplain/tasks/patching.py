@@ -209,6 +209,11 @@ class _Setup:
         """(layer start, position) of every row, window start major."""
         return [(s, p) for s in self.starts for p in self.positions]
 
+    def vector(self, start: int, position: int) -> list[float]:
+        """The patched vector of a row (the paper's ``intervention_vector``): what the patch
+        writes first, the counterfactual's output of block ``start`` at ``position``."""
+        return self.cf_resid[start][position].float().cpu().tolist()
+
     def patches(self, jobs: Sequence[tuple[int, int]], start: int = 0) -> list[ResidualPatch]:
         """Patches for a batch whose row b is jobs[b] and whose first position is the prompt's
         position `start`: one per layer any row's window covers."""
@@ -263,6 +268,7 @@ class _Setup:
                     "changed": new_id != self.orig_id,
                     "p_orig": float(lp[self.orig_id].exp()),
                     "p_cf": float(lp[self.cf_id].exp()),
+                    "vector": self.vector(s, p),
                 }
             )
         return out
@@ -413,8 +419,8 @@ def patching_examples(
                 split=split,
                 question=patching_question(row),
                 answer=change_answer(row["changed"], row["new_token"]),
-                vector=None,
-                meta=row,
+                vector=row.get("vector"),
+                meta={k: v for k, v in row.items() if k != "vector"},
             )
         )
     return out
