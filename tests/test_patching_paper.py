@@ -179,3 +179,49 @@ def test_paper_questions_without_vectors_are_refused(paper_labels, tmp_path):
             train_settings={"question_format": "paper", "val_fraction": 0.0},
             features={},
         )
+
+
+def test_ask_patching_asks_a_paper_format_explainer_its_question_with_the_vector(
+    tmp_path, monkeypatch, capsys
+):
+    """`selfexplain ask patching` reads the format from the run's summary: a paper-format
+    explainer is asked the reference question, each cell's own patched vector injected."""
+    import selfexplain.evaluate
+    from selfexplain.cli import main
+    from selfexplain.examples import to_frame, write_parquet
+    from selfexplain.models import load
+    from selfexplain.train import TrainConfig, train_explainer
+
+    model_dir = resolve("tiny-random-llama", tmp_path / "resources/models/tiny")
+    model, tok = load(model_dir)
+    clean, cf = _pair()
+    rows = patching.patching_rows(model, tok, clean, cf, window=2, layer_starts=[0, 2])
+    labels = to_frame(patching.patching_examples(rows, "tiny", test_fraction=0.0))
+    write_parquet(labels, tmp_path / "results/labels/patching/tiny.parquet")
+    adapter = tmp_path / "results/explainers/patching/tiny/tiny/trained/s0"
+    cfg = TrainConfig(epochs=1, batch_size=4, save_steps=1000, seed=0)
+    train_explainer(
+        model_dir,
+        with_question_format(labels[:8], "patching", "paper"),
+        adapter,
+        cfg,
+        tmp_path / "ckpt",
+        question_format="paper",
+    )
+    seen = {}
+    real = selfexplain.evaluate.change_answers
+
+    def spy(model, tokenizer, questions, **kwargs):
+        seen["questions"], seen["vectors"] = questions, kwargs["vectors"]
+        return real(model, tokenizer, questions, **kwargs)
+
+    monkeypatch.setattr(selfexplain.evaluate, "change_answers", spy)
+    args = ["ask", "patching", "--explainer", str(adapter.parent), "--clean", clean.text]
+    args += ["--counterfactual", cf.text, "--layer", "2", "--position", "3"]
+    assert main(args) == 0
+    assert "has_changed_f1=" in capsys.readouterr().out.strip().splitlines()[-1]
+    (question,) = seen["questions"]
+    assert question.startswith("If feature <b><vector><e> at layer 2, 3 is added to tokens <")
+    assert cf.text not in question
+    (truth,) = [r for r in rows if (r["layer_start"], r["position"]) == (2, 3)]
+    assert seen["vectors"] == [truth["vector"]]

@@ -28,8 +28,9 @@ COLUMN_DOCS = {
     "question": "the question the explainer is asked (selfexplain's fixed template)",
     "answer": 'ground truth: "unchanged" or "changes to <token>" (features: a description)',
     "vector": (
-        "features: the SAE feature's decoder vector (the target's width), injected; patching "
-        "rows imported from a release: its patched vector (read by its released explainers)"
+        "features: the SAE feature's decoder vector (the target's width), injected; patching: "
+        "the patched vector (the counterfactual's output of the window's first block at the "
+        "position; injected when questions are asked in the paper format)"
     ),
     "meta": "every label field of the row as one JSON object (the shared examples schema)",
     "changed": "whether the target's next token changes (the label)",

@@ -621,7 +621,8 @@ def train_explainer(
     checkpoint_dir keeps Trainer checkpoints (every cfg.save_steps steps) across runs: a rerun
     with the same settings, data and model (see run_fingerprint) resumes from the newest
     complete one. callbacks are extra transformers TrainerCallbacks (tests use one to interrupt).
-    Rows with a vector (feature task) get it injected at their question's placeholder
+    Rows with a vector (feature task; patching asked in the paper format) get it injected at
+    their question's placeholder
     (``injection``: {"layer", "scale"}, and for another model's vectors "map_from": its model
     directory, "map_exclude": token ids; see selfexplain.features.injection); a linear map is
     trained with the adapter when the vector's width differs from the explainer's.
@@ -629,7 +630,8 @@ def train_explainer(
     validation: held-out rows of the same kind (grouped apart from the training rows by the
     caller). Scored every cfg.eval_steps steps: change tasks by the teacher-forced has-changed
     AUC and balanced accuracy (scoring.py; the best step's validation-calibrated threshold on
-    the score is kept in ``best["threshold"]``), vector tasks by the answer-token loss.
+    the score is kept in ``best["threshold"]``; with their vectors injected, if they have any),
+    feature descriptions by the answer-token loss.
     The adapter saved is the best validation step's; the curve goes into train_summary.json.
     base_rate: the share of changed answers in the caller's whole train split (the draw is
     balanced), recorded for calibrated_threshold(natural=True). question_format: how the

@@ -3,8 +3,10 @@ privileged signal. The one place the workflow (common.smk) and the scripts consu
 
 - ``trained``: LoRA fine-tuned on the task; ``untrained``: same prompt (and injection), no
   training; ``no_signal``: trained and evaluated with the privileged input withheld (questions
-  shuffled within each prompt; features: random vectors); ``prompt_only``: trained and evaluated
-  on questions whose token / position / layer clause is removed (controls.py);
+  shuffled within each prompt; features: random vectors; patching in the paper format: the
+  patched vectors shuffled within each pair); ``prompt_only``: trained and evaluated on
+  questions whose token / position / layer clause is removed (controls.py; patching in the
+  paper format: a zero vector, the question text alone);
   ``constant`` / ``surface``: no LM (baselines.py); ``nearest_neighbour``: the description of
   the most similar training vector (no model); ``floor`` / ``ceiling`` (features): another
   feature's true description / the true description itself, scored as predictions.
