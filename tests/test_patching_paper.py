@@ -225,3 +225,19 @@ def test_ask_patching_asks_a_paper_format_explainer_its_question_with_the_vector
     assert cf.text not in question
     (truth,) = [r for r in rows if (r["layer_start"], r["position"]) == (2, 3)]
     assert seen["vectors"] == [truth["vector"]]
+
+
+def test_compact_questions_train_without_the_labels_vectors(paper_labels, tmp_path):
+    """Patching labels keep each patch's vector, but a compact question names the patch in
+    words: train_explainer called on such rows directly injects nothing."""
+    from selfexplain.train import TrainConfig, train_explainer, vectors_asked
+
+    assert paper_labels["vector"].null_count() == 0
+    assert vectors_asked(paper_labels)["vector"].null_count() == len(paper_labels)
+    paper = with_question_format(paper_labels, "patching", "paper")
+    assert vectors_asked(paper) is paper
+    model_dir = resolve("tiny-random-llama", tmp_path / "model")
+    cfg = TrainConfig(epochs=1, batch_size=4, save_steps=1000, seed=0)
+    summary = train_explainer(model_dir, paper_labels[:8], tmp_path / "a", cfg, tmp_path / "c")
+    assert summary["answer_format"] == "compact" and summary["n_sequences"] < 8  # packed
+    assert not (tmp_path / "a" / "injection.json").exists()

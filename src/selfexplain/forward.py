@@ -31,17 +31,22 @@ def next_token_logprobs(
 ) -> torch.Tensor:
     """Log-probabilities of the next token after each sequence, shape (n_seqs, vocab)."""
     out = []
-    device = next(model.parameters()).device
     for start in range(0, len(seqs), batch_size):
-        ids, mask = pad_left(seqs[start : start + batch_size], pad_id)
-        logits = model(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            position_ids=position_ids(mask).to(device),
-            logits_to_keep=1,
-        ).logits[:, -1]
-        out.append(torch.log_softmax(logits.float(), dim=-1).cpu())
+        out.append(padded_logprobs(model, *pad_left(seqs[start : start + batch_size], pad_id)))
     return torch.cat(out)
+
+
+def padded_logprobs(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities (batch, vocab) of the next token after each row of a left-padded batch
+    (pad_left's ids and mask), on the CPU."""
+    device = next(model.parameters()).device
+    logits = model(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        position_ids=position_ids(mask).to(device),
+        logits_to_keep=1,
+    ).logits[:, -1]
+    return torch.log_softmax(logits.float(), dim=-1).cpu()
 
 
 class PrefixCache:

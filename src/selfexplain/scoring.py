@@ -92,23 +92,16 @@ def _injected_scores(
     """log p(pair[0]) - log p(pair[1]) for the next token after each sequence, vector i
     injected at sequence i's placeholder (left-padded batches; the padding is never taken for a
     placeholder)."""
-    from selfexplain.forward import pad_left, position_ids
+    from selfexplain.forward import pad_left, padded_logprobs
 
     if len(vectors) != len(seqs):
         raise ValueError(f"{len(vectors)} vectors for {len(seqs)} questions")
-    device = next(model.parameters()).device
     out = []
     starts = range(0, len(seqs), batch_size)
     for start in tqdm(starts, desc="teacher-forced", unit="batch", disable=not progress):
         ids, mask = pad_left(seqs[start : start + batch_size], pad_id)
         vecs = torch.tensor(vectors[start : start + batch_size], dtype=torch.float32)
         with injector.inject(model, ids, vecs, allowed=mask):
-            logits = model(
-                input_ids=ids.to(device),
-                attention_mask=mask.to(device),
-                position_ids=position_ids(mask).to(device),
-                logits_to_keep=1,
-            ).logits[:, -1]
-        logp = torch.log_softmax(logits.float(), dim=-1).cpu()
+            logp = padded_logprobs(model, ids, mask)
         out.append((logp[:, pair[0]] - logp[:, pair[1]]).numpy())
     return np.concatenate(out) if out else np.zeros(0)

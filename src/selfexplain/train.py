@@ -180,7 +180,22 @@ def is_change_frame(examples: pl.DataFrame) -> bool:
     to"), as opposed to feature descriptions; by the frame's task column."""
     from selfexplain.experiment import CHANGE_TASKS
 
-    return bool(len(examples)) and examples["task"][0] in CHANGE_TASKS
+    tasks = examples["task"] if "task" in examples.columns else ()
+    return bool(len(tasks)) and tasks[0] in CHANGE_TASKS
+
+
+def vectors_asked(examples: pl.DataFrame) -> pl.DataFrame:
+    """The rows, without the vectors of change-task rows whose questions have no placeholder
+    for them: patching labels keep each patch's vector, but a compact question names the
+    patch in words (only the paper question injects it; examples.with_question_format)."""
+    from selfexplain.examples import without_vectors
+    from selfexplain.features.injection import PLACEHOLDER
+
+    if example_vectors(examples) is None or not is_change_frame(examples):
+        return examples
+    if examples["question"].str.contains(PLACEHOLDER, literal=True).any():
+        return examples
+    return without_vectors(examples)
 
 
 def example_vectors(examples: pl.DataFrame) -> list[list[float]] | None:
@@ -645,6 +660,8 @@ def train_explainer(
     set_seed(cfg.seed)
     model, tokenizer = load(model_path)
     model.train()
+    examples = vectors_asked(examples)
+    validation = None if validation is None else vectors_asked(validation)
     vectors = example_vectors(examples)
     injector = None
     if vectors is not None:
