@@ -17,6 +17,8 @@ import re
 import numpy as np
 import polars as pl
 
+from selfexplain.examples import has_vectors
+
 # meta key that identifies the prompt an example was made from, per task
 GROUP_KEY = {"ablation": "prompt_id", "patching": "pair_id"}
 
@@ -108,7 +110,7 @@ def strip_signal(examples: pl.DataFrame, task: str) -> pl.DataFrame:
             raise ValueError(f"{task} question without the expected signal clause: {q!r}")
         questions.append(new)
     out = examples.with_columns(pl.Series("question", questions, dtype=pl.String))
-    if "vector" in out.columns and out["vector"].null_count() < len(out):
+    if has_vectors(out):
         zero = pl.col("vector").list.eval(pl.element() * 0.0)  # nulls stay null
         out = out.with_columns(zero.cast(examples.schema["vector"]))
     return out

@@ -133,6 +133,11 @@ def select(df: pl.DataFrame, split: str, ids: Sequence[str] | None = None) -> pl
     return out
 
 
+def has_vectors(df: pl.DataFrame) -> bool:
+    """Whether any row of the frame carries a vector (features; patching labels)."""
+    return "vector" in df.columns and df["vector"].null_count() < len(df)
+
+
 def without_vectors(df: pl.DataFrame) -> pl.DataFrame:
     """The rows with no vector: a change task's question names what it asks about in words, so
     a vector its rows carry (a released patching set's patched vector) is not injected."""

@@ -183,15 +183,7 @@ def train_run(
         fmt = train_settings.question_format
         injected = vector_question(run.task, fmt)
         train, val = (
-            with_question_format(
-                with_answer_format(
-                    require_vectors(rows, run.task) if injected else without_vectors(rows),
-                    train_settings.answer_format,
-                ),
-                run.task,
-                fmt,
-            )
-            for rows in (train, val)
+            asked_as(rows, run.task, train_settings.answer_format, fmt) for rows in (train, val)
         )
     print(f"{len(train)} training rows, {len(val)} validation rows")
     return train_explainer(
@@ -211,6 +203,19 @@ def train_run(
             train_settings.question_format if run.task in PAPER_QUESTION_TASKS else None
         ),
     )
+
+
+def asked_as(
+    rows: pl.DataFrame, task: str, answer_format: str, question_format: str
+) -> pl.DataFrame:
+    """Change-task rows as an explainer trained in these formats is asked them (the labels are
+    compact): answers in answer_format, questions in question_format; the rows' vectors kept
+    (and required) where the question injects them, dropped where it names the patch in words."""
+    if vector_question(task, question_format):
+        rows = require_vectors(rows, task)
+    else:
+        rows = without_vectors(rows)
+    return with_question_format(with_answer_format(rows, answer_format), task, question_format)
 
 
 def require_vectors(rows: pl.DataFrame, task: str) -> pl.DataFrame:
@@ -325,14 +330,8 @@ def evaluate_run(
         answer_format = summary.get("answer_format") or "compact"
         question_format = summary.get("question_format") or train_settings.question_format
         injected = vector_question(task, question_format)
-        asked = with_question_format(  # as the run was trained (an untrained one: the config)
-            with_answer_format(
-                require_vectors(asked, task) if injected else without_vectors(asked),
-                answer_format,
-            ),
-            task,
-            question_format,
-        )
+        # as the run was trained (an untrained one: the config)
+        asked = asked_as(asked, task, answer_format, question_format)
         model, tokenizer = load_explainer(model_dir, adapter_dir)
         injector = None
         if injected:

@@ -18,7 +18,7 @@ from pathlib import Path
 import polars as pl
 import yaml
 
-from selfexplain.examples import SCHEMA, meta
+from selfexplain.examples import SCHEMA, has_vectors, meta
 
 SPLITS = ("train", "test")
 EXAMPLE_COLUMNS = ("id", "question", "answer", "vector", "meta")  # task, target: in the card
@@ -101,7 +101,7 @@ def dataset_frame(examples: pl.DataFrame) -> pl.DataFrame:
             cells = [None if c is None else str(c) for c in cells]
         labels[name] = pl.Series(name, cells, strict=False)
     out = examples.select("id", "question", "answer")
-    if examples["vector"].null_count() < len(examples):
+    if has_vectors(examples):
         out = out.with_columns(examples["vector"])
     return out.with_columns(*labels.values(), examples["meta"])
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
+from selfexplain.examples import has_vectors
 from selfexplain.metrics import format_of
 from selfexplain.models import MANIFEST, load
 
@@ -191,7 +192,7 @@ def vectors_asked(examples: pl.DataFrame) -> pl.DataFrame:
     from selfexplain.examples import without_vectors
     from selfexplain.features.injection import PLACEHOLDER
 
-    if example_vectors(examples) is None or not is_change_frame(examples):
+    if not has_vectors(examples) or not is_change_frame(examples):
         return examples
     if examples["question"].str.contains(PLACEHOLDER, literal=True).any():
         return examples
@@ -200,7 +201,7 @@ def vectors_asked(examples: pl.DataFrame) -> pl.DataFrame:
 
 def example_vectors(examples: pl.DataFrame) -> list[list[float]] | None:
     """The examples' vectors, or None when they carry none (all rows must agree)."""
-    if "vector" not in examples.columns or examples["vector"].null_count() == len(examples):
+    if not has_vectors(examples):
         return None
     if examples["vector"].null_count():
         raise ValueError("some examples have a vector and some do not: cannot mix them")

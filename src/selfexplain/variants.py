@@ -64,9 +64,9 @@ def withhold_signal(examples: pl.DataFrame, task: str, seed: int = 0) -> pl.Data
     """
     if task in ("ablation", "patching"):
         from selfexplain.controls import shuffle_signal
+        from selfexplain.examples import has_vectors
 
-        vectors = "vector" in examples.columns and examples["vector"].null_count() < len(examples)
-        columns = ("question", "vector") if vectors else ("question",)
+        columns = ("question", "vector") if has_vectors(examples) else ("question",)
         return shuffle_signal(examples, task, seed, columns)
     if task != "features":
         raise ValueError(f"no_signal is not defined for task {task!r} (see variants.py)")
