@@ -1,17 +1,20 @@
 """Packed vs unpacked explainer training on real patching and ablation rows, side by side.
 
-    python benchmarks/packed_training.py --rows 96 --packs 1,4,8
+    python benchmarks/packed_training.py --rows 96 --packs 1,4,8 --precisions fp32,bf16
 
 For each task the rows are whole prompts' (pairs') rows of the pipeline's own training draw
 (``experiment.training_rows`` with the config defaults, seed 0), so each prompt contributes as
 many questions as it does in a real run: packing can only share what the draw puts together.
 Each row set is trained for one epoch by the pipeline's trainer (``train.train_explainer``,
 LoRA, batch 8, no validation, no checkpoints inside the timed run) once unpacked (pack 1) and
-once per --packs value; a short untimed run warms up first. Reported per run: examples/s,
+once per --packs value, in each --precisions (train.precision: fp32, or bf16 with the frozen
+base in bfloat16); a short untimed run warms up first. Reported per run: examples/s (and the
+speedup over unpacked fp32),
 tokens computed (the packed sequences' tokens; the rows' own tokens unpacked), and the
 executed matmul FLOP/s (4 x non-embedding params per computed token + 4 x output-layer params
 per answer token: the base is frozen, logits are computed at answer tokens only; attention's
-score matmuls ignored) against the machine's fp32 matmul ceiling (measured before and after).
+score matmuls ignored) against the machine's matmul ceiling in the run's precision (measured
+before and after).
 Writes results/benchmarks/packed_training.json.
 """
 
@@ -67,6 +70,7 @@ def train_once(model: str, rows, cfg: TrainConfig) -> dict:
         summary = train_explainer(model, rows, f"{tmp}/adapter", cfg)
     return {
         "pack": cfg.pack,
+        "precision": cfg.precision,
         "examples": summary["n_examples"],
         "sequences": summary["n_sequences"],
         "steps": summary["steps"],
@@ -85,6 +89,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--ablation", default="results/labels/ablation/smollm2.parquet")
     ap.add_argument("--rows", type=int, default=96, help="rows per task (whole groups)")
     ap.add_argument("--packs", default="1,4,8", help="pack sizes to time (1 = unpacked)")
+    ap.add_argument("--precisions", default="fp32", help="train.precision values to time")
     ap.add_argument("--matmul-size", type=int, default=2048)
     ap.add_argument("--matmul-repeats", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
@@ -98,12 +103,18 @@ def main(argv=None) -> dict:
     packs = [int(p) for p in args.packs.split(",")]
     if 1 not in packs:
         packs = [1, *packs]
+    precisions = args.precisions.split(",")
+    if "fp32" not in precisions:
+        precisions = ["fp32", *precisions]
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     model, tokenizer = load(args.model)
     head = model.get_output_embeddings().weight.numel()
     tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
     body = body_params(model) - (0 if tied else head)
     del model
-    ceiling_before = matmul_ceiling(args.matmul_size, args.matmul_repeats)
+    ceiling = {}
+    for prec in precisions:
+        ceiling[prec] = [matmul_ceiling(args.matmul_size, args.matmul_repeats, dtype=dtypes[prec])]
     tasks = {}
     for task, path in (("patching", args.patching), ("ablation", args.ablation)):
         rows, n_groups, n_draw = whole_groups(read_examples(path), task, args.rows)
@@ -111,12 +122,14 @@ def main(argv=None) -> dict:
         cfg = TrainConfig(epochs=1, save_steps=10**9, seed=0)
         train_once(args.model, rows.head(cfg.batch_size), cfg)  # warm-up, untimed
         runs = []
-        for p in packs:
-            run = train_once(args.model, rows, TrainConfig(**(asdict(cfg) | {"pack": p})))
-            flop = 4 * body * run["tokens_computed"] + 4 * head * labelled
-            run["executed_flops_per_s"] = flop / run["seconds"]
-            runs.append(run)
-            print(f"{task} pack {p}: {run['examples_per_s']:.2f} examples/s")
+        for prec in precisions:
+            for p in packs:
+                settings = asdict(cfg) | {"pack": p, "precision": prec}
+                run = train_once(args.model, rows, TrainConfig(**settings))
+                flop = 4 * body * run["tokens_computed"] + 4 * head * labelled
+                run["executed_flops_per_s"] = flop / run["seconds"]
+                runs.append(run)
+                print(f"{task} pack {p} {prec}: {run['examples_per_s']:.2f} examples/s")
         base = runs[0]
         for run in runs:
             run["speedup"] = run["examples_per_s"] / base["examples_per_s"]
@@ -129,31 +142,49 @@ def main(argv=None) -> dict:
             "answer_tokens": labelled,
             "runs": runs,
         }
-    ceiling_after = matmul_ceiling(args.matmul_size, args.matmul_repeats)
-    ceiling = max(ceiling_before["median_flops"], ceiling_after["median_flops"])
+    best = {}
+    for prec in precisions:
+        ceiling[prec].append(
+            matmul_ceiling(args.matmul_size, args.matmul_repeats, dtype=dtypes[prec])
+        )
+        best[prec] = max(c["median_flops"] for c in ceiling[prec])
     for t in tasks.values():
         for run in t["runs"]:
-            run["ratio_executed"] = run["executed_flops_per_s"] / ceiling
+            run["ratio_executed"] = run["executed_flops_per_s"] / best[run["precision"]]
     record = {
         "benchmark": "packed_training",
         "model": args.model,
         "rows": args.rows,
         "packs": packs,
+        "precisions": precisions,
         "body_params": body,
         "head_params": head,
         "tasks": tasks,
-        "matmul_ceiling_flops": ceiling,
-        "matmul_before": ceiling_before,
-        "matmul_after": ceiling_after,
+        "matmul_ceiling_flops": best["fp32"],
+        "matmul_ceilings": {
+            prec: {"flops": best[prec], "runs": ceiling[prec]} for prec in precisions
+        },
         **environment(args.threads),
     }
     write_record(args.out, record)
     print_table(
-        ["task", "pack", "rows/group", "seqs", "tokens", "s", "ex/s", "speedup", "% ceiling"],
+        [
+            "task",
+            "pack",
+            "precision",
+            "rows/group",
+            "seqs",
+            "tokens",
+            "s",
+            "ex/s",
+            "speedup",
+            "% ceiling",
+        ],
         [
             [
                 task,
                 r["pack"],
+                r["precision"],
                 f"{t['rows_per_group']:.1f}",
                 r["sequences"],
                 r["tokens_computed"],
@@ -166,7 +197,8 @@ def main(argv=None) -> dict:
             for r in t["runs"]
         ],
     )
-    print(f"matmul ceiling ({args.matmul_size}^3 fp32): {ceiling / 1e9:.1f} GFLOP/s")
+    for prec in precisions:
+        print(f"matmul ceiling ({args.matmul_size}^3 {prec}): {best[prec] / 1e9:.1f} GFLOP/s")
     return record
 
 

@@ -213,13 +213,23 @@ def test_packed_training(bench, workspace):
         write_parquet(to_frame(rows), paths[task])
     out = workspace / "out" / "packed_training.json"
     args = ["--model", str(workspace / "model"), "--rows", "16", "--packs", "4"]
-    args += ["--patching", str(paths["patching"]), "--ablation", str(paths["ablation"])]
+    args += [
+        "--precisions",
+        "bf16",
+        "--patching",
+        str(paths["patching"]),
+        "--ablation",
+        str(paths["ablation"]),
+    ]
     args += ["--matmul-size", "128", "--matmul-repeats", "2"]
     rec = bench("packed_training").main([*args, "--threads", "1", "--out", str(out)])
     rec = _check(out, rec, {"tasks", "matmul_ceiling_flops", "packs"})
     for task in ("patching", "ablation"):
-        unpacked, packed = rec["tasks"][task]["runs"]
-        assert (unpacked["pack"], packed["pack"]) == (1, 4)
+        unpacked, packed, unpacked_bf16, packed_bf16 = rec["tasks"][task]["runs"]
+        assert [r["pack"] for r in rec["tasks"][task]["runs"]] == [1, 4, 1, 4]
+        assert (unpacked["precision"], packed_bf16["precision"]) == ("fp32", "bf16")
+        assert packed_bf16["tokens_computed"] == packed["tokens_computed"]
+        assert unpacked_bf16["speedup"] > 0 and packed_bf16["ratio_executed"] > 0
         assert unpacked["examples"] == packed["examples"] >= 16
         assert packed["tokens_computed"] < unpacked["tokens_computed"] == unpacked["row_tokens"]
         assert packed["sequences"] < unpacked["sequences"]

@@ -75,6 +75,44 @@ def test_training_learns_and_resumes(tmp_path):
     assert again["resumed_from"].endswith("checkpoint-24")
 
 
+def test_bf16_training_keeps_trained_weights_in_fp32_and_learns(tmp_path):
+    """train.precision bf16: the frozen base runs in bfloat16, the adapter is trained and saved
+    in float32, validation scores under the same autocast, and the explainer, loaded in fp32
+    for evaluation, answers as well as the fp32 one of test_training_learns_and_resumes."""
+    from safetensors.torch import load_file
+
+    model_dir = resolve("tiny-random-llama", tmp_path / "model")
+    examples = toy_examples()
+    cfg = TrainConfig(
+        epochs=6, batch_size=4, lr=1e-2, eval_steps=8, patience=0, seed=0, precision="bf16"
+    )
+    out = tmp_path / "adapter"
+    summary = train_explainer(
+        model_dir, examples, out, cfg, tmp_path / "ckpt", validation=examples.head(8)
+    )
+    weights = load_file(out / "adapter_model.safetensors")
+    assert weights and {w.dtype for w in weights.values()} == {torch.float32}
+    losses = [e["loss"] for e in summary["log_history"] if "loss" in e]
+    assert losses[-1] < losses[0] * 0.5
+    assert [v["step"] for v in summary["validation"]] == [0, 8, 16, 24]
+    assert summary["config"]["precision"] == "bf16"
+    model, tok = load_explainer(model_dir, out)
+    assert next(model.parameters()).dtype == torch.float32
+    rows = evaluate_change_task(
+        model, tok, examples, labels={"variant": "trained"}, max_new_tokens=16, batch_size=8
+    )
+    assert rows["exact_match"].mean() >= 0.75
+    for bad, match in (({"precision": "fp16"}, "train.precision"), ({"method": "full"}, "full")):
+        with pytest.raises(ValueError, match=match):
+            train_explainer(
+                model_dir,
+                examples,
+                tmp_path / "x",
+                TrainConfig(**({"precision": "bf16"} | bad)),
+                tmp_path / "ckpt-x",
+            )
+
+
 def test_batched_generation_matches_one_at_a_time(tiny_llama):
     model, tok = tiny_llama
     questions = ["short?", "a much longer question about the tokens here?", "mid length one?"]

@@ -290,6 +290,7 @@ class TrainSettings(Section):
         "save_steps",
         "group_by_length",
         "pack",
+        "precision",
         "deepspeed",
     )
 

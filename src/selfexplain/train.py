@@ -24,6 +24,7 @@ from selfexplain.metrics import format_of
 from selfexplain.models import MANIFEST, load
 
 IGNORE = -100
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -62,6 +63,11 @@ class TrainConfig:
     # (packing.plan_batches), so a run takes exactly as many steps as unpacked.
     # 1 = no packing. Vector (feature) rows never pack.
     pack: int = 4
+    # fp32: every weight and matmul in float32. bf16: the frozen base model's weights in
+    # bfloat16 and its matmuls in bfloat16 (autocast), the trained weights (LoRA, vector map)
+    # and the optimizer in float32; about 1.5-2x faster on CPUs with AVX512-BF16 / AMX
+    # (docs/performance.md). On a GPU, fp32 still autocasts to bf16 where the GPU has it.
+    precision: str = "fp32"
     extra: dict = field(default_factory=dict)
 
 
@@ -107,6 +113,18 @@ class RightPadCollator:
         if "vector" in batch[0]:
             out["vectors"] = torch.tensor([b["vector"] for b in batch], dtype=torch.float32)
         return out
+
+
+def autocast_bf16(score):
+    """score(model) with the model's matmuls in bfloat16 (autocast on its device), as the
+    Trainer runs the training forwards of a bf16 run."""
+
+    def scored(model):
+        device = next(model.parameters()).device.type
+        with torch.autocast(device, dtype=torch.bfloat16):
+            return score(model)
+
+    return scored
 
 
 def unwrap(model):
@@ -661,6 +679,16 @@ def train_explainer(
     set_seed(cfg.seed)
     model, tokenizer = load(model_path)
     model.train()
+    if cfg.precision not in PRECISIONS:
+        raise ValueError(f"train.precision must be one of {PRECISIONS}, got {cfg.precision!r}")
+    bf16 = cfg.precision == "bf16"
+    if bf16 and cfg.method == "full":
+        raise ValueError(
+            "train.precision bf16 keeps the frozen base in bfloat16, but method 'full' trains "
+            "every weight: use precision fp32 with method full"
+        )
+    if bf16:
+        model.to(torch.bfloat16)
     examples = vectors_asked(examples)
     validation = None if validation is None else vectors_asked(validation)
     vectors = example_vectors(examples)
@@ -674,6 +702,10 @@ def train_explainer(
         raise ValueError(f"train.method must be 'lora' or 'full', got {cfg.method!r}")
     if cfg.method == "lora":
         model = lora_model(model, cfg, modules_to_save=to_save)
+    if bf16:
+        for param in model.parameters():  # what the optimizer updates stays in float32
+            if param.requires_grad:
+                param.data = param.data.float()
     if injector is not None:
         injector.bind(model)
         if injector.map is not None and injector.spec.map_init != "random":
@@ -728,7 +760,7 @@ def train_explainer(
         seed=cfg.seed,
         data_seed=cfg.seed,
         use_cpu=not use_cuda,
-        bf16=use_cuda and torch.cuda.is_bf16_supported(),
+        bf16=bf16 or (use_cuda and torch.cuda.is_bf16_supported()),
         deepspeed=cfg.deepspeed,
         ddp_backend=None if use_cuda or world == 1 else "gloo",  # CPU process groups
         ddp_find_unused_parameters=False if world > 1 else None,
@@ -748,6 +780,8 @@ def train_explainer(
     validator = None
     if validation is not None and len(validation):
         score, metric = validation_scorer(tokenizer, validation, cfg, collator, injector)
+        if bf16:
+            score = autocast_bf16(score)
         validator = Validation(score, metric, cfg.eval_steps, cfg.patience, last)
         callbacks.append(validator)
     trainer = (VectorTrainer if injector is not None else AnswerTrainer)(
