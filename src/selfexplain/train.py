@@ -115,6 +115,26 @@ class RightPadCollator:
         return out
 
 
+def to_bf16(model) -> None:
+    """A bf16 run's base model: its weights in bfloat16, except the input and output
+    embeddings, which stay float32 and compute the output layer in float32 outside autocast.
+    So the residual stream stays float32 (each block's bfloat16 output is added to it), and
+    logits (only computed at answer tokens, logits_at) keep float32 resolution: scores and
+    their differences keep more than bfloat16's three significant digits."""
+    head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+    keep = {id(p) for p in (*head.parameters(), *embed.parameters())}
+    for param in model.parameters():
+        if id(param) not in keep:
+            param.data = param.data.to(torch.bfloat16)
+    forward = head.forward
+
+    def float_forward(hidden, *args, **kwargs):
+        with torch.autocast(hidden.device.type, enabled=False):
+            return forward(hidden.float(), *args, **kwargs)
+
+    head.forward = float_forward
+
+
 def autocast_bf16(score):
     """score(model) with the model's matmuls in bfloat16 (autocast on its device), as the
     Trainer runs the training forwards of a bf16 run."""
@@ -688,7 +708,7 @@ def train_explainer(
             "every weight: use precision fp32 with method full"
         )
     if bf16:
-        model.to(torch.bfloat16)
+        to_bf16(model)
     examples = vectors_asked(examples)
     validation = None if validation is None else vectors_asked(validation)
     vectors = example_vectors(examples)
