@@ -95,7 +95,7 @@ def test_bf16_training_keeps_trained_weights_in_fp32_and_learns(tmp_path):
     losses = [e["loss"] for e in summary["log_history"] if "loss" in e]
     assert losses[-1] < losses[0] * 0.5
     assert [v["step"] for v in summary["validation"]] == [0, 8, 16, 24]
-    assert summary["config"]["precision"] == "bf16"
+    assert summary["config"]["precision"] == summary["precision"] == "bf16"
     model, tok = load_explainer(model_dir, out)
     assert next(model.parameters()).dtype == torch.float32
     rows = evaluate_change_task(
@@ -111,6 +111,43 @@ def test_bf16_training_keeps_trained_weights_in_fp32_and_learns(tmp_path):
                 TrainConfig(**({"precision": "bf16"} | bad)),
                 tmp_path / "ckpt-x",
             )
+
+
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gemma"])
+def test_bf16_base_keeps_embeddings_and_logits_in_fp32(name, request):
+    """to_bf16 casts the blocks to bfloat16 and keeps the embeddings and the output layer in
+    float32: under autocast the logits come out float32 and close to the float32 model's."""
+    import copy
+
+    from selfexplain.train import to_bf16
+
+    model, tok = request.getfixturevalue(name)
+    ids = tok(["The capital of France is Paris"], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+        half = copy.deepcopy(model)
+        to_bf16(half)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = half(input_ids=ids).logits
+    assert half.get_input_embeddings().weight.dtype == torch.float32
+    assert half.get_output_embeddings().weight.dtype == torch.float32
+    assert half.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
+    assert got.dtype == torch.float32
+    assert (got - want).abs().max() < 0.05 * want.abs().max()
+
+
+def test_auto_precision_is_bf16_only_for_lora_on_native_bf16(monkeypatch):
+    from selfexplain import train
+
+    for native in (True, False):
+        monkeypatch.setattr(train, "native_bf16", lambda native=native: native)
+        assert train.resolve_precision("auto", "lora") == ("bf16" if native else "fp32")
+        assert train.resolve_precision("auto", "full") == "fp32"
+        assert train.resolve_precision("fp32", "lora") == "fp32"
+        assert train.resolve_precision("bf16", "lora") == "bf16"
+        assert train.resolve_precision("auto", "lora", deepspeed="zero2.json") == "fp32"
+    with pytest.raises(ValueError, match="train.precision must be one of"):
+        train.resolve_precision("fp16", "lora")
 
 
 def test_batched_generation_matches_one_at_a_time(tiny_llama):

@@ -24,7 +24,7 @@ from selfexplain.metrics import format_of
 from selfexplain.models import MANIFEST, load
 
 IGNORE = -100
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "auto")
 
 
 @dataclass
@@ -66,7 +66,9 @@ class TrainConfig:
     # fp32: every weight and matmul in float32. bf16: the frozen base model's weights in
     # bfloat16 and its matmuls in bfloat16 (autocast), the trained weights (LoRA, vector map)
     # and the optimizer in float32; about 1.5-2x faster on CPUs with AVX512-BF16 / AMX
-    # (docs/performance.md). On a GPU, fp32 still autocasts to bf16 where the GPU has it.
+    # (docs/performance.md). auto: bf16 where the hardware computes it natively
+    # (native_bf16) and the method is lora, else fp32. On a GPU, fp32 still autocasts to bf16
+    # where the GPU has it.
     precision: str = "fp32"
     extra: dict = field(default_factory=dict)
 
@@ -115,6 +117,29 @@ class RightPadCollator:
         return out
 
 
+def native_bf16() -> bool:
+    """Whether this machine computes bfloat16 matmuls natively: a CUDA GPU that supports
+    bf16, or a CPU with AVX512-BF16 or AMX-BF16 (Linux /proc/cpuinfo; elsewhere: no)."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, method: str, deepspeed: str | None = None) -> str:
+    """train.precision as a run uses it: fp32 or bf16 (auto: bf16 for a LoRA run on hardware
+    with native bf16 without DeepSpeed, else fp32; DeepSpeed and a GPU's fp32 runs autocast
+    to bf16 on their own where the GPU has it)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"train.precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        return "bf16" if method == "lora" and not deepspeed and native_bf16() else "fp32"
+    return precision
+
+
 def to_bf16(model) -> None:
     """A bf16 run's base model: its weights in bfloat16, except the input and output
     embeddings, which stay float32 and compute the output layer in float32 outside autocast.
@@ -126,11 +151,11 @@ def to_bf16(model) -> None:
     for param in model.parameters():
         if id(param) not in keep:
             param.data = param.data.to(torch.bfloat16)
-    forward = head.forward
 
-    def float_forward(hidden, *args, **kwargs):
+    def float_forward(hidden):
         with torch.autocast(hidden.device.type, enabled=False):
-            return forward(hidden.float(), *args, **kwargs)
+            bias = None if head.bias is None else head.bias.float()
+            return F.linear(hidden.float(), head.weight.float(), bias)
 
     head.forward = float_forward
 
@@ -699,9 +724,8 @@ def train_explainer(
     set_seed(cfg.seed)
     model, tokenizer = load(model_path)
     model.train()
-    if cfg.precision not in PRECISIONS:
-        raise ValueError(f"train.precision must be one of {PRECISIONS}, got {cfg.precision!r}")
-    bf16 = cfg.precision == "bf16"
+    precision = resolve_precision(cfg.precision, cfg.method, cfg.deepspeed)
+    bf16 = precision == "bf16"
     if bf16 and cfg.method == "full":
         raise ValueError(
             "train.precision bf16 keeps the frozen base in bfloat16, but method 'full' trains "
@@ -838,6 +862,7 @@ def train_explainer(
         "n_sequences": n_packs if packed else n_rows,
         "n_tokens_computed": packed_tokens if packed else n_row_tokens,
         "processes": world,
+        "precision": precision,  # as resolved (cfg.precision may say auto)
         "steps": trainer.state.global_step,
         "train_loss": result.training_loss,
         "final_logged_loss": losses[-1] if losses else None,
