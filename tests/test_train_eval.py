@@ -102,6 +102,24 @@ def test_bf16_training_keeps_trained_weights_in_fp32_and_learns(tmp_path):
         model, tok, examples, labels={"variant": "trained"}, max_new_tokens=16, batch_size=8
     )
     assert rows["exact_match"].mean() >= 0.75
+    # scored as validated (bf16 base, autocast), the saved explainer gives the best step's AUC
+    from selfexplain.evaluate import as_validated
+    from selfexplain.metrics import auc, parse_change
+    from selfexplain.scoring import change_scores
+
+    val = examples.head(8)
+    gold = [bool(parse_change(a).changed) for a in val["answer"]]
+    with as_validated(model, out):
+        scores = change_scores(model, tok, val["question"].to_list(), batch_size=8, pack=4)
+        bf16_rows = evaluate_change_task(
+            model, tok, examples, labels={"variant": "trained"}, max_new_tokens=16, batch_size=8
+        )
+    assert model.get_output_embeddings().weight.dtype == torch.float32
+    assert (
+        model.base_model.model.model.layers[0].mlp.up_proj.base_layer.weight.dtype == torch.bfloat16
+    )
+    assert auc(gold, scores) == pytest.approx(summary["best"]["value"][0])
+    assert bf16_rows["exact_match"].mean() >= 0.75
     for bad, match in (({"precision": "fp16"}, "train.precision"), ({"method": "full"}, "full")):
         with pytest.raises(ValueError, match=match):
             train_explainer(

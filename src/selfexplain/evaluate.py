@@ -250,6 +250,22 @@ def load_explainer(model_path: str | Path, adapter_dir: str | Path | None = None
     return model, tokenizer
 
 
+@contextlib.contextmanager
+def as_validated(model, adapter_dir: str | Path | None):
+    """Inside the block the explainer computes as its training run's validation did, so the
+    threshold that validation chose applies to its scores: a ``train.precision`` bf16 run's
+    explainer (train_summary.json ``precision``) gets its base in bfloat16 (train.to_bf16)
+    and bfloat16 matmuls (autocast); any other explainer is left as it is (float32)."""
+    from selfexplain.train import run_summary, to_bf16
+
+    if run_summary(adapter_dir).get("precision") != "bf16":
+        yield
+        return
+    to_bf16(model)
+    with torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16):
+        yield
+
+
 def explainer_injector(
     model, tokenizer, adapter_dir: str | Path | None, d_in: int, settings: dict | None = None
 ):

@@ -306,7 +306,12 @@ def evaluate_run(
             settings=settings,
             features=features,
         )
-    from selfexplain.evaluate import change_rows, evaluate_change_task, load_explainer
+    from selfexplain.evaluate import (
+        as_validated,
+        change_rows,
+        evaluate_change_task,
+        load_explainer,
+    )
     from selfexplain.metrics import prior_shift
 
     test = evaluation_rows(examples, task, settings.n_test).with_columns(in_sample=True)
@@ -341,18 +346,19 @@ def evaluate_run(
             injection = with_target_map(features.injection, model_dir, run.target, run.explainer)
             width = len(asked["vector"][0])
             injector = explainer_injector(model, tokenizer, adapter_dir, width, injection)
-        rows = evaluate_change_task(
-            model,
-            tokenizer,
-            asked,
-            labels=labels,
-            max_new_tokens=settings.max_new_tokens,
-            batch_size=settings.batch_size,
-            threshold=threshold,
-            pack=settings.pack,
-            answer_format=answer_format,
-            injector=injector,
-        )
+        with as_validated(model, adapter_dir):
+            rows = evaluate_change_task(
+                model,
+                tokenizer,
+                asked,
+                labels=labels,
+                max_new_tokens=settings.max_new_tokens,
+                batch_size=settings.batch_size,
+                threshold=threshold,
+                pack=settings.pack,
+                answer_format=answer_format,
+                injector=injector,
+            )
     # the scores are log-odds fitted on balanced rows: heatmaps (every cell of a pair, mostly
     # unchanged) are read at the train split's base rate of change (metrics.prior_shift)
     shift = prior_shift(train_base_rate(examples))

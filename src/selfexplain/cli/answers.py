@@ -79,7 +79,12 @@ def answer(
     above the threshold of ``args.threshold`` (ask_threshold). vectors: one per question, put
     in at its placeholder through the explainer's saved injection (a patching explainer
     trained on the paper's question)."""
-    from selfexplain.evaluate import change_answers, explainer_injector, load_explainer
+    from selfexplain.evaluate import (
+        as_validated,
+        change_answers,
+        explainer_injector,
+        load_explainer,
+    )
     from selfexplain.metrics import COMPACT, answer_format
     from selfexplain.train import run_summary
 
@@ -91,19 +96,20 @@ def answer(
     injector = None
     if vectors is not None:
         injector = explainer_injector(model, tokenizer, info.adapter, len(vectors[0]))
-    preds, _ = change_answers(
-        model,
-        tokenizer,
-        questions,
-        answer_format=fmt.name,
-        threshold=threshold,
-        rate=rate,
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
-        pack=EvaluateSettings().pack,  # the pipeline's evaluate default
-        vectors=vectors,
-        injector=injector,
-    )
+    with as_validated(model, info.adapter):  # as the pipeline's evaluate step scores it
+        preds, _ = change_answers(
+            model,
+            tokenizer,
+            questions,
+            answer_format=fmt.name,
+            threshold=threshold,
+            rate=rate,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+            pack=EvaluateSettings().pack,  # the pipeline's evaluate default
+            vectors=vectors,
+            injector=injector,
+        )
     del model, tokenizer
     gc.collect()
     return preds
