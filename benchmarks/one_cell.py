@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--compare", action="append", default=[], help="VARIANT=EVAL_PARQUET")
     parser.add_argument("--set", action="append", default=[], help="train.KEY=VALUE override")
     parser.add_argument("--n-test", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0, help="the run's seed (draw and init)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--record", default=None, help="JSON path (default: results/benchmarks/)")
     args = parser.parse_args(argv)
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     examples = read_examples(args.labels)
     n_test = len(evaluation_rows(examples, args.task, args.n_test))
     start = time.perf_counter()
-    cell = types.SimpleNamespace(task=args.task, variant=args.variant, seed=0)
+    cell = types.SimpleNamespace(task=args.task, variant=args.variant, seed=args.seed)
     summary = train_run(
         examples,
         cell,
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
         "labels": args.labels,
         "model": args.model,
         "variant": args.variant,
+        "seed": args.seed,
         "settings": settings,
         "n_train": summary["n_examples"],
         "n_val": summary["n_validation"],
@@ -96,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
     evals = {}
     for variant in [args.variant, *[b for b in args.baselines.split(",") if b]]:
         run = types.SimpleNamespace(
-            task=args.task, target="target", explainer="explainer", variant=variant, seed=0
+            task=args.task, target="target", explainer="explainer", variant=variant, seed=args.seed
         )
         t0 = time.perf_counter()
         rows = evaluate_run(
