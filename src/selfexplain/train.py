@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -69,7 +70,7 @@ class TrainConfig:
     # faster training on a CPU with AVX512-BF16 (docs/performance.md). auto: bf16 where the
     # hardware computes it natively (native_bf16) for a LoRA run without DeepSpeed, else fp32.
     # On a GPU, fp32 still autocasts to bf16 where the GPU has it.
-    precision: str = "fp32"
+    precision: str = "auto"
     extra: dict = field(default_factory=dict)
 
 
@@ -140,16 +141,17 @@ def resolve_precision(precision: str, method: str, deepspeed: str | None = None)
     return precision
 
 
-def to_bf16(model) -> None:
+def to_bf16(model, keep: Sequence[torch.nn.Module] = ()) -> None:
     """A bf16 run's base model: its weights in bfloat16, except the input and output
-    embeddings, which stay float32 and compute the output layer in float32 outside autocast.
+    embeddings (and the modules in ``keep``, e.g. a width map, whose float32 weights are
+    saved), which stay float32; the output layer computes in float32 outside autocast.
     So the residual stream stays float32 (each block's bfloat16 output is added to it), and
     logits (only computed at answer tokens, logits_at) keep float32 resolution: scores and
     their differences keep more than bfloat16's three significant digits."""
     head, embed = model.get_output_embeddings(), model.get_input_embeddings()
-    keep = {id(p) for p in (*head.parameters(), *embed.parameters())}
+    kept = {id(p) for m in (head, embed, *keep) for p in m.parameters()}
     for param in model.parameters():
-        if id(param) not in keep:
+        if id(param) not in kept:
             param.data = param.data.to(torch.bfloat16)
 
     def float_forward(hidden):
@@ -731,8 +733,6 @@ def train_explainer(
             "train.precision bf16 keeps the frozen base in bfloat16, but method 'full' trains "
             "every weight: use precision fp32 with method full"
         )
-    if bf16:
-        to_bf16(model)
     examples = vectors_asked(examples)
     validation = None if validation is None else vectors_asked(validation)
     vectors = example_vectors(examples)
@@ -741,6 +741,8 @@ def train_explainer(
         from selfexplain.features.injection import MAP_NAME, Injector
 
         injector = Injector.from_settings(model, tokenizer, len(vectors[0]), injection, cfg.seed)
+    if bf16:  # after the injector measured its reference norm in float32
+        to_bf16(model, keep=[injector.map] if injector is not None and injector.map else [])
     to_save = [MAP_NAME] if injector is not None and injector.spec.has_map else None
     if cfg.method not in ("lora", "full"):
         raise ValueError(f"train.method must be 'lora' or 'full', got {cfg.method!r}")
