@@ -256,13 +256,13 @@ def as_validated(model, adapter_dir: str | Path | None):
     threshold that validation chose applies to its scores: a ``train.precision`` bf16 run's
     explainer (train_summary.json ``precision``) gets its base in bfloat16 (train.to_bf16)
     and bfloat16 matmuls (autocast); any other explainer is left as it is (float32)."""
-    from selfexplain.train import run_summary, to_bf16
+    from selfexplain.train import bf16_autocast, run_summary, to_bf16
 
     if run_summary(adapter_dir).get("precision") != "bf16":
         yield
         return
     to_bf16(model)
-    with torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16):
+    with bf16_autocast(model):
         yield
 
 

@@ -162,13 +162,17 @@ def to_bf16(model, keep: Sequence[torch.nn.Module] = ()) -> None:
     head.forward = float_forward
 
 
+def bf16_autocast(model):
+    """The model's matmuls in bfloat16 (autocast on its device), as the Trainer runs the
+    training forwards of a bf16 run."""
+    return torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16)
+
+
 def autocast_bf16(score):
-    """score(model) with the model's matmuls in bfloat16 (autocast on its device), as the
-    Trainer runs the training forwards of a bf16 run."""
+    """score(model) under bf16_autocast."""
 
     def scored(model):
-        device = next(model.parameters()).device.type
-        with torch.autocast(device, dtype=torch.bfloat16):
+        with bf16_autocast(model):
             return score(model)
 
     return scored
