@@ -152,3 +152,18 @@ def overrides(items: Sequence[str]) -> dict:
         except json.JSONDecodeError:
             out[key] = text
     return out
+
+
+def link_workdir(workdir: Path, repo: Path, models: Path | None) -> None:
+    """Prepare a snakemake --directory run: link the repository's config, profiles, workflow
+    and envs into workdir, and models (converted model directories) as resources/models, so
+    that a run there reuses them instead of converting its own (None: it converts its own)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    for name in ("config", "profiles", "workflow", "envs"):
+        link = workdir / name
+        if not link.exists():
+            link.symlink_to(repo / name)
+    link = workdir / "resources/models"
+    if models is not None and models.is_dir() and not link.exists():
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(models)

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import environment, matmul_ceiling, write_record
+from _common import environment, link_workdir, matmul_ceiling, write_record
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -87,15 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
         else matmul_ceiling(256, 3)
     )
     workdir = Path(args.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    for name in ("config", "profiles", "workflow", "envs"):  # what --directory runs need
-        link = workdir / name
-        if not link.exists():
-            link.symlink_to(REPO / name)
-    models = workdir / "resources/models"
-    if not models.exists() and (REPO / "resources/models").is_dir():
-        models.parent.mkdir(parents=True, exist_ok=True)
-        models.symlink_to(REPO / "resources/models")  # reuse converted models
+    link_workdir(workdir, REPO, REPO / "resources/models")  # reuse converted models
     cmd = snakemake_command(workdir, args.cores, args.dry_run)
     print(" ".join(cmd))
     start = time.perf_counter()
