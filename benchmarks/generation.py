@@ -9,7 +9,9 @@ trained LoRA adapter, --adapter none for the base model alone), draws --n test q
 --whole-prompts, every test question of whole prompts / pairs instead, as a heatmap or
 `selfexplain ask` asks them) and answers them with ``evaluate.generate_answers`` (greedy) three
 ways: reusing the cached prefix the questions of one prompt share (``share_prefix``, the
-pipeline's default), in plain left-padded batches of --batch-size, and one at a time. Writes
+pipeline's default), in plain left-padded batches of --batch-size, and one at a time;
+--shared-batch-sizes adds the shared-prefix path with other group sizes (more questions
+continue from one cached prefix). Writes
 results/benchmarks/generation.json.
 """
 
@@ -19,7 +21,7 @@ import argparse
 
 import polars as pl
 import torch
-from _common import environment, print_table, timed, write_record
+from _common import environment, parse_scales, print_table, timed, write_record
 
 from selfexplain.evaluate import generate_answers, load_explainer
 from selfexplain.examples import read_examples, select, subsample
@@ -41,6 +43,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--whole-prompts", action="store_true", help="all test questions of whole prompts"
     )
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument(
+        "--shared-batch-sizes", default="",
+        help="also time the shared-prefix path with these group sizes, e.g. 32,64",
+    )  # fmt: skip
     ap.add_argument("--max-new-tokens", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="results/benchmarks/generation.json")
@@ -70,6 +76,7 @@ def main(argv=None) -> dict:
     answers, seconds = {}, {}
     paths = (("shared", args.batch_size, True), ("batched", args.batch_size, False))
     paths += (("single", 1, False),)
+    paths += tuple((f"shared{b}", b, True) for b in parse_scales(args.shared_batch_sizes))
     for name, bs, share in paths:
         answers[name], seconds[name] = timed(
             lambda bs=bs, share=share: generate_answers(
@@ -97,6 +104,17 @@ def main(argv=None) -> dict:
         "shared_s": seconds["shared"],
         "shared_speedup": seconds["batched"] / seconds["shared"],
         "identical_shared": sum(same_shared),
+        "shared_batch_sizes": {
+            name: {
+                "batch_size": bs,
+                "seconds": seconds[name],
+                "speedup_vs_batched": seconds["batched"] / seconds[name],
+                "identical_to_batched": sum(
+                    a == b for a, b in zip(answers[name], answers["batched"], strict=True)
+                ),
+            }
+            for name, bs, _ in paths[3:]
+        },
         "identical_answers": sum(same),
         "all_identical": all(same),
         "mismatches": [

@@ -110,10 +110,12 @@ def test_generation(bench, workspace):
     out = workspace / "out" / "generation.json"
     args = ["--model", str(workspace / "model"), "--adapter", str(workspace / "adapter")]
     args += ["--labels", str(workspace / "labels.parquet"), "--n", "4", "--batch-size", "2"]
-    args += ["--max-new-tokens", "3"]
+    args += ["--max-new-tokens", "3", "--shared-batch-sizes", "4"]
     rec = bench("generation").main([*args, "--threads", "1", "--out", str(out)])
     rec = _check(out, rec, {"batched_s", "naive_s", "speedup", "identical_answers"})
     assert rec["questions"] == 4 and rec["identical_shared"] == 4 and rec["shared_s"] > 0
+    larger = rec["shared_batch_sizes"]["shared4"]  # one group of 4 from one cached prefix
+    assert larger["batch_size"] == 4 and larger["identical_to_batched"] == 4
 
 
 def test_run_all_table(bench, workspace):
@@ -190,6 +192,39 @@ def test_gpu_run_dry_run(bench, tmp_path):
     jobs = saved["planned_jobs"]
     assert jobs["train_explainer"] > 0 and jobs["evaluate"] > jobs["train_explainer"]
     assert saved["matmul_ceiling"]["median_flops"] > 0 and ENV_KEYS <= set(saved)
+
+
+@pytest.mark.e2e
+def test_pipeline_scaling(bench, tmp_path):
+    """The whole pipeline (one patching cell of the tiny model) at 1x and 2x the pairs, each
+    from an empty results directory: rows, steps and phase times are read back and fitted."""
+    override = tmp_path / "cell.yaml"
+    override.write_text(
+        "tasks: [patching]\nexplainers: [tiny]\nvariants: [trained, constant]\n"
+        "train: {n_train: null}\n"
+    )
+    out = tmp_path / "out"
+    args = ["--configfile", str(BENCH.parent / "tests/data/tiny.yaml"), str(override)]
+    args += ["--pairs", "3", "--scales", "1,2", "--candidates-per-pair", "40", "--models", ""]
+    args += ["--workdir", str(tmp_path / "w"), "--out", str(out)]
+    rec = bench("pipeline_scaling").main(args)
+    saved = json.loads((out / "pipeline_scaling.json").read_text())
+    assert [r["pairs"] for r in saved["runs"]] == [3, 6] and ENV_KEYS <= set(saved)
+    small, large = rec["runs"]
+    assert small["kept_pairs"] == 3 and large["kept_pairs"] == 6
+    assert 0 < small["n_train"] < large["n_train"]  # the training rows grow with the pairs
+    for run in rec["runs"]:
+        assert [r["run"] for r in run["training_runs"]] == ["patching/tiny/tiny/trained/s0"]
+        assert run["phase_seconds"]["training"] > 0 and run["phase_seconds"]["labels"] > 0
+        assert run["wall_seconds"] > sum(run["phase_seconds"].values()) / 2  # 2 cores
+        vs_constant = [c for c in run["comparisons"] if c["comparison"] == "trained - constant"]
+        assert {c["metric"] for c in vs_constant} == {"balanced_accuracy", "auc"}
+    assert set(rec["fits"]) == {"wall_seconds", "labels", "training", "evaluation", "other",
+                                "training_per_step"}  # fmt: skip
+    assert rec["fits"]["training"]["slope"] == pytest.approx(
+        (large["phase_seconds"]["training"] - small["phase_seconds"]["training"])
+        / (large["n_train"] - small["n_train"])
+    )  # two points: the line through both
 
 
 def test_packed_training(bench, workspace):
