@@ -80,7 +80,7 @@ def main(argv=None) -> dict:
     for name, bs, share in paths:
         answers[name], seconds[name] = timed(
             lambda bs=bs, share=share: generate_answers(
-                model, tok, questions, **kw, batch_size=bs, share_prefix=share
+                model, tok, questions, **kw, batch_size=bs, share_prefix=share, share_group=bs
             )
         )
     same = [a == b for a, b in zip(answers["batched"], answers["single"], strict=True)]

@@ -196,15 +196,19 @@ def _answers_and_tokens(model, tok, questions, **kwargs):
     return answers, sum(seen)
 
 
+@pytest.mark.parametrize("group", [2, 64])
 @pytest.mark.parametrize("name", ["tiny_llama", "tiny_gemma"])
-def test_shared_prefix_generation_gives_the_same_answers(name, request):
+def test_shared_prefix_generation_gives_the_same_answers(name, group, request):
     """The questions of one prompt reuse its cached prefix: same greedy answers, fewer
     positions computed (tiny Gemma-3's 16-token sliding window is shorter than the questions,
-    so it takes the plain path, batched by prompt: fewer padded positions at most)."""
+    so it takes the plain path, batched by prompt: fewer padded positions at most), whether
+    a prompt's questions continue from its prefix in twos or all at once."""
     model, tok = request.getfixturevalue(name)
     questions = [q for p in PROMPTS for q, _ in _questions(p)] + ["short?"]
     for forced in ((), tuple(tok("changes", add_special_tokens=False)["input_ids"])):
-        shared, n_shared = _answers_and_tokens(model, tok, questions, prefix=forced)
+        shared, n_shared = _answers_and_tokens(
+            model, tok, questions, prefix=forced, share_group=group
+        )
         plain, n_plain = _answers_and_tokens(
             model, tok, questions, prefix=forced, share_prefix=False
         )
