@@ -154,16 +154,13 @@ def overrides(items: Sequence[str]) -> dict:
     return out
 
 
-def link_workdir(workdir: Path, repo: Path, models: Path | None) -> None:
+def link_workdir(workdir: Path, repo: Path) -> None:
     """Prepare a snakemake --directory run: link the repository's config, profiles, workflow
-    and envs into workdir, and models (converted model directories) as resources/models, so
-    that a run there reuses them instead of converting its own (None: it converts its own)."""
+    and envs into workdir. Models are not linked: get_model's benchmark file is one of its
+    outputs, so a fresh results/ there re-runs it, and through a link it would rewrite the
+    repository's converted models; each work directory converts its own."""
     workdir.mkdir(parents=True, exist_ok=True)
     for name in ("config", "profiles", "workflow", "envs"):
         link = workdir / name
         if not link.exists():
             link.symlink_to(repo / name)
-    link = workdir / "resources/models"
-    if models is not None and models.is_dir() and not link.exists():
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(models)

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
         else matmul_ceiling(256, 3)
     )
     workdir = Path(args.workdir)
-    link_workdir(workdir, REPO, REPO / "resources/models")  # reuse converted models
+    link_workdir(workdir, REPO)
     cmd = snakemake_command(workdir, args.cores, args.dry_run)
     print(" ".join(cmd))
     start = time.perf_counter()

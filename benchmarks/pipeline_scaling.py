@@ -7,10 +7,10 @@ Runs the whole pipeline (``snakemake --profile profiles/default``, here on confi
 SmolLM2 explaining its own activation patching) once per --scales value s, with
 ``patching.max_pairs`` = --pairs x s (and --candidates-per-pair times as many generated pairs,
 so that enough pairs survive the equal-length / different-output filter). Every run starts from
-an empty results/ in its own work directory under --workdir, which links the repository's
-converted models (--models), so each time covers pairs -> labels -> training with the
-validation curve and early stopping -> evaluation -> tables and figures. The rows then grow
-with the pairs, and everything the run does with them is timed, early stopping included.
+an empty results/ in its own work directory under --workdir, so each time covers model
+conversion -> pairs -> labels -> training with the validation curve and early stopping ->
+evaluation -> tables and figures. The rows then grow with the pairs, and everything the run
+does with them is timed, early stopping included.
 
 Afterwards it reads each run's per-job benchmark files (wall seconds per rule) and its
 train_summary.json files (training rows, optimizer steps), and fits wall seconds against
@@ -18,8 +18,8 @@ training rows, for the whole run and for its phases (labels, training, evaluatio
 "Linear" means a straight line with a fixed cost (start-up, model loading) as its intercept:
 the record has each fit's slope (seconds per training row), intercept and R^2, and each run's
 paired comparisons (results/tables/comparisons.csv: balanced accuracy, AUC), what its time
-bought. Writes
-results/benchmarks/pipeline_scaling.json (pipeline_scaling_dry-run.json with --dry-run).
+bought. Writes results/benchmarks/pipeline_scaling.json (pipeline_scaling_dry-run.json with
+--dry-run).
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def run_scale(args, scale: int) -> dict:
     workdir = Path(args.workdir) / f"p{pairs}"
     for stale in ("results", ".snakemake", "logs"):  # every run starts from nothing
         shutil.rmtree(workdir / stale, ignore_errors=True)
-    link_workdir(workdir, REPO, Path(args.models) if args.models else None)
+    link_workdir(workdir, REPO)
     scale_config = workdir / "scale.yaml"
     n_candidates = pairs * args.candidates_per_pair
     scale_config.write_text(
@@ -159,10 +159,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--candidates-per-pair", type=int, default=8)
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--workdir", default=str(REPO / "results/pipeline_scaling"))
-    parser.add_argument(
-        "--models", default=str(REPO / "resources/models"),
-        help="converted models to link into each work directory ('' = convert in each)",
-    )  # fmt: skip
     parser.add_argument("--dry-run", action="store_true", help="plan only")
     parser.add_argument("--out", default=str(REPO / "results/benchmarks"))
     args = parser.parse_args(argv)

@@ -205,7 +205,7 @@ def test_pipeline_scaling(bench, tmp_path):
     )
     out = tmp_path / "out"
     args = ["--configfile", str(BENCH.parent / "tests/data/tiny.yaml"), str(override)]
-    args += ["--pairs", "3", "--scales", "1,2", "--candidates-per-pair", "40", "--models", ""]
+    args += ["--pairs", "3", "--scales", "1,2", "--candidates-per-pair", "40"]
     args += ["--workdir", str(tmp_path / "w"), "--out", str(out)]
     rec = bench("pipeline_scaling").main(args)
     saved = json.loads((out / "pipeline_scaling.json").read_text())
