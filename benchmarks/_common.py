@@ -6,6 +6,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -164,3 +166,23 @@ def link_workdir(workdir: Path, repo: Path) -> None:
         link = workdir / name
         if not link.exists():
             link.symlink_to(repo / name)
+
+
+def run_workflow(
+    repo: Path, workdir: Path, configfiles: Sequence[str | Path], cores: int, dry_run: bool
+) -> tuple[str, str, float]:
+    """Run the pipeline (snakemake --profile profiles/default, configfiles merged over the
+    default) in workdir; dry_run plans it only. Returns the command, snakemake's output and the
+    wall seconds; a failed run exits with the tail of that output."""
+    cmd = [str(Path(sys.executable).parent / "snakemake"), "--profile", "profiles/default"]
+    cmd += ["--configfile", *map(str, configfiles), "--cores", str(cores)]
+    cmd += ["--directory", str(workdir), "--snakefile", str(repo / "Snakefile")]
+    cmd += ["-n", "--quiet", "rules"] if dry_run else []
+    print(" ".join(cmd), flush=True)
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode:
+        print(proc.stdout[-3000:], proc.stderr[-3000:])
+        raise SystemExit(f"snakemake failed in {workdir} with exit code {proc.returncode}")
+    return " ".join(cmd), proc.stdout + proc.stderr, wall

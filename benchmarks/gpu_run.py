@@ -19,23 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import torch
-from _common import environment, link_workdir, matmul_ceiling, write_record
+from _common import environment, link_workdir, matmul_ceiling, run_workflow, write_record
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def snakemake_command(workdir: Path, cores: int, dry_run: bool) -> list[str]:
-    """The pipeline run: the default config with config/gpu.yaml merged over it."""
-    cmd = [str(Path(sys.executable).parent / "snakemake"), "--profile", "profiles/default"]
-    cmd += ["--configfile", "config/gpu.yaml", "--cores", str(cores)]
-    cmd += ["--directory", str(workdir), "--snakefile", str(REPO / "Snakefile")]
-    return [*cmd, "-n", "--quiet", "rules"] if dry_run else cmd
 
 
 def planned_jobs(output: str) -> dict[str, int]:
@@ -88,21 +77,17 @@ def main(argv: list[str] | None = None) -> dict:
     )
     workdir = Path(args.workdir)
     link_workdir(workdir, REPO)
-    cmd = snakemake_command(workdir, args.cores, args.dry_run)
-    print(" ".join(cmd))
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if proc.returncode:
-        print(proc.stdout[-3000:], proc.stderr[-3000:])
-        raise SystemExit(f"snakemake failed with exit code {proc.returncode}")
+    # the default config with config/gpu.yaml merged over it
+    command, output, wall = run_workflow(
+        REPO, workdir, ["config/gpu.yaml"], args.cores, args.dry_run
+    )
     record = {
         "device": device,
         "dry_run": args.dry_run,
-        "command": " ".join(cmd),
+        "command": command,
         "wall_seconds": wall,
         "matmul_ceiling": ceiling,
-        "planned_jobs": planned_jobs(proc.stdout + proc.stderr),
+        "planned_jobs": planned_jobs(output),
     } | environment(torch.get_num_threads())
     if not args.dry_run:
         train = training_record(workdir)

@@ -27,14 +27,19 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import torch
 import yaml
-from _common import environment, linear_fit, link_workdir, parse_scales, print_table, write_record
+from _common import (
+    environment,
+    linear_fit,
+    link_workdir,
+    parse_scales,
+    print_table,
+    run_workflow,
+    write_record,
+)
 
 from selfexplain.tables import read_benchmarks
 
@@ -109,18 +114,8 @@ def run_scale(args, scale: int) -> dict:
     scale_config.write_text(
         yaml.safe_dump({"patching": {"max_pairs": pairs, "n_pairs": n_candidates}})
     )
-    cmd = [str(Path(sys.executable).parent / "snakemake"), "--profile", "profiles/default"]
-    cmd += ["--configfile", *map(str, args.configfile), str(scale_config)]
-    cmd += ["--cores", str(args.cores), "--directory", str(workdir)]
-    cmd += ["--snakefile", str(REPO / "Snakefile")]
-    cmd += ["-n", "--quiet", "rules"] if args.dry_run else []
-    print(" ".join(cmd), flush=True)
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if proc.returncode:
-        print(proc.stdout[-3000:], proc.stderr[-3000:])
-        raise SystemExit(f"snakemake failed at {pairs} pairs with exit code {proc.returncode}")
+    configfiles = [*args.configfile, scale_config]
+    _, _, wall = run_workflow(REPO, workdir, configfiles, args.cores, args.dry_run)
     record = {"scale": scale, "pairs": pairs, "candidates": n_candidates, "wall_seconds": wall}
     if args.dry_run:
         return record
