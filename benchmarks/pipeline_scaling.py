@@ -29,6 +29,7 @@ import json
 import shutil
 from pathlib import Path
 
+import polars as pl
 import torch
 import yaml
 from _common import (
@@ -82,8 +83,6 @@ def training_runs(workdir: Path) -> list[dict]:
 
 def kept_pairs(workdir: Path) -> int | None:
     """Pairs in the run's patching labels (None if it has none)."""
-    import polars as pl
-
     files = sorted((workdir / "results/labels/patching").glob("*.parquet"))
     if not files:
         return None
@@ -92,8 +91,6 @@ def kept_pairs(workdir: Path) -> int | None:
 
 def comparisons(workdir: Path) -> list[dict]:
     """The run's paired comparisons on balanced accuracy and AUC (what its time bought)."""
-    import polars as pl
-
     path = workdir / "results/tables/comparisons.csv"
     if not path.exists():
         return []
