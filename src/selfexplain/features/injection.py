@@ -274,13 +274,16 @@ def embedding_map(
     tokenizer,
     *,
     exclude: Sequence[int] = (),
-    ridge: float = 1e-3,
+    ridge: float = 1e-6,
 ) -> tuple[torch.Tensor, int]:
     """A linear map from source_model's input-embedding space to model's, fitted by ridge
     regression on the unit-normalised embeddings of the anchor tokens: the texts that are one
     token in both vocabularies (source token ids in `exclude` are left out, e.g. a check's
     held-out words). For a model explaining itself the map would be the identity; this is its
-    nearest linear analogue across widths. Returns (weight (d_out, d_in), number of anchors)."""
+    nearest linear analogue across widths. The ridge is light (1e-6 x anchors): what tells
+    neighbouring tokens apart lies in directions of low variance, and 1e-3 erased them
+    (SmolLM2 -> Gemma: 54% of held-out anchors mapped nearest their own token, against 83%).
+    Returns (weight (d_out, d_in), number of anchors)."""
     src_emb = source_model.get_input_embeddings().weight.detach().float().cpu()
     dst_emb = model.get_input_embeddings().weight.detach().float().cpu()
     src = _token_texts(source_tokenizer, src_emb.shape[0])
