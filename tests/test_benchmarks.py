@@ -139,6 +139,18 @@ def test_answer_loss(bench, workspace):
     assert 0 < rec["answer_positions"] < rec["tokens"]
 
 
+def test_width_map(bench, tmp_path):
+    source = resolve("tiny-random-llama", tmp_path / "llama")
+    model = resolve("tiny-random-gemma", tmp_path / "gemma")
+    out = tmp_path / "width_map.json"
+    args = ["--source", str(source), "--model", str(model), "--n-test", "20", "--threads", "1"]
+    rec = bench("width_map").main([*args, "--ridges", "0", "1e-3", "--out", str(out)])
+    rec = _check(out, rec, {"rows", "n_test"})
+    assert rec["n_test"] == 20 and [r["ridge"] for r in rec["rows"]] == [0.0, 1e-3]
+    for row in rec["rows"]:
+        assert 0 <= row["top1"] <= row["top5"] <= 1 and row["n_anchors"] > 20
+
+
 def test_one_cell(bench, workspace):
     """One cell end to end on toy patching labels: training with the validation curve, the
     trained explainer and the baselines on the same rows, paired comparisons."""
