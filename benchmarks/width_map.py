@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from _common import environment, print_table, write_record
 
-from selfexplain.features.injection import embedding_map
+from selfexplain.features.injection import embedding_map, shared_tokens
 from selfexplain.models import load
 
 
@@ -36,14 +36,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def shared_anchors(source_tok, tok, n_source: int, n_model: int) -> list[tuple[int, int]]:
-    """(source id, explainer id) of the texts that are one token in both vocabularies."""
-    from selfexplain.features.injection import _token_texts
-
-    src, dst = _token_texts(source_tok, n_source), _token_texts(tok, n_model)
-    return [(i, dst[t]) for t, i in src.items() if t in dst]
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -51,7 +43,7 @@ def main(argv=None) -> dict:
     model, tok = load(args.model)
     src_emb = source.get_input_embeddings().weight.detach().float()
     dst_emb = model.get_input_embeddings().weight.detach().float()
-    pairs = shared_anchors(source_tok, tok, src_emb.shape[0], dst_emb.shape[0])
+    pairs = shared_tokens(source_tok, tok, src_emb.shape[0], dst_emb.shape[0])
     random.Random(args.seed).shuffle(pairs)
     test = pairs[: args.n_test]
     s_ids, d_ids = (torch.tensor(x) for x in zip(*test, strict=True))

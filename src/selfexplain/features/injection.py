@@ -267,6 +267,16 @@ def _token_texts(tokenizer, n_rows: int) -> dict[str, int]:
 
 
 @torch.no_grad()
+def shared_tokens(
+    source_tokenizer, tokenizer, n_source: int, n_model: int
+) -> list[tuple[int, int]]:
+    """(source id, explainer id) of the texts that are one token in both vocabularies (the ids
+    below each model's embedding rows): the anchors of embedding_map."""
+    src = _token_texts(source_tokenizer, n_source)
+    dst = _token_texts(tokenizer, n_model)
+    return [(i, dst[t]) for t, i in src.items() if t in dst]
+
+
 def embedding_map(
     source_model,
     source_tokenizer,
@@ -286,10 +296,12 @@ def embedding_map(
     Returns (weight (d_out, d_in), number of anchors)."""
     src_emb = source_model.get_input_embeddings().weight.detach().float().cpu()
     dst_emb = model.get_input_embeddings().weight.detach().float().cpu()
-    src = _token_texts(source_tokenizer, src_emb.shape[0])
-    dst = _token_texts(tokenizer, dst_emb.shape[0])
     skip = set(exclude)
-    pairs = [(i, dst[t]) for t, i in src.items() if t in dst and i not in skip]
+    pairs = [
+        (i, j)
+        for i, j in shared_tokens(source_tokenizer, tokenizer, src_emb.shape[0], dst_emb.shape[0])
+        if i not in skip
+    ]
     if len(pairs) < 2 * src_emb.shape[1]:
         raise ValueError(
             f"only {len(pairs)} tokens are shared by the two vocabularies, too few to fit a "
