@@ -266,7 +266,6 @@ def _token_texts(tokenizer, n_rows: int) -> dict[str, int]:
     return out
 
 
-@torch.no_grad()
 def shared_tokens(
     source_tokenizer, tokenizer, n_source: int, n_model: int
 ) -> list[tuple[int, int]]:
@@ -277,6 +276,7 @@ def shared_tokens(
     return [(i, dst[t]) for t, i in src.items() if t in dst]
 
 
+@torch.no_grad()
 def embedding_map(
     source_model,
     source_tokenizer,
