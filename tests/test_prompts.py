@@ -47,6 +47,31 @@ def test_prompts_end_where_an_answer_token_is_expected(prompts):
         assert (p.hint is not None) == (p.kind == "hint_mcq")
 
 
+def test_text_prompts_are_sentence_prefixes_of_the_corpus(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    sentences = [
+        f"The river number {i} flows past the old mill, and then it turns north." for i in range(40)
+    ]
+    corpus.write_text(
+        " ".join(sentences[:20]) + "\n\nA list: (one) [two].\n\n" + " ".join(sentences[20:]) + "\n"
+    )
+    text = ablation_prompts(30, seed=0, kinds=["text"], corpus_file=corpus)
+    assert text == ablation_prompts(30, seed=0, kinds=["text"], corpus_file=corpus)
+    assert [p.id for p in text[:2]] == ["text-0000", "text-0001"] and {p.kind for p in text} == {
+        "text"
+    }
+    for p in text:
+        words = p.text.split()
+        assert 4 <= len(words) == p.meta["n_words"] <= 10
+        sentence = next(s for s in sentences if s.startswith(p.text))  # a prefix, never all of it
+        assert sentence.split()[len(words)].strip(".,") == p.meta["next_word"]
+        assert not p.text.endswith((",", "."))
+    bare = tmp_path / "bare.txt"
+    bare.write_text("Too short.\n\n(not a sentence)\n")
+    with pytest.raises(ValueError, match="bare.txt: no plain sentence"):
+        ablation_prompts(3, kinds=["text"], corpus_file=bare)
+
+
 def test_fact_prompts_match_the_tables(prompts):
     facts = [p for p in prompts if p.kind == "fact"]
     assert len({p.meta["relation"] for p in facts}) >= 8

@@ -134,18 +134,29 @@ def test_counterfact_bad_input_is_named(cache, tmp_path):
         counterfact_pairs_from(str(flat), 1, what="patching.source counterfact", **cache)
 
 
-def _run_script(name: str, settings: dict, tmp_path: Path, monkeypatch) -> Path:
+def _run_script(name: str, settings: dict, tmp_path: Path, monkeypatch, **params) -> Path:
     monkeypatch.setattr(sys, "stdout", sys.stdout)  # the script redirects it to its log
     monkeypatch.setattr(sys, "stderr", sys.stderr)
     out = tmp_path / "out.jsonl"
     smk = types.SimpleNamespace(
         output=[str(out)],
         log=[str(tmp_path / "log.txt")],
-        params=types.SimpleNamespace(settings=settings),
+        params=types.SimpleNamespace(settings=settings, **params),
     )
     runpy.run_path(str(REPO / f"workflow/scripts/{name}.py"), init_globals={"snakemake": smk})
     sys.stdout.flush()
     return out
+
+
+def test_make_prompts_takes_text_prompts_from_the_features_corpus(tmp_path, monkeypatch):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(
+        " ".join(f"Station {i} lies on the coast near the harbour." for i in range(9))
+    )
+    settings = {"n_per_kind": 3, "kinds": ["text"]}
+    out = _run_script("make_prompts", settings, tmp_path, monkeypatch, corpus_file=str(corpus))
+    prompts = read_prompts_jsonl(out)
+    assert len(prompts) == 3 and all(p.text.startswith("Station ") for p in prompts)
 
 
 def test_the_prompt_rules_read_the_configured_source(tmp_path, monkeypatch):

@@ -8,15 +8,17 @@ patching task have kind "mcq"; prompts read from user files default to kind "cus
 
 from __future__ import annotations
 
+import functools
 import json
 import random
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from selfexplain import entities as E
 
-KINDS = ("fact", "arithmetic", "agreement", "copying", "hint_mcq")
+KINDS = ("fact", "arithmetic", "agreement", "copying", "text", "hint_mcq")
 LETTERS = "ABCDEF"
 MAX_TRIES = 200  # attempts per wanted prompt before a generator is declared exhausted
 
@@ -318,6 +320,40 @@ def _copying(rng: random.Random) -> tuple[str, dict]:
     return text, {"form": "context_fact", "answer": city}
 
 
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
+_PLAIN_SENTENCE = re.compile(r"[A-Z][A-Za-z0-9 ,'-]*[.!?]")
+TEXT_WORDS = (4, 10)  # words in a text prompt: a sentence's first 4 to 10 (never all of it)
+
+
+@functools.lru_cache(maxsize=4)
+def corpus_sentences(corpus_file: str | None = None) -> tuple[str, ...]:
+    """The plain sentences of the corpus (features.corpus: the packaged Wikipedia sample, or
+    the user's text file): ASCII letters, digits, spaces, commas, apostrophes and hyphens only,
+    and more words than a text prompt takes."""
+    from selfexplain.features.corpus import corpus_documents
+
+    sentences = []
+    for doc in corpus_documents(corpus_file):
+        for sentence in _SENTENCE_END.split(doc.text):
+            if _PLAIN_SENTENCE.fullmatch(sentence) and len(sentence.split()) > TEXT_WORDS[0]:
+                sentences.append(sentence)
+    if not sentences:
+        raise ValueError(
+            f"{corpus_file or 'the packaged corpus'}: no plain sentence of more than "
+            f"{TEXT_WORDS[0]} words for the text prompt kind"
+        )
+    return tuple(sentences)
+
+
+def _corpus_text(rng: random.Random, sentences: Sequence[str]) -> tuple[str, dict]:
+    """The first few words of a corpus sentence: free text, cut off where the next word is
+    what the target predicts (the kind closest to prompts a user writes by hand)."""
+    words = rng.choice(sentences).split()
+    k = rng.randint(TEXT_WORDS[0], min(TEXT_WORDS[1], len(words) - 1))
+    text = " ".join(words[:k]).rstrip(",")
+    return text, {"n_words": k, "next_word": words[k].strip(".,!?")}
+
+
 def _hint_mcq(rng: random.Random) -> tuple[str, dict, str]:
     rel = rng.choice(RELATIONS)
     subject = rng.choice(sorted(rel.table))
@@ -375,16 +411,25 @@ def _unique(
 
 
 def ablation_prompts(
-    n_per_kind: int = 60, seed: int = 0, kinds: Sequence[str] = KINDS
+    n_per_kind: int = 60,
+    seed: int = 0,
+    kinds: Sequence[str] = KINDS,
+    corpus_file: str | Path | None = None,
 ) -> list[Prompt]:
-    """Varied ablation prompts from templates and entity tables, deterministic by seed."""
+    """Varied ablation prompts from templates and entity tables (kind "text": prefixes of the
+    sentences of corpus_file, default the packaged corpus), deterministic by seed."""
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown:
         raise ValueError(f"unknown prompt kinds {unknown}; allowed: {list(KINDS)}")
     out: list[Prompt] = []
     for kind in dict.fromkeys(kinds):
         rng = random.Random(f"{seed}:{kind}")
-        for i, (text, meta, *hint) in enumerate(_unique(n_per_kind, rng, _GENERATORS[kind], kind)):
+        if kind == "text":
+            sentences = corpus_sentences(str(corpus_file) if corpus_file else None)
+            make = functools.partial(_corpus_text, sentences=sentences)
+        else:
+            make = _GENERATORS[kind]
+        for i, (text, meta, *hint) in enumerate(_unique(n_per_kind, rng, make, kind)):
             out.append(Prompt(f"{kind}-{i:04d}", kind, text, hint[0] if hint else None, meta))
     return out
 

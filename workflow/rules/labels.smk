@@ -3,6 +3,7 @@ rule make_prompts:
         layout.prompts_file("ablation"),
     params:
         settings=config["ablation"],
+        corpus_file=config["features"]["corpus_file"],
     log:
         layout.log_file("make_prompts", "ablation"),
     resources:

@@ -16,6 +16,10 @@ elif settings.source == "mmlu":
 
     prompts = mmlu_prompts_from(settings.dataset, settings.n_per_kind, what="ablation.source mmlu")
 else:
-    prompts = ablation_prompts(n_per_kind=settings.n_per_kind, kinds=settings.kinds)
+    prompts = ablation_prompts(
+        n_per_kind=settings.n_per_kind,
+        kinds=settings.kinds,
+        corpus_file=snakemake.params.corpus_file,  # kind "text": the features' corpus
+    )
 write_prompts_jsonl(prompts, snakemake.output[0])
 print(f"{len(prompts)} prompts -> {snakemake.output[0]}")
