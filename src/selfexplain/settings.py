@@ -101,14 +101,14 @@ class AblationSettings(Section):
     prompts_file: str | None = _field(
         None, doc="your own JSONL ({'prompt': ..., 'hint': ...} per line) instead of the generator"
     )
-    n_per_kind: int = _field(384, doc="generated prompts per kind")
+    n_per_kind: int = _field(480, doc="generated prompts per kind")
     source: str = _field(
         "generated",
         doc="generated (the prompt generators) or mmlu (n_per_kind hinted MMLU questions)",
     )
     dataset: str | None = _field(None, doc="mmlu: a dataset id or local path (null: cais/mmlu)")
     kinds: list[str] = _field(
-        ["fact", "arithmetic", "agreement", "copying", "text"], doc="prompt kinds generated"
+        ["fact", "arithmetic", "agreement", "copying"], doc="prompt kinds generated"
     )
     test_fraction: float = _field(0.2, doc="fraction of prompts held out for the test split")
     engine: str = _field(
