@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 
+import polars as pl
 import pytest
 import torch
 
 from selfexplain.examples import SCHEMA, meta
 from selfexplain.features.injection import PLACEHOLDER, Injector
-from selfexplain.models import resolve
+from selfexplain.models import load, resolve
 from selfexplain.token_identity import (
     IDENTITY_PROMPT,
     generate_raw,
@@ -90,10 +91,12 @@ def test_score_token_identity():
 def test_run_token_identity_across_widths(tmp_path):
     """A tiny Llama target (64-d) explained by a tiny Gemma (48-d): the width map starts from
     the shared-token embeddings and is trained with the adapter; the result JSON has every
-    key."""
+    key; validation words keep the best step and leave the test words as they were."""
     target = resolve("tiny-random-llama", tmp_path / "models" / "llama")
     explainer = resolve("tiny-random-gemma", tmp_path / "models" / "gemma")
-    cfg = TrainConfig(epochs=1, batch_size=4, lr=1e-2, save_steps=1000, logging_steps=1)
+    cfg = TrainConfig(
+        epochs=1, batch_size=4, lr=1e-2, save_steps=1000, logging_steps=1, eval_steps=1
+    )
     out = tmp_path / "work"
     result = run_token_identity(
         target,
@@ -101,6 +104,7 @@ def test_run_token_identity_across_widths(tmp_path):
         out,
         n_train=8,
         n_test=4,
+        n_val=4,
         train_cfg=cfg,
         injection={"layer": 0, "scale": None},
         scales=[1.0, 2.0],
@@ -133,7 +137,16 @@ def test_run_token_identity_across_widths(tmp_path):
         "gemma",
         "other",
     )
-    assert (result["n_train"], result["n_test"], result["steps"]) == (8, 4, 2)
+    assert (result["n_train"], result["n_test"], result["n_val"], result["steps"]) == (8, 4, 4, 2)
+    # the answer loss on the validation words before training and after each step; the best kept
+    assert [v["step"] for v in result["validation"]] == [0, 1, 2]
+    trained = [(-v["loss"], v["step"]) for v in result["validation"] if v["step"]]
+    assert result["best"]["step"] == max(trained)[1]  # lowest loss after training, ties: later
+    model, tok = load(target)
+    words = token_identity_examples(model, tok, n_train=8, n_test=4, target="llama")
+    assert [s["token"] for s in result["samples"]] == words.filter(pl.col("split") == "test")[
+        "answer"
+    ].to_list()
     assert set(result["untrained_by_scale"]) == {"1.0", "2.0"}
     assert all(0 <= v <= 1 for v in result["untrained_by_scale"].values())
     assert 0 <= result["accuracy"] <= 1 and len(result["samples"]) == 4

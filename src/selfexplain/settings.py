@@ -207,6 +207,9 @@ class TokenIdentitySettings(Section):
 
     n_train: int = _field(1000, doc="training words (distinct; test words are disjoint)")
     n_test: int = _field(200, doc="held-out test words")
+    n_val: int = _field(
+        150, doc="validation words: the adapter kept is the step with their lowest answer loss"
+    )
     epochs: float = _field(3, doc="training epochs (overrides train.epochs)")
     lr: float = _field(0.001, doc="learning rate (overrides train.lr)")
     scales: list[float] = _field(
@@ -215,7 +218,12 @@ class TokenIdentitySettings(Section):
 
     def check(self) -> dict:
         """The run settings of token_identity.run_token_identity."""
-        return {"n_train": self.n_train, "n_test": self.n_test, "scales": self.scales}
+        return {
+            "n_train": self.n_train,
+            "n_test": self.n_test,
+            "n_val": self.n_val,
+            "scales": self.scales,
+        }
 
     def overrides(self) -> dict:
         """The train.* settings this check replaces."""

@@ -10,7 +10,9 @@ ignores it cannot beat chance. Train and test words are disjoint.
 (the feature task's path), scores its held-out answers by exact match, and scores the
 untrained explainer (no adapter) at several injection norms, SelfIE / Patchscopes style: with
 a few-shot identity prompt (and, as its ceiling, the same prompt with the word written out) and
-with the trained question.
+with the trained question. With n_val validation words (disjoint from both) the adapter kept is
+that of the step with the lowest answer loss on them, as for feature descriptions: trained
+longer, the adapter learns the training words and names held-out ones less well.
 """
 
 from __future__ import annotations
@@ -153,6 +155,7 @@ def run_token_identity(
     n_train: int,
     n_test: int,
     train_cfg: TrainConfig,
+    n_val: int = 0,
     injection: dict | None,
     scales: Sequence[float],
     seed: int = 0,
@@ -169,7 +172,9 @@ def run_token_identity(
     the result (returned) is written atomically to json_path (default out_dir/result.json).
 
     train_cfg: a train.TrainConfig; injection: {"layer", "scale"} as for the feature task;
-    relation: "self" / "other" (default: by the model directories' names).
+    relation: "self" / "other" (default: by the model directories' names); n_val: validation
+    words, drawn after the test words (so the test words do not depend on it), scored by the
+    answer-token loss every train_cfg.eval_steps steps (0: none, the last step is kept).
     """
     from selfexplain.evaluate import explainer_injector, generate_answers, load_explainer
     from selfexplain.features.injection import Injector, reference_norm
@@ -186,12 +191,18 @@ def run_token_identity(
 
     target_model, target_tok = load(target_dir)
     frame = token_identity_examples(
-        target_model, target_tok, n_train=n_train, n_test=n_test, seed=seed, target=target_dir.name
+        target_model,
+        target_tok,
+        n_train=n_train,
+        n_test=n_test + n_val,
+        seed=seed,
+        target=target_dir.name,
     )
     del target_model, target_tok
     gc.collect()
     train = frame.filter(pl.col("split") == "train")
     test = frame.filter(pl.col("split") == "test")
+    test, val = test.head(n_test), test.slice(n_test).with_columns(split=pl.lit("val"))
     d_in = len(frame["vector"][0])
     vectors = test["vector"].to_list()
     answers = test["answer"].to_list()
@@ -199,7 +210,7 @@ def run_token_identity(
         # embeddings, fitted without the held-out words
         injection |= {
             "map_from": str(target_dir),
-            "map_exclude": [m["token_id"] for m in meta(test)],
+            "map_exclude": [m["token_id"] for m in meta(test) + meta(val)],
         }
 
     # untrained explainer (no adapter): the identity prompt (with the word written out: the
@@ -232,6 +243,7 @@ def run_token_identity(
         cfg=train_cfg,
         checkpoint_dir=out_dir / "checkpoints",
         injection=injection,
+        validation=val if len(val) else None,
     )
     train_seconds = time.perf_counter() - train_start
 
@@ -265,6 +277,7 @@ def run_token_identity(
         "relation": relation,
         "n_train": len(train),
         "n_test": len(test),
+        "n_val": len(val),
         "accuracy": score_token_identity(preds, answers),
         "train_accuracy": score_token_identity(
             train_preds, train["answer"].head(len(test)).to_list()
@@ -289,6 +302,9 @@ def run_token_identity(
         },
         "reference_norm": ref,
         "steps": summary["steps"],
+        "best": summary["best"],  # the kept step (by the validation words' answer loss)
+        "stopped_early": summary["stopped_early"],
+        "validation": summary["validation"],
         "train_loss": summary["train_loss"],
         "final_logged_loss": summary["final_logged_loss"],
         "train_seconds": train_seconds,
