@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -139,6 +140,13 @@ def test_dag_runs_end_to_end_on_tiny_model(tmp_path):
         tmp_path, "-n", "--cores", "2", "--configfile", str(REPO / "tests/data/tiny.yaml")
     )
     assert "Nothing to be done" in again.stdout + again.stderr
+    # Editing the token-identity check plans that rule alone (and the compute table, which reads
+    # its benchmark file): the rules that read features.* get the section without it.
+    edited = write_config(tmp_path / "identity.yaml", "features: {token_identity: {n_val: 4}}\n")
+    tiny = str(REPO / "tests/data/tiny.yaml")
+    plan = run_snakemake(tmp_path, "-n", "--cores", "2", "--configfile", tiny, str(edited))
+    planned = set(re.findall(r"^(?:local)?rule (\w+):", plan.stdout + plan.stderr, re.M))
+    assert planned == {"token_identity", "compute_table", "all"}, plan.stdout[-3000:]
 
 
 BAD_CONFIGS = {

@@ -231,6 +231,12 @@ def describer_settings():
     return describer
 
 
+def features_settings():
+    """config["features"] without token_identity, for the rules that read features.*: the
+    token-identity check is its rule's own params, so editing it reruns that rule only."""
+    return {k: v for k, v in config["features"].items() if k != "token_identity"}
+
+
 def token_identity_settings():
     """features.token_identity: run settings and the train.* overrides."""
     ti = from_config(config, "features").token_identity

@@ -7,7 +7,7 @@ rule evaluate:
         settings=config["evaluate"],
         train=config["train"],
         heatmap_pairs=heatmap_pairs,
-        features=config["features"],
+        features=features_settings(),
     log:
         RUN.log_file("evaluate"),
     benchmark:

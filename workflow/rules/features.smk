@@ -4,7 +4,7 @@ rule collect_activations:
     output:
         layout.activations_file("{target}"),
     params:
-        settings=config["features"],
+        settings=features_settings(),
     log:
         layout.log_file("collect_activations", "{target}"),
     benchmark:
@@ -26,7 +26,7 @@ rule train_sae:
         sae=layout.sae_file("{target}"),
         stats=layout.sae_stats_file("{target}"),
     params:
-        settings=config["features"],
+        settings=features_settings(),
     log:
         layout.log_file("train_sae", "{target}"),
     benchmark:
@@ -47,7 +47,7 @@ rule describe_features:
     output:
         layout.descriptions_file("{target}"),
     params:
-        settings=config["features"],
+        settings=features_settings(),
         describer=describer_settings(),
     log:
         layout.log_file("describe_features", "{target}"),
@@ -71,7 +71,7 @@ rule label_features:
     output:
         layout.labels_file("features", "{target}"),
     params:
-        settings=config["features"],
+        settings=features_settings(),
     log:
         layout.log_file("label_features", "{target}"),
     benchmark:

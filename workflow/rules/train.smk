@@ -6,7 +6,7 @@ rule train_explainer:
         summary=RUN.summary_file(),
     params:
         train=config["train"],
-        features=config["features"],
+        features=features_settings(),
         checkpoints=lambda wildcards: Run.of(wildcards).checkpoint_dir(),
     wildcard_constraints:
         variant="|".join(TRAINED),
