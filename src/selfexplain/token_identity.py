@@ -207,7 +207,7 @@ def run_token_identity(
     vectors = test["vector"].to_list()
     answers = test["answer"].to_list()
     if relation == "other":  # the width map starts from the two models' shared-token
-        # embeddings, fitted without the held-out words
+        # embeddings, fitted without the held-out and validation words
         injection |= {
             "map_from": str(target_dir),
             "map_exclude": [m["token_id"] for m in meta(test) + meta(val)],
