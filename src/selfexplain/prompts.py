@@ -328,8 +328,8 @@ TEXT_WORDS = (4, 10)  # words in a text prompt: a sentence's first 4 to 10 (neve
 @functools.lru_cache(maxsize=4)
 def corpus_sentences(corpus_file: str | None = None) -> tuple[str, ...]:
     """The plain sentences of the corpus (features.corpus_file: the user's text file, or when
-    None the packaged Wikipedia sample): ASCII letters, digits, spaces, commas, apostrophes and hyphens only,
-    and more words than a text prompt takes."""
+    None the packaged Wikipedia sample): ASCII letters, digits, spaces, commas, apostrophes and
+    hyphens only, and more words than a text prompt takes."""
     from selfexplain.features.corpus import corpus_documents
 
     sentences = []
