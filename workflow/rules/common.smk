@@ -231,6 +231,15 @@ def describer_settings():
     return describer
 
 
+def text_corpus():
+    """The corpus of the ablation prompt kind text (features.corpus_file), None when the kinds
+    leave text out: a new corpus for the features then does not regenerate the ablation
+    prompts and everything after them."""
+    if "text" not in config["ablation"]["kinds"]:
+        return None
+    return config["features"]["corpus_file"]
+
+
 def features_settings():
     """config["features"] without token_identity, for the rules that read features.*: the
     token-identity check is its rule's own params, so editing it reruns that rule only."""

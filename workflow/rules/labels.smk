@@ -3,7 +3,7 @@ rule make_prompts:
         layout.prompts_file("ablation"),
     params:
         settings=config["ablation"],
-        corpus_file=config["features"]["corpus_file"],
+        corpus_file=text_corpus(),
     log:
         layout.log_file("make_prompts", "ablation"),
     resources:
