@@ -1,12 +1,13 @@
 """How well the fitted width map carries held-out target tokens onto the explainer's, by ridge.
 
     python benchmarks/width_map.py --source resources/models/smollm2 \
-        --model resources/models/gemma --ridges 0 1e-6 1e-5 1e-4 1e-3
+        --model resources/models/gemma --ridges 1e-6 --epochs 0 1 3
 
 The other explainer reads the target's vectors through injection.embedding_map, a ridge fit
 between the two models' unit-normalised input embeddings over the tokens whose text is one token
-in both vocabularies. This leaves --n-test of those anchors out of the fit (a seeded draw), maps
-them, and records per ridge how often the mapped vector's nearest explainer embedding (cosine,
+in both vocabularies, then refined by --epochs contrastive passes (0: the ridge fit alone). This
+leaves --n-test of those anchors out of the fit (a seeded draw), maps them, and records per
+(ridge, epochs) how often the mapped vector's nearest explainer embedding (cosine,
 over the whole vocabulary) is the token's own (top 1, top 5), and the mean cosine to it.
 Writes results/benchmarks/width_map_<source>_<model>.json.
 """
@@ -14,7 +15,9 @@ Writes results/benchmarks/width_map_<source>_<model>.json.
 from __future__ import annotations
 
 import argparse
+import itertools
 import random
+import time
 from pathlib import Path
 
 import torch
@@ -28,7 +31,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--source", default="resources/models/smollm2", help="the target model")
     ap.add_argument("--model", default="resources/models/gemma", help="the explainer model")
-    ap.add_argument("--ridges", type=float, nargs="+", default=[0.0, 1e-6, 1e-5, 1e-4, 1e-3])
+    ap.add_argument("--ridges", type=float, nargs="+", default=[1e-6])
+    ap.add_argument("--epochs", type=int, nargs="+", default=[0, 1, 3])
     ap.add_argument("--n-test", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
@@ -50,15 +54,19 @@ def main(argv=None) -> dict:
     x = torch.nn.functional.normalize(src_emb[s_ids], dim=-1)
     vocab = torch.nn.functional.normalize(dst_emb, dim=-1)
     rows = []
-    for ridge in args.ridges:
+    for ridge, epochs in itertools.product(args.ridges, args.epochs):
+        start = time.perf_counter()
         weight, n_anchors = embedding_map(
-            source, source_tok, model, tok, exclude=s_ids.tolist(), ridge=ridge
+            source, source_tok, model, tok, exclude=s_ids.tolist(), ridge=ridge, epochs=epochs
         )
+        seconds = time.perf_counter() - start
         mapped = torch.nn.functional.normalize(x @ weight.T, dim=-1)
         top = (mapped @ vocab.T).topk(5, dim=-1).indices
         rows.append(
             {
                 "ridge": ridge,
+                "epochs": epochs,
+                "seconds": seconds,
                 "n_anchors": n_anchors,
                 "top1": (top[:, 0] == d_ids).float().mean().item(),
                 "top5": (top == d_ids[:, None]).any(-1).float().mean().item(),
@@ -66,14 +74,16 @@ def main(argv=None) -> dict:
             }
         )
     print_table(
-        ["ridge", "anchors", "top 1", "top 5", "cosine"],
+        ["ridge", "epochs", "anchors", "top 1", "top 5", "cosine", "fit s"],
         [
             [
                 f"{r['ridge']:g}",
+                r["epochs"],
                 r["n_anchors"],
                 f"{r['top1']:.3f}",
                 f"{r['top5']:.3f}",
                 f"{r['cosine']:.3f}",
+                f"{r['seconds']:.0f}",
             ]
             for r in rows
         ],

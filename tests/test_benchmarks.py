@@ -144,11 +144,15 @@ def test_width_map(bench, tmp_path):
     model = resolve("tiny-random-gemma", tmp_path / "gemma")
     out = tmp_path / "width_map.json"
     args = ["--source", str(source), "--model", str(model), "--n-test", "20", "--threads", "1"]
-    rec = bench("width_map").main([*args, "--ridges", "0", "1e-3", "--out", str(out)])
-    rec = _check(out, rec, {"rows", "n_test"})
-    assert rec["n_test"] == 20 and [r["ridge"] for r in rec["rows"]] == [0.0, 1e-3]
+    args += ["--ridges", "0", "1e-3", "--epochs", "0", "2", "--out", str(out)]
+    rec = _check(out, bench("width_map").main(args), {"rows", "n_test"})
+    grid = [(r["ridge"], r["epochs"]) for r in rec["rows"]]
+    assert rec["n_test"] == 20 and grid == [(0.0, 0), (0.0, 2), (1e-3, 0), (1e-3, 2)]
     for row in rec["rows"]:
         assert 0 <= row["top1"] <= row["top5"] <= 1 and row["n_anchors"] > 20
+        assert row["seconds"] >= 0 and -1 <= row["cosine"] <= 1
+    # the contrastive passes leave 5% of the anchors out of the fit to choose the pass kept
+    assert rec["rows"][1]["n_anchors"] < rec["rows"][0]["n_anchors"]
 
 
 def test_one_cell(bench, workspace):

@@ -464,6 +464,10 @@ def run_fingerprint(
         h.update(json.dumps(sorted(validation["id"].to_list())).encode())
     vectors = example_vectors(examples)
     if vectors is not None:  # only for tasks with vectors: other fingerprints stay as they were
+        if injection and injection.get("map_from"):  # read through a fitted map: how it is fitted
+            from selfexplain.features.injection import MAP_FIT
+
+            injection = injection | {"map_fit": MAP_FIT}
         h.update(json.dumps({"injection": injection}, sort_keys=True).encode())
         h.update(torch.tensor(vectors, dtype=torch.float32).numpy().tobytes())
     return h.hexdigest()
