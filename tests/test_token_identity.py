@@ -14,6 +14,7 @@ from selfexplain.models import load, resolve
 from selfexplain.token_identity import (
     IDENTITY_PROMPT,
     generate_raw,
+    paired_hits,
     run_token_identity,
     score_token_identity,
     token_identity_examples,
@@ -88,6 +89,21 @@ def test_score_token_identity():
         score_token_identity(["a"], [])
 
 
+def test_paired_hits_by_hand():
+    """Words 1-2 only the trained explainer names, word 3 only the untrained one, word 4
+    neither: diff (2 - 1) / 4; the CI spans the bootstrap draws and holds the difference."""
+    answers = ["cat", "dog", "sun", "sea"]
+    paired = paired_hits(["cat", "Dog", "x", "y"], ["a", "b", "sun", "z"], answers)
+    assert paired["diff"] == 0.25 and paired["n_words"] == 4
+    assert -1 <= paired["ci_lo"] < 0.25 < paired["ci_hi"] <= 1
+    assert paired_hits(answers, answers, answers) == {
+        "diff": 0.0,
+        "ci_lo": 0.0,
+        "ci_hi": 0.0,
+        "n_words": 4,
+    }
+
+
 def test_run_token_identity_across_widths(tmp_path):
     """A tiny Llama target (64-d) explained by a tiny Gemma (48-d): the width map starts from
     the shared-token embeddings and is trained with the adapter; the result JSON has every
@@ -150,6 +166,15 @@ def test_run_token_identity_across_widths(tmp_path):
     assert set(result["untrained_by_scale"]) == {"1.0", "2.0"}
     assert all(0 <= v <= 1 for v in result["untrained_by_scale"].values())
     assert 0 <= result["accuracy"] <= 1 and len(result["samples"]) == 4
+    # every held-out word's answers, and the paired difference they give
+    per_word = result["per_word"]
+    assert [w["token"] for w in per_word] == [s["token"] for s in result["samples"]]
+    assert set(per_word[0]) == {"token", "prediction", "untrained_1.0", "untrained_2.0"}
+    paired = result["trained_minus_untrained"]
+    best = max(result["untrained_by_scale"], key=result["untrained_by_scale"].get)
+    assert paired["scale"] == float(best) and paired["n_words"] == 4
+    want = result["accuracy"] - result["untrained_by_scale"][best]
+    assert paired["diff"] == pytest.approx(want) and paired["ci_lo"] <= want <= paired["ci_hi"]
     spec = json.loads((out / "adapter" / "injection.json").read_text())
     assert (spec["d_in"], spec["d_out"]) == (64, 48)
     # the map started from the shared-token embeddings, fitted without the held-out words

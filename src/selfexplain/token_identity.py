@@ -140,6 +140,21 @@ def generate_raw(
     return [a.strip('"').strip() for a in answers]
 
 
+def paired_hits(
+    trained: Sequence[str], untrained: Sequence[str], answers: Sequence[str], seed: int = 0
+) -> dict[str, float]:
+    """Trained minus untrained exact match on the same words, with a 95% percentile CI from a
+    bootstrap over the words (each word is its own cluster): diff, ci_lo, ci_hi, n_words."""
+    from selfexplain.metrics import bootstrap_ci
+
+    def hits(preds: Sequence[str]) -> list[float]:
+        return [float(_normalise(p) == _normalise(a)) for p, a in zip(preds, answers, strict=True)]
+
+    rows = pl.DataFrame({"d": [a - b for a, b in zip(hits(trained), hits(untrained), strict=True)]})
+    lo, hi = bootstrap_ci(rows, lambda r: {"d": float(r["d"].mean())}, n_boot=2000, seed=seed)["d"]
+    return {"diff": float(rows["d"].mean()), "ci_lo": lo, "ci_hi": hi, "n_words": len(rows)}
+
+
 def _write_json(data: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -223,6 +238,7 @@ def run_token_identity(
         answers,
     )
     untrained: dict[str, dict[str, float]] = {"identity": {}, "question": {}}
+    untrained_preds: dict[str, list[str]] = {}  # identity prompt, per scale
     for scale in scales:
         injector = Injector.from_settings(model, tok, d_in, injection | {"scale": scale * ref})
         kwargs = {"max_new_tokens": max_new_tokens, "batch_size": batch_size}
@@ -230,6 +246,7 @@ def run_token_identity(
         identity = generate_raw(model, tok, [IDENTITY_PROMPT] * len(test), **kwargs)
         question = generate_answers(model, tok, [QUESTION] * len(test), **kwargs)
         untrained["identity"][str(float(scale))] = score_token_identity(identity, answers)
+        untrained_preds[str(float(scale))] = identity
         untrained["question"][str(float(scale))] = score_token_identity(question, answers)
     del model, tok, injector
     gc.collect()
@@ -268,6 +285,9 @@ def run_token_identity(
         injector=injector,
     )
     spec_norm, spec_map_init = injector.spec.norm, injector.spec.map_init
+    # paired against the untrained explainer at its best norm on these same words (a choice
+    # that favours the baseline)
+    best_scale = max(untrained["identity"], key=untrained["identity"].get, default=None)
     del model, tok, injector
     gc.collect()
 
@@ -294,6 +314,15 @@ def run_token_identity(
             for a, p in zip(answers, preds, strict=True)
             if _normalise(a) != _normalise(p)
         ][:n_errors],
+        "trained_minus_untrained": None
+        if best_scale is None
+        else {"scale": float(best_scale)}
+        | paired_hits(preds, untrained_preds[best_scale], answers, seed=seed),
+        "per_word": [  # every held-out word: for paired comparisons across runs
+            {"token": a, "prediction": p}
+            | {f"untrained_{k}": v[i] for k, v in untrained_preds.items()}
+            for i, (a, p) in enumerate(zip(answers, preds, strict=True))
+        ],
         "injection": {
             "layer": layer,
             "scale": injection.get("scale"),
