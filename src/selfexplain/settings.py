@@ -211,7 +211,7 @@ class TokenIdentitySettings(Section):
         150, doc="validation words: the adapter kept is the step with their lowest answer loss"
     )
     epochs: float = _field(3, doc="training epochs (overrides train.epochs)")
-    lr: float = _field(0.001, doc="learning rate (overrides train.lr)")
+    lr: float = _field(0.0002, doc="learning rate (overrides train.lr)")
     scales: list[float] = _field(
         [0.5, 1.0, 2.0, 4.0], doc="untrained baseline: injection norms, x the reference norm"
     )
