@@ -48,6 +48,19 @@ def test_examples_disjoint_and_vectors_are_embedding_rows(tiny_llama):
     assert other["answer"].to_list() != df["answer"].to_list()
 
 
+def test_test_words_do_not_depend_on_n_train(tiny_llama):
+    """More training words leave the test words as they are, so runs of different sizes can be
+    paired word by word."""
+    model, tok = tiny_llama
+
+    def words(n_train: int, split: str) -> list[str]:
+        df = token_identity_examples(model, tok, n_train=n_train, n_test=10, seed=3)
+        return df.filter(pl.col("split") == split)["answer"].to_list()
+
+    assert words(5, "test") == words(30, "test")
+    assert set(words(5, "train")) < set(words(30, "train"))
+
+
 def test_examples_need_enough_words(tiny_llama):
     model, tok = tiny_llama
     with pytest.raises(ValueError, match="distinct word tokens"):

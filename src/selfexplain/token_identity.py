@@ -68,9 +68,11 @@ def token_identity_examples(
     seed: int = 0,
     target: str = "target",
 ) -> pl.DataFrame:
-    """n_train + n_test examples in the shared schema: a seeded choice of word tokens of the
+    """n_test + n_train examples in the shared schema: a seeded choice of word tokens of the
     target (see word_tokens; one per stripped lowercase word, so the splits share no word),
-    vector = the token's input-embedding row (float32), answer = the stripped token string."""
+    vector = the token's input-embedding row (float32), answer = the stripped token string.
+    The test words are drawn first, so they do not depend on n_train: runs with different
+    numbers of training words are scored, and can be paired, on the same test words."""
     embeddings = target_model.get_input_embeddings().weight.detach().float().cpu()
     candidates = word_tokens(target_tokenizer, embeddings.shape[0])
     random.Random(seed).shuffle(candidates)
@@ -91,7 +93,7 @@ def token_identity_examples(
                 id=f"{TASK}/{target}/t{token_id}",
                 task=TASK,
                 target=target,
-                split="train" if k < n_train else "test",
+                split="test" if k < n_test else "train",
                 question=QUESTION,
                 answer=text.strip(),
                 vector=embeddings[token_id].tolist(),
@@ -188,8 +190,9 @@ def run_token_identity(
 
     train_cfg: a train.TrainConfig; injection: {"layer", "scale"} as for the feature task;
     relation: "self" / "other" (default: by the model directories' names); n_val: validation
-    words, drawn after the test words (so the test words do not depend on it), scored by the
-    answer-token loss every train_cfg.eval_steps steps (0: none, the last step is kept).
+    words, scored by the answer-token loss every train_cfg.eval_steps steps (0: none, the
+    last step is kept). The test words are the first n_test drawn, then the validation words,
+    then the training words, so neither n_val nor n_train changes the test words.
     """
     from selfexplain.evaluate import explainer_injector, generate_answers, load_explainer
     from selfexplain.features.injection import Injector, reference_norm
