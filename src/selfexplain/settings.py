@@ -205,13 +205,13 @@ class TokenIdentitySettings(Section):
 
     SECTION: ClassVar[str] = "features.token_identity"
 
-    n_train: int = _field(1000, doc="training words (distinct; test words are disjoint)")
+    n_train: int = _field(4000, doc="training words (distinct; test words are disjoint)")
     n_test: int = _field(200, doc="held-out test words")
     n_val: int = _field(
         150, doc="validation words: the adapter kept is the step with their lowest answer loss"
     )
-    epochs: float = _field(3, doc="training epochs (overrides train.epochs)")
-    lr: float = _field(0.0002, doc="learning rate (overrides train.lr)")
+    epochs: float = _field(1, doc="training epochs (overrides train.epochs)")
+    lr: float = _field(0.0001, doc="learning rate (overrides train.lr)")
     scales: list[float] = _field(
         [0.5, 1.0, 2.0, 4.0], doc="untrained baseline: injection norms, x the reference norm"
     )
