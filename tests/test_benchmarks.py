@@ -285,3 +285,36 @@ def test_packed_training(bench, workspace):
         assert packed["tokens_computed"] < unpacked["tokens_computed"] == unpacked["row_tokens"]
         assert packed["sequences"] < unpacked["sequences"]
         assert 0 < packed["ratio_executed"] and packed["speedup"] > 0
+
+
+def test_token_identity_runs(bench, tmp_path):
+    """Two runs of the check on tiny models, with other training sizes: the --set keys reach the
+    check and train.*, the records keep the result, and compare pairs them on the same words
+    (and refuses records scored on other words)."""
+    target = resolve("tiny-random-llama", tmp_path / "llama")
+    explainer = resolve("tiny-random-gemma", tmp_path / "gemma")
+    module = bench("token_identity_runs")
+    common = ["run", "--target", str(target), "--explainer", str(explainer)]
+    common += ["--out", str(tmp_path / "adapters"), "--set", "n_test=6", "--set", "n_val=4"]
+    common += ["--set", "scales=[1.0]", "--set", "epochs=1", "--set", "batch_size=4"]
+    records = {}
+    for n_train in (8, 16):
+        out = tmp_path / f"n{n_train}.json"
+        args = [*common, "--name", f"n{n_train}", "--set", f"n_train={n_train}"]
+        records[n_train] = _check(out, module.main([*args, "--record", str(out)]), {"result"})
+        result = records[n_train]["result"]
+        assert (result["n_train"], result["n_test"], result["n_val"]) == (n_train, 6, 4)
+        assert result["steps"] == n_train // 4 and result["relation"] == "other"
+    diff = module.main(["compare", str(tmp_path / "n16.json"), str(tmp_path / "n8.json")])
+    hits = {
+        n: sum(
+            w["prediction"].strip().lower() == w["token"].lower() for w in r["result"]["per_word"]
+        )
+        for n, r in records.items()
+    }
+    assert diff["n_words"] == 6 and diff["diff"] == pytest.approx((hits[16] - hits[8]) / 6)
+    other = json.loads((tmp_path / "n8.json").read_text())
+    other["result"]["per_word"][0]["token"] = "elsewhere"
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="different words"):
+        module.main(["compare", str(tmp_path / "other.json"), str(tmp_path / "n8.json")])
