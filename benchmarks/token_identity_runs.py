@@ -9,7 +9,8 @@
 settings (features.token_identity, train, the feature injection) and --set KEY=VALUE over
 them: keys of features.token_identity (n_train, n_test, n_val, scales, epochs, lr) go there,
 any other key to train.*. --map-epochs adds contrastive passes to the width map (an other
-explainer; injection.embedding_map's `epochs`). One thread by default, as the pipeline's job,
+explainer; injection.embedding_map's `epochs`; the training checkpoints' fingerprint does
+not see it, so give such a run a name of its own). One thread by default, as the pipeline's job,
 so a run reproduces the pipeline's answers. The adapter goes under --out/<name>/, the result
 (the check's JSON, the settings and the environment) to results/benchmarks/token_identity_runs/
 <name>.json. The held-out words depend on the target and n_test only, so runs of one target
