@@ -38,13 +38,14 @@ RECORDS = REPO / "results/benchmarks/token_identity_runs"
 
 def settings(sets: dict) -> tuple[dict, dict, dict]:
     """(check, train, injection) of the default config with sets over them."""
-    from selfexplain.settings import TokenIdentitySettings, from_config
+    from selfexplain.settings import from_config
 
     config = yaml.safe_load((REPO / "config/config.yaml").read_text())
     features = from_config(config, "features")
-    own_keys = {f.name for f in dataclasses.fields(TokenIdentitySettings)}
-    own = dict(config.get("features", {}).get("token_identity") or {})
-    identity = TokenIdentitySettings.from_dict(own | {k: sets[k] for k in own_keys & set(sets)})
+    own_keys = {f.name for f in dataclasses.fields(features.token_identity)}
+    identity = dataclasses.replace(
+        features.token_identity, **{k: sets[k] for k in own_keys & set(sets)}
+    )
     train = dict(config["train"]) | identity.overrides()
     train |= {k: v for k, v in sets.items() if k not in own_keys}
     return identity.check(), train, dict(features.injection)
