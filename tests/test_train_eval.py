@@ -1,4 +1,5 @@
 import json
+import os
 from pathlib import Path
 
 import polars as pl
@@ -177,10 +178,25 @@ def test_batched_generation_matches_one_at_a_time(tiny_llama):
     assert torch.get_num_threads() >= 1
 
 
-def test_deepspeed_zero2_trains_on_cpu_single_process(tmp_path, monkeypatch):
-    pytest.importorskip("deepspeed")
+@pytest.fixture()
+def own_process_group():
+    """DeepSpeed started without a launcher: train.single_process_env sets the launcher's
+    variables and DeepSpeed starts a one-process group. Both are undone afterwards, or every
+    later training in the same test process would run as rank 0 of that group."""
+    import torch.distributed as dist
+
+    saved = dict(os.environ)
     for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(var, raising=False)
+        os.environ.pop(var, None)
+    yield
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def test_deepspeed_zero2_trains_on_cpu_single_process(tmp_path, own_process_group):
+    pytest.importorskip("deepspeed")
     model_dir = resolve("tiny-random-llama", tmp_path / "model")
     cfg = TrainConfig(
         epochs=2,
