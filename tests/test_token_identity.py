@@ -19,7 +19,7 @@ from selfexplain.token_identity import (
     score_token_identity,
     token_identity_examples,
 )
-from selfexplain.train import TrainConfig
+from selfexplain.train import TrainConfig, encode_example
 
 
 def test_examples_disjoint_and_vectors_are_embedding_rows(tiny_llama):
@@ -39,13 +39,27 @@ def test_examples_disjoint_and_vectors_are_embedding_rows(tiny_llama):
     for answer, vector, m in zip(df["answer"], df["vector"], meta(df), strict=True):
         token_id = m["token_id"]
         assert token_id not in special
-        assert tok.decode([token_id]).strip() == answer and len(answer) >= 3 and answer.isalpha()
+        assert tok.decode([token_id]) == answer  # the token's own text, leading space kept
+        assert len(answer.strip()) >= 3 and answer.strip().isalpha()
         assert torch.equal(torch.tensor(vector, dtype=torch.float32), emb[token_id].float())
     # seeded: the same seed gives the same words, another seed another choice
     again = token_identity_examples(model, tok, n_train=20, n_test=10, seed=3, target="llama")
     assert again.equals(df)
     other = token_identity_examples(model, tok, n_train=20, n_test=10, seed=4, target="llama")
     assert other["answer"].to_list() != df["answer"].to_list()
+
+
+def test_the_answer_is_the_injected_token_itself(tiny_llama):
+    """The question ends with the answer cue, so the trained answer is the injected token's own
+    id (then EOS), not the word spelt out in other tokens (" house" vs "house")."""
+    model, tok = tiny_llama
+    df = token_identity_examples(model, tok, n_train=20, n_test=10, seed=3)
+    assert any(a.startswith(" ") for a in df["answer"])  # the case that used to be re-spelt
+    for question, answer, m in zip(df["question"], df["answer"], meta(df), strict=True):
+        enc = encode_example(tok, question, answer, max_length=64)
+        assert tok.decode(enc["input_ids"][:-2]).endswith("\nAnswer:")
+        assert enc["input_ids"][-2:] == [m["token_id"], tok.eos_token_id]
+        assert enc["labels"][-2:] == enc["input_ids"][-2:]
 
 
 def test_test_words_do_not_depend_on_n_train(tiny_llama):
@@ -173,9 +187,8 @@ def test_run_token_identity_across_widths(tmp_path):
     assert result["best"]["step"] == max(trained)[1]  # lowest loss after training, ties: later
     model, tok = load(target)
     words = token_identity_examples(model, tok, n_train=8, n_test=4, target="llama")
-    assert [s["token"] for s in result["samples"]] == words.filter(pl.col("split") == "test")[
-        "answer"
-    ].to_list()
+    test_words = words.filter(pl.col("split") == "test")["answer"].str.strip_chars().to_list()
+    assert [s["token"] for s in result["samples"]] == test_words  # as scored: stripped
     assert set(result["untrained_by_scale"]) == {"1.0", "2.0"}
     assert all(0 <= v <= 1 for v in result["untrained_by_scale"].values())
     assert 0 <= result["accuracy"] <= 1 and len(result["samples"]) == 4

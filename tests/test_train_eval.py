@@ -31,6 +31,16 @@ def test_loss_only_on_answer_tokens(tiny_llama):
     assert enc["labels"][-1] == tok.eos_token_id
 
 
+def test_a_question_may_bring_its_own_answer_cue(tiny_llama):
+    """Every task's question gets "\nAnswer: " after it; a question that already ends with
+    "\nAnswer:" (token identity) is used as is, so its answer follows with its own spacing."""
+    _, tok = tiny_llama
+    assert format_prompt("Why?") == "Why?\nAnswer: "
+    assert format_prompt("Which word?\nAnswer:") == "Which word?\nAnswer:"
+    enc = encode_example(tok, "Which word?\nAnswer:", " sent", max_length=64)
+    assert tok.decode(enc["input_ids"][:-1]).endswith("\nAnswer: sent")
+
+
 @pytest.mark.parametrize("name", ["tiny_llama", "tiny_gemma"])
 def test_answer_loss_equals_the_models_loss_and_gradient(name, request):
     """Logits only at labelled positions give the model's own loss and the same gradients."""

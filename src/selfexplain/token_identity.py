@@ -37,7 +37,9 @@ if TYPE_CHECKING:
     from selfexplain.train import TrainConfig
 
 TASK = "token_identity"
-QUESTION = f"Which word does {PLACEHOLDER} stand for?"
+# Ends with train.format_prompt's answer cue, so the answer follows it as the token's own text
+# (leading space included): the explainer can answer with the very token that was injected.
+QUESTION = f"Which word does {PLACEHOLDER} stand for?\nAnswer:"
 # The Patchscopes token-identity prompt (Ghandeharioun et al. 2024), used as is (not through
 # train.format_prompt, whose "\nAnswer: " ending makes SmolLM2 answer with numbers or nothing
 # even when the word is written out): the untrained model repeats the word at the placeholder.
@@ -70,7 +72,9 @@ def token_identity_examples(
 ) -> pl.DataFrame:
     """n_test + n_train examples in the shared schema: a seeded choice of word tokens of the
     target (see word_tokens; one per stripped lowercase word, so the splits share no word),
-    vector = the token's input-embedding row (float32), answer = the stripped token string.
+    vector = the token's input-embedding row (float32), answer = the token's own text (leading
+    space included; QUESTION ends with the answer cue, so the answer is that very token;
+    scoring strips it).
     The test words are drawn first, so they do not depend on n_train: runs with different
     numbers of training words are scored, and can be paired, on the same test words."""
     embeddings = target_model.get_input_embeddings().weight.detach().float().cpu()
@@ -95,7 +99,7 @@ def token_identity_examples(
                 target=target,
                 split="test" if k < n_test else "train",
                 question=QUESTION,
-                answer=text.strip(),
+                answer=text,
                 vector=embeddings[token_id].tolist(),
                 meta={"token_id": token_id, "token": text},
             )
@@ -223,7 +227,7 @@ def run_token_identity(
     test, val = test.head(n_test), test.slice(n_test).with_columns(split=pl.lit("val"))
     d_in = len(frame["vector"][0])
     vectors = test["vector"].to_list()
-    answers = test["answer"].to_list()
+    answers = [a.strip() for a in test["answer"].to_list()]  # the words, as scored
     if relation == "other":  # the width map starts from the two models' shared-token
         # embeddings, fitted without the held-out and validation words
         injection |= {

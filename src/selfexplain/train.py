@@ -83,9 +83,16 @@ def train_config(settings: dict, seed: int) -> TrainConfig:
     return TrainConfig(seed=seed, **{k: v for k, v in settings.items() if k in names})
 
 
+ANSWER_CUE = "\nAnswer:"
+
+
 def format_prompt(question: str) -> str:
-    """The text the explainer sees before its answer (shared by training and evaluation)."""
-    return f"{question}\nAnswer: "
+    """The text the explainer sees before its answer (shared by training and evaluation): the
+    question, then a line "Answer: ". A question whose last line already is "Answer:"
+    (ANSWER_CUE) is used as it is, and its answers bring their own spacing: the token identity check's answer is the
+    injected token's own text, leading space included, so the explainer can name it with that
+    very token instead of spelling the word out in other tokens."""
+    return question if question.endswith(ANSWER_CUE) else f"{question}{ANSWER_CUE} "
 
 
 def encode_example(tokenizer, question: str, answer: str, max_length: int) -> dict[str, list[int]]:
