@@ -32,8 +32,8 @@ def test_loss_only_on_answer_tokens(tiny_llama):
 
 
 def test_a_question_may_bring_its_own_answer_cue(tiny_llama):
-    """Every task's question gets "\nAnswer: " after it; a question that already ends with
-    "\nAnswer:" (token identity) is used as is, so its answer follows with its own spacing."""
+    """Every task's question gets a line "Answer: " after it; a question whose last line is
+    "Answer:" (token identity) is used as is, so its answer follows with its own spacing."""
     _, tok = tiny_llama
     assert format_prompt("Why?") == "Why?\nAnswer: "
     assert format_prompt("Which word?\nAnswer:") == "Which word?\nAnswer:"
