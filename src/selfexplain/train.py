@@ -89,9 +89,9 @@ ANSWER_CUE = "\nAnswer:"
 def format_prompt(question: str) -> str:
     """The text the explainer sees before its answer (shared by training and evaluation): the
     question, then a line "Answer: ". A question whose last line already is "Answer:"
-    (ANSWER_CUE) is used as it is, and its answers bring their own spacing: the token identity check's answer is the
-    injected token's own text, leading space included, so the explainer can name it with that
-    very token instead of spelling the word out in other tokens."""
+    (ANSWER_CUE) is used as it is, and its answers bring their own spacing: the token identity
+    check's answer is the injected token's own text, leading space included, so the explainer
+    can name it with that very token instead of spelling the word out in other tokens."""
     return question if question.endswith(ANSWER_CUE) else f"{question}{ANSWER_CUE} "
 
 
