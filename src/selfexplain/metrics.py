@@ -30,6 +30,11 @@ class ParsedChange:
     new_token: str | None
 
 
+# The line before every answer (train.format_prompt adds it to a question, followed by a space,
+# unless the question already ends with it, as the token identity check's does).
+ANSWER_CUE = "\nAnswer:"
+
+
 @dataclass(frozen=True)
 class AnswerFormat:
     """How a change answer is written. ``compact`` (the default, short for small models):

@@ -32,14 +32,15 @@ import torch
 
 from selfexplain.examples import ExplainerExample, meta, to_frame
 from selfexplain.features.injection import PLACEHOLDER
+from selfexplain.metrics import ANSWER_CUE
 
 if TYPE_CHECKING:
     from selfexplain.train import TrainConfig
 
 TASK = "token_identity"
-# Ends with train.format_prompt's answer cue, so the answer follows it as the token's own text
-# (leading space included): the explainer can answer with the very token that was injected.
-QUESTION = f"Which word does {PLACEHOLDER} stand for?\nAnswer:"
+# Ends with the answer cue (train.format_prompt then adds nothing), so the answer follows it as
+# the token's own text, leading space included: the explainer answers with the injected token.
+QUESTION = f"Which word does {PLACEHOLDER} stand for?{ANSWER_CUE}"
 # The Patchscopes token-identity prompt (Ghandeharioun et al. 2024), used as is (not through
 # train.format_prompt, whose "\nAnswer: " ending makes SmolLM2 answer with numbers or nothing
 # even when the word is written out): the untrained model repeats the word at the placeholder.

@@ -21,7 +21,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from selfexplain.examples import has_vectors
-from selfexplain.metrics import format_of
+from selfexplain.metrics import ANSWER_CUE, format_of
 from selfexplain.models import MANIFEST, load
 
 IGNORE = -100
@@ -81,9 +81,6 @@ def train_config(settings: dict, seed: int) -> TrainConfig:
 
     names = {f.name for f in fields(TrainConfig)}
     return TrainConfig(seed=seed, **{k: v for k, v in settings.items() if k in names})
-
-
-ANSWER_CUE = "\nAnswer:"
 
 
 def format_prompt(question: str) -> str:
