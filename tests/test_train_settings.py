@@ -36,6 +36,21 @@ def test_per_task_keys_override_the_section_for_their_task_only():
     assert TrainSettings.from_dict({"method": "full"}).method("ablation") == "full"
 
 
+def test_a_job_s_params_hold_only_its_own_task_s_per_task_keys():
+    """Snakemake reruns a job whose params change: a patching job's params stay the same when
+    only ablation's per-task keys are edited."""
+    section = {"lr": 1e-3, "per_task": {"ablation": {"lr_scheduler": "cosine"}}}
+    edited = section | {"per_task": {"ablation": {"lr_scheduler": "linear"}}}
+    patching = TrainSettings.job_params(section, "patching")
+    assert patching == {"lr": 1e-3, "per_task": {}}
+    assert TrainSettings.job_params(edited, "patching") == patching
+    assert TrainSettings.job_params(section, None) == patching  # token_identity
+    ablation = TrainSettings.job_params(section, "ablation")
+    assert ablation == section and TrainSettings.job_params(edited, "ablation") != ablation
+    assert TrainSettings.job_params({"lr": 1e-3}, "hint") == patching  # per_task unset
+    assert section["per_task"] == {"ablation": {"lr_scheduler": "cosine"}}  # not modified
+
+
 def test_per_task_names_an_unknown_task_or_key():
     with pytest.raises(ValueError, match=r"'train.per_task.patchng'.*'patching'"):
         TrainSettings.from_dict({"per_task": {"patchng": {"lr": 1e-5}}})
@@ -51,7 +66,7 @@ def test_per_task_schema_allows_exactly_the_train_fine_tuning_keys():
 
     train = SCHEMA["properties"]["train"]["properties"]
     per_task = train["per_task"]
-    assert per_task["default"] == {}
+    assert per_task["default"] == TrainSettings().per_task  # the default's own per-task keys
     assert per_task["propertyNames"]["enum"] == SCHEMA["properties"]["tasks"]["items"]["enum"]
     assert list(TrainSettings.TASKS) == per_task["propertyNames"]["enum"]
     entry = per_task["additionalProperties"]
@@ -107,10 +122,23 @@ def test_train_run_trains_with_its_task_settings(monkeypatch, tmp_path):
 
 
 def _paper_train() -> TrainSettings:
-    """config/paper.yaml's train section merged over config/config.yaml's."""
+    """config/paper.yaml's train section merged over config/config.yaml's as `--configfile`
+    merges it: recursively, so a per-task key of the default that paper.yaml leaves out stays."""
+    from snakemake.utils import update_config
+
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    update_config(config, yaml.safe_load((REPO / "config/paper.yaml").read_text()))
+    return TrainSettings.from_dict(config["train"])
+
+
+def test_the_default_decays_only_input_ablation_s_lr():
+    """config/config.yaml's per-task keys: input ablation (task ablation) decays its LR on a
+    cosine after the warm-up; every other task keeps the section's constant LR."""
     default = yaml.safe_load((REPO / "config/config.yaml").read_text())["train"]
-    paper = yaml.safe_load((REPO / "config/paper.yaml").read_text())["train"]
-    return TrainSettings.from_dict(default | paper)
+    train = TrainSettings.from_dict(default)
+    assert train.config(seed=0, task="ablation").lr_scheduler == "cosine"
+    for task in ("patching", "hint", "features", None):
+        assert train.config(seed=0, task=task).lr_scheduler == "constant_with_warmup", task
 
 
 def test_paper_config_has_the_reference_hyper_parameters():

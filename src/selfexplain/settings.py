@@ -321,7 +321,8 @@ class TrainSettings(Section):
         "compact", doc="hint questions: compact (ours) or paper (the reference user turn)"
     )
     per_task: dict = _field(
-        {}, doc="{task: {key: value}}: a task's own fine-tuning keys, over the section's"
+        {"ablation": {"lr_scheduler": "cosine"}},
+        doc="{task: {key: value}}: a task's own fine-tuning keys, over the section's",
     )
     hyper: dict = _field({}, doc="the TrainConfig keys as the config gives them")
 
@@ -366,6 +367,14 @@ class TrainSettings(Section):
         from selfexplain.train import train_config
 
         return train_config(self.hyper_of(task), seed)
+
+    @staticmethod
+    def job_params(section: dict, task: str | None = None) -> dict:
+        """The train section as one job's params: train.per_task narrowed to that task's entry
+        (none for task None). The job reads nothing else of per_task, and Snakemake reruns a
+        job whose params change: editing one task's per-task keys reruns that task's jobs only."""
+        per_task = section.get("per_task") or {}
+        return section | {"per_task": {task: per_task[task]} if task in per_task else {}}
 
 
 @dataclass(frozen=True, kw_only=True)

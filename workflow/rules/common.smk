@@ -7,7 +7,7 @@ from selfexplain.config import apply_offline, check_config
 from selfexplain.hfdata import is_local
 from selfexplain.layout import Run, model_marker
 from selfexplain.matrix import all_variants, is_trained, runs, trained_variants
-from selfexplain.settings import from_config
+from selfexplain.settings import TrainSettings, from_config
 
 # Readable errors first (naming key, value, allowed values), then snakemake fills defaults.
 check_config(config, workflow.source_path("../schemas/config.schema.yaml"))
@@ -100,6 +100,12 @@ def released_files():
 def train_runs():
     """The evaluations that need a trained adapter (selfexplain/matrix.py)."""
     return [r for r in runs(config) if is_trained(r.variant)]
+
+
+def train_section(task=None):
+    """config["train"] as a job's params, per_task narrowed to the job's task (token_identity:
+    none, it reads the section's keys alone): TrainSettings.job_params."""
+    return TrainSettings.job_params(config["train"], task)
 
 
 def train_threads():

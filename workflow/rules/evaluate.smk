@@ -5,7 +5,7 @@ rule evaluate:
         RUN.eval_file(),
     params:
         settings=config["evaluate"],
-        train=config["train"],
+        train=lambda wildcards: train_section(wildcards.task),
         heatmap_pairs=heatmap_pairs,
         features=features_settings(),
     log:

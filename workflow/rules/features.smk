@@ -91,7 +91,7 @@ rule token_identity:
     params:
         check=token_identity_settings()[0],
         overrides=token_identity_settings()[1],
-        train=config["train"],
+        train=train_section(),
         injection=from_config(config, "features").injection,
         relation=lambda wildcards: "self" if wildcards.target == wildcards.explainer else "other",
         # adapter and checkpoints of the check's explainer (resumable), next to the JSON

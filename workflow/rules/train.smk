@@ -5,7 +5,7 @@ rule train_explainer:
         adapter=RUN.adapter_file("lora"),
         summary=RUN.summary_file(),
     params:
-        train=config["train"],
+        train=lambda wildcards: train_section(wildcards.task),
         features=features_settings(),
         checkpoints=lambda wildcards: Run.of(wildcards).checkpoint_dir(),
     wildcard_constraints:
