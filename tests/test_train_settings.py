@@ -133,12 +133,16 @@ def _paper_train() -> TrainSettings:
 
 def test_the_default_decays_only_input_ablation_s_lr():
     """config/config.yaml's per-task keys: input ablation (task ablation) decays its LR on a
-    cosine after the warm-up; every other task keeps the section's constant LR."""
+    cosine after the warm-up and runs the whole cosine (no early stop while the LR is high);
+    every other task keeps the section's constant LR and its early stopping."""
     default = yaml.safe_load((REPO / "config/config.yaml").read_text())["train"]
     train = TrainSettings.from_dict(default)
-    assert train.config(seed=0, task="ablation").lr_scheduler == "cosine"
+    ablation = train.config(seed=0, task="ablation")
+    assert (ablation.lr_scheduler, ablation.patience) == ("cosine", 0)
     for task in ("patching", "hint", "features", None):
-        assert train.config(seed=0, task=task).lr_scheduler == "constant_with_warmup", task
+        cfg = train.config(seed=0, task=task)
+        assert (cfg.lr_scheduler, cfg.patience) == ("constant_with_warmup", 3), task
+    assert default["per_task"] == TrainSettings().per_task  # the typed default says the same
 
 
 def test_paper_config_has_the_reference_hyper_parameters():
@@ -158,6 +162,7 @@ def test_paper_config_has_the_reference_hyper_parameters():
         assert (cfg.method, cfg.lr, cfg.epochs) == (method, lr, epochs), task
         assert cfg.batch_size * cfg.grad_accum == batch, task
         assert (cfg.lr_scheduler, cfg.weight_decay) == ("constant", 0.01), task
+        assert cfg.patience == 3, task  # a constant LR stops early (config.yaml's cosine: 0)
         if method == "full":
             assert cfg.deepspeed == "config/deepspeed/zero3.json", task
             assert (REPO / cfg.deepspeed).is_file()

@@ -321,7 +321,7 @@ class TrainSettings(Section):
         "compact", doc="hint questions: compact (ours) or paper (the reference user turn)"
     )
     per_task: dict = _field(
-        {"ablation": {"lr_scheduler": "cosine"}},
+        {"ablation": {"lr_scheduler": "cosine", "patience": 0}},
         doc="{task: {key: value}}: a task's own fine-tuning keys, over the section's",
     )
     hyper: dict = _field({}, doc="the TrainConfig keys as the config gives them")
