@@ -23,10 +23,10 @@ import polars as pl
 import torch
 from _common import environment, parse_scales, print_table, timed, write_record
 
-from selfexplain.evaluate import generate_answers, load_explainer
-from selfexplain.examples import read_examples, select, subsample
-from selfexplain.experiment import groups
-from selfexplain.train import format_prompt
+from selfexplain.core.formats import format_prompt
+from selfexplain.core.schema import read_examples, select, subsample
+from selfexplain.data.draws import groups
+from selfexplain.evaluate.generation import generate_answers, load_explainer
 
 
 def parse_args(argv=None) -> argparse.Namespace:

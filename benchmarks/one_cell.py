@@ -26,11 +26,11 @@ import torch
 import yaml
 from _common import environment, overrides, write_record
 
-from selfexplain.compare import paired_difference
-from selfexplain.examples import read_examples, write_parquet
-from selfexplain.experiment import evaluate_run, evaluation_rows, train_run
+from selfexplain.core.schema import read_examples, write_parquet
 from selfexplain.metrics import change_metrics, heatmap_agreement
-from selfexplain.plots import in_sample
+from selfexplain.report.compare import paired_difference
+from selfexplain.report.plots import in_sample
+from selfexplain.run import evaluate_run, evaluation_rows, train_run
 
 REPO = Path(__file__).resolve().parents[1]
 

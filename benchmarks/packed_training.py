@@ -28,11 +28,11 @@ import polars as pl
 import torch
 from _common import body_params, environment, matmul_ceiling, print_table, write_record
 
-from selfexplain.examples import read_examples
-from selfexplain.experiment import groups, training_rows
+from selfexplain.core.schema import read_examples
+from selfexplain.core.settings import TrainConfig, TrainSettings
+from selfexplain.data.draws import groups, training_rows
 from selfexplain.models import load
-from selfexplain.settings import TrainSettings
-from selfexplain.train import TrainConfig, train_explainer
+from selfexplain.train.trainer import train_explainer
 
 
 def whole_groups(examples, task: str, n_rows: int):

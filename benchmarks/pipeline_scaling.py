@@ -42,7 +42,7 @@ from _common import (
     write_record,
 )
 
-from selfexplain.tables import read_benchmarks
+from selfexplain.report.tables import read_benchmarks
 
 REPO = Path(__file__).resolve().parents[1]
 PHASES = {

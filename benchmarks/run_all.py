@@ -134,7 +134,7 @@ def ensure_labels(path: str | Path, model: str, per_kind: int = 6) -> None:
     (the pipeline's prompt generator and labeller), unless the file exists."""
     if Path(path).is_file():
         return
-    from selfexplain.examples import to_frame, write_parquet
+    from selfexplain.core.schema import to_frame, write_parquet
     from selfexplain.models import load
     from selfexplain.prompts import ablation_prompts
     from selfexplain.tasks.ablation import ablation_examples, ablation_labels

@@ -32,8 +32,8 @@ def train_one(task: str, labels: str, model: str, out: str, settings: dict, thre
     """One sweep point: train, return its summary's curve and time."""
     import torch
 
-    from selfexplain.examples import read_examples
-    from selfexplain.experiment import train_run
+    from selfexplain.core.schema import read_examples
+    from selfexplain.run import train_run
 
     torch.set_num_threads(threads)
     start = time.perf_counter()

@@ -38,7 +38,7 @@ RECORDS = REPO / "results/benchmarks/token_identity_runs"
 
 def settings(sets: dict) -> tuple[dict, dict, dict]:
     """(check, train, injection) of the default config with sets over them."""
-    from selfexplain.settings import from_config
+    from selfexplain.core.settings import from_config
 
     config = yaml.safe_load((REPO / "config/config.yaml").read_text())
     features = from_config(config, "features")
@@ -53,7 +53,7 @@ def settings(sets: dict) -> tuple[dict, dict, dict]:
 
 def run(args: argparse.Namespace) -> dict:
     import selfexplain.features.injection as injection_module
-    from selfexplain.settings import TrainSettings
+    from selfexplain.core.settings import TrainSettings
     from selfexplain.token_identity import run_token_identity
 
     torch.set_num_threads(args.threads)

@@ -2,8 +2,8 @@
 
     python benchmarks/train_throughput.py --model resources/models/smollm2 --steps 4
 
-Runs the pipeline's own trainer (``selfexplain.train.train_explainer``: HF Trainer + peft LoRA)
-with the pipeline's TrainConfig defaults (LoRA r16/alpha 32 on all linear layers, batch 8,
+Runs the pipeline's own trainer (``selfexplain.train.trainer.train_explainer``: HF Trainer + peft
+LoRA) with the pipeline's TrainConfig defaults (LoRA r16/alpha 32 on all linear layers, batch 8,
 max_length 256, AdamW lr 3e-4) on real explainer examples (the train split of --labels, drawn
 as the pipeline draws them), one epoch over steps * batch examples, so every example is seen
 once. Checkpointing is switched off (save_steps beyond the run) so that disk writes are not
@@ -18,8 +18,8 @@ FLOP/s is the usual 6 * params * tokens/s with params = ALL parameters of the mo
 base, embeddings and the LoRA adapter). With a frozen base the backward pass skips the base
 weights' gradients, so the matmul work actually done is nearer 4 * params per token: the
 4N figure is reported as well. The trainer computes the output layer's logits only where an
-answer token is predicted (selfexplain.train.answer_loss), so both N-based figures count work
-that is not done; the record's executed_flops counts what is: 4 x non-embedding params per
+answer token is predicted (selfexplain.train.trainer.answer_loss), so both N-based figures count
+work that is not done; the record's executed_flops counts what is: 4 x non-embedding params per
 token + 4 x output-layer params per logit row. Writes results/benchmarks/train_throughput.json.
 """
 
@@ -42,8 +42,9 @@ from _common import (
 )
 from transformers import TrainerCallback
 
-from selfexplain.examples import read_examples, select, subsample
-from selfexplain.train import TrainConfig, train_explainer
+from selfexplain.core.schema import read_examples, select, subsample
+from selfexplain.core.settings import TrainConfig
+from selfexplain.train.trainer import train_explainer
 
 
 class StepTimer(TrainerCallback):

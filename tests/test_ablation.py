@@ -1,8 +1,8 @@
 import pytest
 import torch
 
+from selfexplain.core.formats import parse_change
 from selfexplain.forward import next_token_logprobs, pad_left
-from selfexplain.metrics import parse_change
 from selfexplain.prompts import Prompt
 from selfexplain.tasks.ablation import (
     RemovalForward,

@@ -11,8 +11,10 @@ import pytest
 from selfexplain.cli import main
 from selfexplain.cli.ask_ablation import trained_on_last_token
 from selfexplain.cli.locate import explainer_dir
-from selfexplain.examples import read_examples, to_frame, write_parquet
-from selfexplain.metrics import change_answer, change_metrics, score_change_rows
+from selfexplain.core.formats import change_answer
+from selfexplain.core.schema import read_examples, to_frame, write_parquet
+from selfexplain.core.settings import TrainConfig
+from selfexplain.metrics import change_metrics, score_change_rows
 from selfexplain.models import decoder_layers, load, resolve
 from selfexplain.prompts import Prompt, read_prompts_jsonl
 from selfexplain.tasks.ablation import (
@@ -22,7 +24,7 @@ from selfexplain.tasks.ablation import (
     encode,
 )
 from selfexplain.tasks.patching import patching_examples, patching_rows
-from selfexplain.train import TrainConfig, train_explainer
+from selfexplain.train.trainer import train_explainer
 
 ABLATION = "results/explainers/ablation/tiny/tiny/trained"
 PATCHING = "results/explainers/patching/tiny/tiny/trained"
@@ -241,9 +243,9 @@ def test_ask_reads_scores_at_the_targets_base_rate(ws, tmp_path):
     """An ask reads its scores at the natural-rate threshold: the run's recorded base rate, else
     the train split of the label file the explainer trained on, else the validation one."""
     from selfexplain.cli.answers import natural_threshold
-    from selfexplain.examples import read_parquet
-    from selfexplain.experiment import train_base_rate
+    from selfexplain.core.schema import read_parquet
     from selfexplain.metrics import prior_shift
+    from selfexplain.run import train_base_rate
 
     labels = ws / "results/labels/patching/tiny.parquet"
     rate = train_base_rate(read_parquet(labels))
@@ -262,7 +264,7 @@ def test_ask_threshold_rules(ws, tiny, tmp_path, capsys):
     share of the questions scored highest; natural, balanced and a number are one threshold;
     anything else is refused by name."""
     from selfexplain.cli.answers import ask_threshold, known_base_rate, natural_threshold
-    from selfexplain.train import run_summary, summary_threshold
+    from selfexplain.evaluate.summary import run_summary, summary_threshold
 
     info = explainer_dir(ws / PATCHING / "s0")
     assert ask_threshold(info, "rank")[1] == known_base_rate(info)[0] is not None
@@ -389,7 +391,7 @@ def feature_ws(ws):
 def test_ask_features_by_id_matches_the_library(feature_ws, tmp_path, capsys):
     import polars as pl
 
-    from selfexplain.evaluate import (
+    from selfexplain.evaluate.generation import (
         evaluate_feature_task,
         explainer_injector,
         generate_answers,

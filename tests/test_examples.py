@@ -1,7 +1,7 @@
 import polars as pl
 import pytest
 
-from selfexplain.examples import (
+from selfexplain.core.schema import (
     ExplainerExample,
     meta,
     read_examples,

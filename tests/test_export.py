@@ -1,4 +1,4 @@
-"""Hugging Face dataset export (selfexplain.export, rule export_dataset): the exported
+"""Hugging Face dataset export (selfexplain.hub.export, rule export_dataset): the exported
 directory loads with datasets.load_dataset and gives back the examples, and its card says what
 it is."""
 
@@ -17,9 +17,9 @@ from test_layout import dry_run_jobs
 from test_pipeline import REPO, run_snakemake
 from toy_data import toy_patching_rows
 
-from selfexplain import layout
-from selfexplain.examples import ExplainerExample, to_frame, write_parquet
-from selfexplain.export import dataset_frame, export_dataset
+from selfexplain.core import layout
+from selfexplain.core.schema import ExplainerExample, to_frame, write_parquet
+from selfexplain.hub.export import dataset_frame, export_dataset
 
 CONFIG = {"patching": {"window": 4, "max_pairs": 6}, "models": {"t": "tiny-random-llama"}}
 

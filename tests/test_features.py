@@ -14,7 +14,8 @@ import yaml
 from safetensors.torch import save_file
 
 from selfexplain.config import config_problems
-from selfexplain.examples import to_frame
+from selfexplain.core.schema import to_frame
+from selfexplain.data.variants import TASK_VARIANTS, applies, withhold_signal
 from selfexplain.features.activations import collect_activations, token_mask, token_windows
 from selfexplain.features.corpus import (
     Document,
@@ -54,7 +55,6 @@ from selfexplain.features.sae import (
 )
 from selfexplain.hooks import capture_residual
 from selfexplain.tasks.features import feature_examples, frequency_bands
-from selfexplain.variants import TASK_VARIANTS, applies, withhold_signal
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = (
@@ -455,8 +455,9 @@ def test_nearest_neighbour_looks_up_the_explainers_training_draw(embedder, monke
     own."""
     import types
 
-    from selfexplain.experiment import evaluate_run, training_rows
+    from selfexplain.data.draws import training_rows
     from selfexplain.features import metrics as feature_metrics
+    from selfexplain.run import evaluate_run
 
     monkeypatch.setattr(feature_metrics, "default_embedder", lambda: embedder)
     examples = to_frame(feature_examples(_records(), torch.randn(50, 8), "tiny", 2))

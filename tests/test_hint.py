@@ -4,8 +4,8 @@ import json
 import pytest
 import torch
 
-from selfexplain.examples import split_of
-from selfexplain.metrics import parse_change
+from selfexplain.core.formats import parse_change
+from selfexplain.core.schema import split_of
 from selfexplain.prompts import Prompt, hint_prompts
 from selfexplain.tasks import ablation, hint, patching
 from selfexplain.tasks.ablation import encode, end_distance_bucket, token_class

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from selfexplain.cli import main
-from selfexplain.examples import ExplainerExample, to_frame
+from selfexplain.core.schema import ExplainerExample, to_frame
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = {"prompt": "The capital of France is"}

@@ -1,5 +1,5 @@
-"""One training job over several processes (selfexplain.launch): torchrun workers on CPU (gloo),
-through experiment.train_run as the train_explainer rule calls it."""
+"""One training job over several processes (selfexplain.train.launch): torchrun workers on CPU
+(gloo), through run.train_run as the train_explainer rule calls it."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from types import SimpleNamespace
 import pytest
 from toy_data import toy_patching_rows
 
-from selfexplain.experiment import train_run
-from selfexplain.launch import SPEC, n_processes
+from selfexplain.core.settings import TrainConfig
 from selfexplain.models import resolve
-from selfexplain.train import TrainConfig, train_explainer
+from selfexplain.run import train_run
+from selfexplain.train.launch import SPEC, n_processes
+from selfexplain.train.trainer import train_explainer
 
 REPO = Path(__file__).resolve().parents[1]
 

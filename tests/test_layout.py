@@ -1,4 +1,4 @@
-"""selfexplain.layout, the one definition of the results paths: every path round-trips through
+"""selfexplain.core.layout, the one definition of the results paths: every path round-trips through
 its parser, and the rules' jobs write exactly the paths layout gives (a dry run)."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from test_pipeline import REPO, run_snakemake
 
-from selfexplain import layout
 from selfexplain.cli.locate import explainer_dir
-from selfexplain.layout import Run
+from selfexplain.core import layout
+from selfexplain.core.layout import Run
 
 RUNS = [
     Run("ablation", "smollm2", "smollm2", "trained", 0),

@@ -9,16 +9,18 @@ import pytest
 import torch
 from toy_data import toy_examples, toy_patching_rows
 
-from selfexplain.baselines import SurfaceModel, baseline_predictions
-from selfexplain.compare import comparisons, paired_difference
-from selfexplain.controls import strip_signal
-from selfexplain.evaluate import (
+from selfexplain.core.formats import format_prompt
+from selfexplain.core.settings import TrainConfig
+from selfexplain.data.baselines import SurfaceModel, baseline_predictions
+from selfexplain.data.controls import strip_signal
+from selfexplain.data.draws import balanced, groups, training_rows
+from selfexplain.evaluate.generation import (
     change_answers,
     evaluate_change_task,
     generate_answers,
     load_explainer,
 )
-from selfexplain.experiment import balanced, evaluation_rows, groups, training_rows
+from selfexplain.evaluate.scoring import answer_forms, change_scores
 from selfexplain.forward import pad_left
 from selfexplain.metrics import (
     auc,
@@ -29,8 +31,9 @@ from selfexplain.metrics import (
     score_change_rows,
 )
 from selfexplain.models import resolve
-from selfexplain.scoring import answer_forms, change_scores
-from selfexplain.train import TrainConfig, format_prompt, train_explainer
+from selfexplain.report.compare import comparisons, paired_difference
+from selfexplain.run import evaluation_rows
+from selfexplain.train.trainer import train_explainer
 
 
 @pytest.mark.parametrize("name", ["tiny_llama", "tiny_gemma"])
@@ -130,7 +133,7 @@ def test_the_starting_score_is_never_kept_nor_stops_training():
     step nor runs out the patience: the best of the trained steps is kept."""
     from types import SimpleNamespace
 
-    from selfexplain.train import Validation
+    from selfexplain.train.trainer import Validation
 
     scores = iter([0.9, 0.4, 0.5, 0.45, 0.3, 0.2])
     v = Validation(lambda model: {"auc": next(scores)}, "auc", 10, patience=2, resume=None)
@@ -305,8 +308,8 @@ def test_prior_shift_is_the_accuracy_optimal_threshold_at_the_base_rate():
 
 
 def test_natural_threshold_reads_the_recorded_base_rate(tmp_path):
+    from selfexplain.evaluate.summary import SUMMARY, calibrated_threshold
     from selfexplain.metrics import prior_shift
-    from selfexplain.train import SUMMARY, calibrated_threshold
 
     (tmp_path / SUMMARY).write_text(json.dumps({"best": {"threshold": -0.3}, "base_rate": 0.2}))
     assert calibrated_threshold(tmp_path) == pytest.approx(-0.3)
@@ -320,8 +323,8 @@ def test_paper_answer_format_trains_scores_and_generates_in_its_strings(tmp_path
     """train.answer_format paper: the rows are rewritten, the summary records the format, the
     teacher-forced score reads the paper forms, and calibrated answers are paper strings whose
     change is the score's (both forms are generated: "unchanged" names the current output)."""
-    from selfexplain.examples import with_answer_format
-    from selfexplain.metrics import COMPACT, PAPER, parse_change
+    from selfexplain.core.formats import COMPACT, PAPER, parse_change
+    from selfexplain.core.schema import with_answer_format
 
     model_dir = resolve("tiny-random-llama", tmp_path / "model")
     toy = toy_examples(24)

@@ -13,12 +13,14 @@ import pytest
 import yaml
 from test_pipeline import REPO, run_snakemake
 
-from selfexplain.controls import shuffle_signal
-from selfexplain.layout import parse_benchmark
-from selfexplain.matrix import runs, scaling_variants, variant_n_train, variant_seeds
-from selfexplain.metrics import change_answer, score_change_rows
-from selfexplain.plots import MATRIX_FIGURES, compute_figure, eval_labels, summarize
-from selfexplain.tables import (
+from selfexplain.core.formats import change_answer
+from selfexplain.core.layout import eval_labels, parse_benchmark
+from selfexplain.data.controls import shuffle_signal
+from selfexplain.data.matrix import runs, scaling_variants, variant_n_train, variant_seeds
+from selfexplain.data.variants import withhold_signal
+from selfexplain.metrics import score_change_rows
+from selfexplain.report.plots import MATRIX_FIGURES, compute_figure, summarize
+from selfexplain.report.tables import (
     TIDY,
     compute_table,
     mean_ci,
@@ -28,7 +30,6 @@ from selfexplain.tables import (
 )
 from selfexplain.tasks.ablation import ablation_question
 from selfexplain.tasks.patching import patching_question
-from selfexplain.variants import withhold_signal
 
 # ------------------------------------------------------------------ no_signal shuffle
 

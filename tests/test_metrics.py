@@ -1,14 +1,8 @@
 import polars as pl
 import pytest
 
-from selfexplain.metrics import (
-    bootstrap_ci,
-    change_answer,
-    change_metrics,
-    macro_f1,
-    parse_change,
-    score_change_rows,
-)
+from selfexplain.core.formats import change_answer, parse_change
+from selfexplain.metrics import bootstrap_ci, change_metrics, macro_f1, score_change_rows
 
 
 def test_answer_template_round_trips():
@@ -52,7 +46,7 @@ def test_bootstrap_ci_brackets_value():
 
 
 def test_answer_formats_round_trip_and_parse_either():
-    from selfexplain.metrics import COMPACT, PAPER, answer_format, format_of
+    from selfexplain.core.formats import COMPACT, PAPER, answer_format, format_of
 
     paper_changed = PAPER.answer(True, " Paris")
     paper_same = PAPER.answer(False, None, " Rome")
@@ -72,7 +66,7 @@ def test_answer_formats_round_trip_and_parse_either():
 
 
 def test_exact_match_is_the_whole_string_in_one_format_and_the_change_across():
-    from selfexplain.metrics import PAPER
+    from selfexplain.core.formats import PAPER
 
     gold = [PAPER.answer(False, None, " Rome"), PAPER.answer(True, " B"), "unchanged"]
     pred = [PAPER.answer(False, None, " Oslo"), PAPER.answer(True, " B"), PAPER.answer(True, " B")]
@@ -86,8 +80,8 @@ def test_exact_match_is_the_whole_string_in_one_format_and_the_change_across():
 
 
 def test_with_answer_format_rewrites_answers_and_the_instruction():
-    from selfexplain.examples import ExplainerExample, to_frame, with_answer_format
-    from selfexplain.metrics import COMPACT, PAPER
+    from selfexplain.core.formats import COMPACT, PAPER
+    from selfexplain.core.schema import ExplainerExample, to_frame, with_answer_format
 
     def row(i, answer, orig):
         return ExplainerExample(

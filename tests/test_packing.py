@@ -10,6 +10,8 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
+from selfexplain.core.settings import TrainConfig
+from selfexplain.evaluate.scoring import change_scores
 from selfexplain.forward import next_token_logprobs
 from selfexplain.models import load, resolve
 from selfexplain.packing import (
@@ -21,11 +23,9 @@ from selfexplain.packing import (
     plan_packs,
     shared_length,
 )
-from selfexplain.scoring import change_scores
-from selfexplain.train import (
+from selfexplain.train.trainer import (
     IGNORE,
     RightPadCollator,
-    TrainConfig,
     answer_loss,
     encode_example,
     train_explainer,
@@ -139,7 +139,7 @@ def test_packed_scores_equal_unpacked(name, request):
 
 
 def test_training_packed_runs_fewer_sequences(tmp_path):
-    from selfexplain.examples import ExplainerExample, to_frame
+    from selfexplain.core.schema import ExplainerExample, to_frame
 
     model_dir = resolve("tiny-random-llama", tmp_path / "model")
     _, tok = load(model_dir)
@@ -181,7 +181,7 @@ def test_packed_loss_equals_unpacked_on_the_packaged_model(tmp_path):
 
 def _answers_and_tokens(model, tok, questions, **kwargs):
     """generate_answers' answers and the token positions its forwards ran."""
-    from selfexplain.evaluate import generate_answers
+    from selfexplain.evaluate.generation import generate_answers
 
     seen = []
 

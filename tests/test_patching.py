@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from selfexplain.examples import held_out
-from selfexplain.metrics import parse_change
+from selfexplain.core.formats import parse_change
+from selfexplain.core.schema import held_out
 from selfexplain.models import decoder_layers
 from selfexplain.prompts import Prompt, counterfactual_pairs
 from selfexplain.tasks import patching
@@ -241,7 +241,7 @@ def test_layer_holdout_always_has_both_splits():
 
 
 def test_heatmap_rows_take_whole_pairs(tiny_llama):
-    from selfexplain.examples import to_frame
+    from selfexplain.core.schema import to_frame
     from selfexplain.tasks.patching import heatmap_rows
 
     model, tok = tiny_llama

@@ -13,16 +13,16 @@ import pytest
 import torch
 from test_patching import _pair
 
-from selfexplain.examples import meta, with_question_format
-from selfexplain.experiment import apply_control, evaluate_run, train_run
-from selfexplain.features.injection import PLACEHOLDER, Injector, inject_residual
+from selfexplain.core.formats import PATCHING_QUESTION, PLACEHOLDER, format_prompt
+from selfexplain.core.schema import meta, with_question_format
+from selfexplain.data.draws import apply_control
+from selfexplain.evaluate.scoring import answer_forms, change_scores
+from selfexplain.features.injection import Injector, inject_residual
 from selfexplain.models import decoder_layers, resolve
 from selfexplain.prompts import counterfactual_pairs
-from selfexplain.released_eval import PATCHING_QUESTION
-from selfexplain.scoring import answer_forms, change_scores
+from selfexplain.run import evaluate_run, train_run
 from selfexplain.tasks import patching
 from selfexplain.tasks.ablation import encode
-from selfexplain.train import format_prompt
 
 
 def _block_outputs(model, tok, text: str) -> list[torch.Tensor]:
@@ -186,11 +186,12 @@ def test_ask_patching_asks_a_paper_format_explainer_its_question_with_the_vector
 ):
     """`selfexplain ask patching` reads the format from the run's summary: a paper-format
     explainer is asked the reference question, each cell's own patched vector injected."""
-    import selfexplain.evaluate
+    import selfexplain.evaluate.generation
     from selfexplain.cli import main
-    from selfexplain.examples import to_frame, write_parquet
+    from selfexplain.core.schema import to_frame, write_parquet
+    from selfexplain.core.settings import TrainConfig
     from selfexplain.models import load
-    from selfexplain.train import TrainConfig, train_explainer
+    from selfexplain.train.trainer import train_explainer
 
     model_dir = resolve("tiny-random-llama", tmp_path / "resources/models/tiny")
     model, tok = load(model_dir)
@@ -209,13 +210,13 @@ def test_ask_patching_asks_a_paper_format_explainer_its_question_with_the_vector
         question_format="paper",
     )
     seen = {}
-    real = selfexplain.evaluate.change_answers
+    real = selfexplain.evaluate.generation.change_answers
 
     def spy(model, tokenizer, questions, **kwargs):
         seen["questions"], seen["vectors"] = questions, kwargs["vectors"]
         return real(model, tokenizer, questions, **kwargs)
 
-    monkeypatch.setattr(selfexplain.evaluate, "change_answers", spy)
+    monkeypatch.setattr(selfexplain.evaluate.generation, "change_answers", spy)
     args = ["ask", "patching", "--explainer", str(adapter.parent), "--clean", clean.text]
     args += ["--counterfactual", cf.text, "--layer", "2", "--position", "3"]
     assert main(args) == 0
@@ -230,7 +231,8 @@ def test_ask_patching_asks_a_paper_format_explainer_its_question_with_the_vector
 def test_compact_questions_train_without_the_labels_vectors(paper_labels, tmp_path):
     """Patching labels keep each patch's vector, but a compact question names the patch in
     words: train_explainer called on such rows directly injects nothing."""
-    from selfexplain.train import TrainConfig, train_explainer, vectors_asked
+    from selfexplain.core.settings import TrainConfig
+    from selfexplain.train.trainer import train_explainer, vectors_asked
 
     assert paper_labels["vector"].null_count() == 0
     assert vectors_asked(paper_labels)["vector"].null_count() == len(paper_labels)

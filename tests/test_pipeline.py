@@ -110,9 +110,9 @@ def test_dag_runs_end_to_end_on_tiny_model(tmp_path):
     heat = pl.read_parquet(tmp_path / "results/eval/patching/tiny/tiny/trained/s0.parquet")
     assert heat["heatmap"].any() and heat["in_sample"].sum() <= 12
     # heatmaps are read at the train split's base rate, recorded with the trained run too
-    from selfexplain.examples import read_parquet
-    from selfexplain.experiment import train_base_rate
+    from selfexplain.core.schema import read_parquet
     from selfexplain.metrics import prior_shift
+    from selfexplain.run import train_base_rate
 
     rate = train_base_rate(read_parquet(tmp_path / "results/labels/patching/tiny.parquet"))
     run_summary = json.loads(

@@ -1,7 +1,7 @@
-"""The paper's released label sets (selfexplain.released, selfexplain.hfdata): small fixtures in
-the released column layout (tests/data/released/, written like the hub's train / test files)
-become our explainer examples with the released items, labels and split; a missing column or
-split, or a hub id without network, fails naming it and the fix."""
+"""The paper's released label sets (selfexplain.hub.released, selfexplain.hub.hfdata): small
+fixtures in the released column layout (tests/data/released/, written like the hub's train /
+test files) become our explainer examples with the released items, labels and split; a missing
+column or split, or a hub id without network, fails naming it and the fix."""
 
 from __future__ import annotations
 
@@ -19,10 +19,11 @@ import pytest
 from test_layout import dry_run_jobs
 from test_pipeline import REPO, run_snakemake
 
-from selfexplain.controls import strip_signal
-from selfexplain.examples import meta
-from selfexplain.experiment import evaluation_rows, training_rows
-from selfexplain.released import import_labels, tokens_to_text
+from selfexplain.core.schema import meta
+from selfexplain.data.controls import strip_signal
+from selfexplain.data.draws import training_rows
+from selfexplain.hub.released import import_labels, tokens_to_text
+from selfexplain.run import evaluation_rows
 from selfexplain.tasks import ablation, hint, patching
 
 HINT_DIR = REPO / "tests/data/released/input_ablation"
@@ -155,8 +156,8 @@ def test_our_explainer_trains_on_imported_patching_rows_without_their_vectors(
     """Our patching question names the counterfactual prompt, so the release's vectors are not
     injected: train_run hands the trainer rows without them (a vector would need a placeholder
     in the question)."""
-    import selfexplain.train
-    from selfexplain.experiment import train_run
+    import selfexplain.run
+    from selfexplain.run import train_run
 
     seen = {}
 
@@ -164,7 +165,7 @@ def test_our_explainer_trains_on_imported_patching_rows_without_their_vectors(
         seen["train"], seen["validation"] = train, kwargs["validation"]
         return {}
 
-    monkeypatch.setattr(selfexplain.train, "train_explainer", fake_train_explainer)
+    monkeypatch.setattr(selfexplain.run, "train_explainer", fake_train_explainer)
     df = import_labels("patching", str(PATCH_DIR), "llama", **cache)
     assert df["vector"].null_count() == 0
     run = {"task": "patching", "variant": "trained", "seed": 0}
@@ -246,7 +247,7 @@ def test_a_hub_id_without_network_says_how_to_fill_the_cache(tmp_path):
     """Offline (HF_HUB_OFFLINE=1, as 'offline: true' sets) and an empty cache: the error names
     the dataset, says there is no network and how to fill the cache or pass a local file."""
     code = (
-        "from selfexplain.released import import_labels\n"
+        "from selfexplain.hub.released import import_labels\n"
         "import_labels('patching', 'Transluce/act_patch_llama_3.1_8b_counterfact', 't')\n"
     )
     env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}

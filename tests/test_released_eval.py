@@ -1,4 +1,4 @@
-"""The paper's released explainers (selfexplain.released_eval): asked in the reference chat and
+"""The paper's released explainers (selfexplain.hub.released_eval): asked in the reference chat and
 answer strings about an imported label set's test rows, scored by our metrics and by the
 reference definitions; tested with a tiny full checkpoint and the released-format fixtures.
 Patching explainers read the row's patched vector at a reserved token: a tiny checkpoint whose
@@ -15,21 +15,23 @@ import torch
 from test_layout import dry_run_jobs
 from test_pipeline import REPO, run_snakemake
 
-from selfexplain.examples import meta
-from selfexplain.models import resolve, tiny_random
-from selfexplain.released import import_labels
-from selfexplain.released_eval import (
+from selfexplain.core.formats import (
     HINT_QUESTION,
+    hint_answer,
+    hint_messages,
+    patching_answer,
+    patching_question,
+)
+from selfexplain.core.schema import meta
+from selfexplain.hub.released import import_labels
+from selfexplain.hub.released_eval import (
     ReservedTokenInjector,
     chat_prompt,
     evaluate_released,
-    hint_answer,
-    hint_messages,
     load_released,
-    patching_answer,
-    patching_question,
     reference_metrics,
 )
+from selfexplain.models import resolve, tiny_random
 
 HINT_DIR = REPO / "tests/data/released/input_ablation"
 PATCH_DIR = REPO / "tests/data/released/act_patch"
@@ -281,7 +283,7 @@ def test_dag_scores_a_configured_released_explainer(tmp_path):
 def test_question_format_paper_asks_our_explainer_the_reference_hint_turn(hint_rows):
     """train.question_format paper: hint questions become the released explainers' user turn
     (system prompt, hinted prompt, HINT_QUESTION); other tasks and compact keep ours."""
-    from selfexplain.examples import with_question_format
+    from selfexplain.core.schema import with_question_format
 
     out = with_question_format(hint_rows, "hint", "paper")
     _, tok = tiny_random("tiny-random-llama", seed=0)
@@ -299,9 +301,8 @@ def test_a_run_trained_on_paper_questions_is_evaluated_on_them(hint_rows, tmp_pa
     """train_run hands the trainer paper-format hint questions and records the format;
     evaluate_run asks the trained run in the format its summary records."""
 
-    import selfexplain.evaluate
-    import selfexplain.train
-    from selfexplain.experiment import evaluate_run, train_run
+    import selfexplain.run
+    from selfexplain.run import evaluate_run, train_run
 
     seen = {}
 
@@ -309,7 +310,7 @@ def test_a_run_trained_on_paper_questions_is_evaluated_on_them(hint_rows, tmp_pa
         seen["questions"], seen["format"] = train["question"].to_list(), kwargs["question_format"]
         return {}
 
-    monkeypatch.setattr(selfexplain.train, "train_explainer", fake_train)
+    monkeypatch.setattr(selfexplain.run, "train_explainer", fake_train)
     run = {"task": "hint", "target": "llama", "explainer": "e", "variant": "trained", "seed": 0}
     settings = {"n_train": None, "val_fraction": 0.0, "question_format": "paper"}
     kwargs = {"model_dir": tmp_path, "features": {}}
@@ -321,8 +322,8 @@ def test_a_run_trained_on_paper_questions_is_evaluated_on_them(hint_rows, tmp_pa
         seen["asked"] = asked["question"].to_list()
         return asked.select("id").with_columns(tf_threshold=pl.lit(0.0))
 
-    monkeypatch.setattr(selfexplain.evaluate, "load_explainer", lambda *a: (None, None))
-    monkeypatch.setattr(selfexplain.evaluate, "evaluate_change_task", fake_evaluate)
+    monkeypatch.setattr(selfexplain.run, "load_explainer", lambda *a: (None, None))
+    monkeypatch.setattr(selfexplain.run, "evaluate_change_task", fake_evaluate)
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     for fmt, ends_paper in (("paper", True), (None, False)):  # None: a run trained before

@@ -26,7 +26,8 @@ from toy_data import toy_examples
 from transformers import TrainerCallback
 
 from selfexplain.config import OFFLINE_ENV, apply_offline, check_config, config_problems
-from selfexplain.examples import ExplainerExample, read_parquet, to_frame, write_parquet
+from selfexplain.core.schema import ExplainerExample, read_parquet, to_frame, write_parquet
+from selfexplain.core.settings import TrainConfig
 from selfexplain.models import load, resolve
 from selfexplain.prompts import (
     ablation_prompts,
@@ -36,7 +37,7 @@ from selfexplain.prompts import (
 )
 from selfexplain.tasks.ablation import ablation_examples, ablation_labels
 from selfexplain.tasks.patching import filter_pairs, patching_examples, patching_labels
-from selfexplain.train import FINGERPRINT, TrainConfig, train_explainer
+from selfexplain.train.trainer import FINGERPRINT, train_explainer
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
@@ -784,14 +785,14 @@ CODE_DEFAULTS = {
 
 
 def _settings_disagreements(section: dict, cls, config: dict, path: str) -> list[str]:
-    """Where the typed settings class of a config section (selfexplain.settings) and the schema
+    """Where the typed settings class of a config section (selfexplain.core.settings) and the schema
     of that section differ: a key without a field or a field without a key, a
     default other than the schema's or than config/config.yaml's value, a field without a doc.
     Nested sections are compared recursively."""
     import dataclasses
     import typing
 
-    from selfexplain.settings import (
+    from selfexplain.core.settings import (
         SECTIONS,
         GeneratorSettings,
         JudgeSettings,
@@ -850,14 +851,13 @@ def _settings_disagreements(section: dict, cls, config: dict, path: str) -> list
 
 def test_one_source_of_defaults():
     """The schema's defaults are the embedded default experiment: every key config/config.yaml
-    sets equals its schema default, and the typed settings (selfexplain.settings, one dataclass
+    sets equals its schema default, and the typed settings (selfexplain.core.settings, one dataclass
     per section, and the train settings' TrainConfig) start from the same values and have a
     field for every key, so a key left out of a user's config means what the default config
     says."""
     import dataclasses
 
-    from selfexplain.settings import SECTIONS, TrainSettings, from_config
-    from selfexplain.train import TrainConfig
+    from selfexplain.core.settings import SECTIONS, TrainConfig, TrainSettings, from_config
 
     schema = yaml.safe_load(SCHEMA.read_text())
     config = yaml.safe_load((REPO / "config/config.yaml").read_text())
@@ -895,7 +895,7 @@ def test_one_source_of_defaults():
 
 def test_settings_reject_unknown_keys():
     """A typed settings section names the key it does not know, and its section."""
-    from selfexplain.settings import SECTIONS, FeatureSettings, JudgeSettings, from_config
+    from selfexplain.core.settings import SECTIONS, FeatureSettings, JudgeSettings, from_config
 
     for name, cls in SECTIONS.items():
         with pytest.raises(ValueError, match=rf"'n_tset'.*section '{name}'"):

@@ -1,4 +1,4 @@
-"""The paper's prompt sources (selfexplain.sources): hinted MMLU questions and CounterFact
+"""The paper's prompt sources (selfexplain.hub.sources): hinted MMLU questions and CounterFact
 multiple-choice pairs, from small local fixtures in the hub datasets' columns
 (tests/data/sources/: cais/mmlu's question/subject/choices/answer, azhx/counterfact's
 requested_rewrite)."""
@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from selfexplain.prompts import LETTERS, read_pairs_jsonl, read_prompts_jsonl
-from selfexplain.sources import (
+from selfexplain.hub.sources import (
     PAPER_HINT,
     counterfact_pairs,
     counterfact_pairs_from,
     mmlu_hint_prompts,
     mmlu_prompts_from,
 )
+from selfexplain.prompts import LETTERS, read_pairs_jsonl, read_prompts_jsonl
 from selfexplain.tasks.hint import without_hint
 from selfexplain.tasks.patching import position_kinds
 

@@ -8,8 +8,10 @@ import polars as pl
 import pytest
 import torch
 
-from selfexplain.examples import SCHEMA, meta
-from selfexplain.features.injection import PLACEHOLDER, Injector
+from selfexplain.core.formats import PLACEHOLDER
+from selfexplain.core.schema import SCHEMA, meta
+from selfexplain.core.settings import TrainConfig
+from selfexplain.features.injection import Injector
 from selfexplain.models import load, resolve
 from selfexplain.token_identity import (
     IDENTITY_PROMPT,
@@ -19,7 +21,7 @@ from selfexplain.token_identity import (
     score_token_identity,
     token_identity_examples,
 )
-from selfexplain.train import TrainConfig, encode_example
+from selfexplain.train.trainer import encode_example
 
 
 def test_examples_disjoint_and_vectors_are_embedding_rows(tiny_llama):

@@ -7,15 +7,15 @@ import pytest
 import torch
 from toy_data import toy_examples
 
-from selfexplain.evaluate import evaluate_change_task, generate_answers, load_explainer
+from selfexplain.core.formats import format_prompt
+from selfexplain.core.settings import TrainConfig
+from selfexplain.evaluate.generation import evaluate_change_task, generate_answers, load_explainer
 from selfexplain.models import resolve
-from selfexplain.train import (
+from selfexplain.train.trainer import (
     IGNORE,
     RightPadCollator,
-    TrainConfig,
     answer_loss,
     encode_example,
-    format_prompt,
     train_explainer,
 )
 
@@ -114,9 +114,10 @@ def test_bf16_training_keeps_trained_weights_in_fp32_and_learns(tmp_path):
     )
     assert rows["exact_match"].mean() >= 0.75
     # scored as validated (bf16 base, autocast), the saved explainer gives the best step's AUC
-    from selfexplain.evaluate import as_validated
-    from selfexplain.metrics import auc, parse_change
-    from selfexplain.scoring import change_scores
+    from selfexplain.core.formats import parse_change
+    from selfexplain.evaluate.generation import as_validated
+    from selfexplain.evaluate.scoring import change_scores
+    from selfexplain.metrics import auc
 
     val = examples.head(8)
     gold = [bool(parse_change(a).changed) for a in val["answer"]]
@@ -148,7 +149,7 @@ def test_bf16_base_keeps_embeddings_and_logits_in_fp32(name, request):
     float32: under autocast the logits come out float32 and close to the float32 model's."""
     import copy
 
-    from selfexplain.train import to_bf16
+    from selfexplain.precision import to_bf16
 
     model, tok = request.getfixturevalue(name)
     ids = tok(["The capital of France is Paris"], return_tensors="pt")["input_ids"]
@@ -166,7 +167,7 @@ def test_bf16_base_keeps_embeddings_and_logits_in_fp32(name, request):
 
 
 def test_auto_precision_is_bf16_only_for_lora_on_native_bf16(monkeypatch):
-    from selfexplain import train
+    from selfexplain import precision as train
 
     for native in (True, False):
         monkeypatch.setattr(train, "native_bf16", lambda native=native: native)
@@ -233,8 +234,8 @@ def test_full_fine_tuning_learns_validates_and_reloads(tmp_path):
     """train.method full trains every weight: the output is a whole model directory (no
     adapter), the best validation step's weights are the ones saved, a rerun resumes, and
     load_explainer answers with it exactly as the trained model does."""
-    from selfexplain.evaluate import is_full_model
-    from selfexplain.scoring import change_scores
+    from selfexplain.evaluate.generation import is_full_model
+    from selfexplain.evaluate.scoring import change_scores
 
     model_dir = resolve("tiny-random-llama", tmp_path / "model")
     examples = toy_examples(24)
@@ -250,7 +251,8 @@ def test_full_fine_tuning_learns_validates_and_reloads(tmp_path):
     assert summary["best"]["value"][0] > summary["validation"][0]["auc"]  # it learned
     model, tok = load_explainer(model_dir, out)
     best_auc = summary["best"]["value"][0]
-    from selfexplain.metrics import auc, parse_change
+    from selfexplain.core.formats import parse_change
+    from selfexplain.metrics import auc
 
     gold = [bool(parse_change(a).changed) for a in examples["answer"]]
     scores = change_scores(model, tok, examples["question"].to_list())
@@ -278,7 +280,7 @@ def test_tokenized_rows_are_cached_by_what_they_depend_on(tiny_llama, tmp_path):
     """tokenize_rows is a datasets map: the same rows as encode_example, kept as an Arrow file
     named by the rows, tokenizer and max_length; a second call loads it (the file is not
     written again); other settings make a new file and remove the stale one."""
-    import selfexplain.train as train
+    import selfexplain.train.trainer as train
 
     _, tok = tiny_llama
     qs, ans = ["Is it so?", "What if the third token goes?"], ["unchanged", 'changes to "x"']

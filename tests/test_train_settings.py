@@ -11,7 +11,7 @@ import pytest
 import yaml
 from toy_data import toy_patching_rows
 
-from selfexplain.settings import TrainSettings
+from selfexplain.core.settings import TrainSettings
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
@@ -62,7 +62,7 @@ def test_per_task_schema_allows_exactly_the_train_fine_tuning_keys():
     """One list of fine-tuning keys: the schema's per-task entry has train's keys that are
     TrainConfig fields (TrainSettings.HYPER_KEYS), each with train's type and range, no default
     (a key left out falls back to the section's); its task names are the config's tasks."""
-    from selfexplain.train import TrainConfig
+    from selfexplain.core.settings import TrainConfig
 
     train = SCHEMA["properties"]["train"]["properties"]
     per_task = train["per_task"]
@@ -81,8 +81,8 @@ def test_per_task_schema_allows_exactly_the_train_fine_tuning_keys():
 
 def test_train_run_trains_with_its_task_settings(monkeypatch, tmp_path):
     """experiment.train_run hands train_explainer the TrainConfig of the run's task."""
-    import selfexplain.train
-    from selfexplain.experiment import train_run
+    import selfexplain.run
+    from selfexplain.run import train_run
 
     seen = {}
 
@@ -91,7 +91,7 @@ def test_train_run_trains_with_its_task_settings(monkeypatch, tmp_path):
         seen["validation"] = kwargs["validation"]
         return {}
 
-    monkeypatch.setattr(selfexplain.train, "train_explainer", fake_train_explainer)
+    monkeypatch.setattr(selfexplain.run, "train_explainer", fake_train_explainer)
     settings = {
         "n_train": None,
         "val_fraction": 0.0,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from selfexplain.examples import ExplainerExample, to_frame
+from selfexplain.core.schema import ExplainerExample, to_frame
 
 
 def toy_examples(n: int = 16, flip: bool = False) -> pl.DataFrame:

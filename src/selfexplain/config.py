@@ -15,6 +15,9 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from selfexplain.core.layout import is_local
+from selfexplain.models import PACKAGED, TINY_PREFIX, TINY_SPECS
+
 
 def _key(path) -> str:
     parts = [str(p) if not isinstance(p, int) else f"[{p}]" for p in path]
@@ -90,7 +93,6 @@ def _model_name_problems(config: dict) -> list[str]:
 
 def model_spec_problem(spec: str, offline: bool) -> str | None:
     """Why spec cannot be materialised by models.resolve in this setting, or None if it can."""
-    from selfexplain.models import PACKAGED, TINY_PREFIX, TINY_SPECS
 
     allowed = f"packaged: {sorted(PACKAGED)}; tiny: {list(TINY_SPECS)}"
     if spec.startswith(TINY_PREFIX):
@@ -188,7 +190,6 @@ LABEL_IMPORT_TASKS = ("ablation", "hint", "patching")  # tasks with <task>.label
 
 def _labels_from_problems(config: dict) -> list[str]:
     """<task>.labels_from must name targets, and a local dataset must exist."""
-    from selfexplain.hfdata import is_local
 
     tasks = config.get("tasks") if isinstance(config.get("tasks"), list) else []
     targets = config.get("targets") if isinstance(config.get("targets"), list) else []
@@ -216,7 +217,6 @@ def _labels_from_problems(config: dict) -> list[str]:
 def _source_problems(config: dict) -> list[str]:
     """A prompt source's local dataset (<task>.dataset with source mmlu / counterfact) must
     exist, and a dataset needs a source that reads it."""
-    from selfexplain.hfdata import is_local
 
     tasks = config.get("tasks") if isinstance(config.get("tasks"), list) else []
     problems = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from contextlib import contextmanager
 
 import torch
 
@@ -123,3 +124,28 @@ def prefix_chunks(
     if current:
         chunks.append(current)
     return chunks
+
+
+def unwrap(model):
+    """The model inside a DDP or DeepSpeed wrapper (the model itself when it is not wrapped)."""
+    while isinstance(model, torch.nn.parallel.DistributedDataParallel) or (
+        type(model).__name__ == "DeepSpeedEngine"
+    ):
+        model = model.module
+    return model
+
+
+@contextmanager
+def logits_at(model, mask: torch.Tensor):
+    """Inside the block, the model's output layer sees only the hidden states where ``mask``
+    (batch, seq) is true: it returns logits (n_true, vocab) in row-major order. Whatever the
+    model does after the output layer (e.g. Gemma's logit soft-capping) still applies."""
+
+    def keep(_module, args):
+        return (args[0][mask], *args[1:])
+
+    handle = unwrap(model).get_output_embeddings().register_forward_pre_hook(keep)
+    try:
+        yield
+    finally:
+        handle.remove()

@@ -2,110 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 
-UNCHANGED = "unchanged"
-_CHANGED_RE = re.compile(r'^changes to ("(?:[^"\\]|\\.)*")')
-
-
-def change_answer(changed: bool, new_token: str | None) -> str:
-    """The fixed answer template for 'does the output change, and to what'."""
-    if not changed:
-        return UNCHANGED
-    return f"changes to {json.dumps(new_token)}"
-
-
-@dataclass(frozen=True)
-class ParsedChange:
-    """A parsed change answer; valid is False when the text follows no template."""
-
-    valid: bool
-    changed: bool | None
-    new_token: str | None
-
-
-# The line before every answer (train.format_prompt adds it to a question, followed by a space,
-# unless the question already ends with it, as the token identity check's does).
-ANSWER_CUE = "\nAnswer:"
-
-
-@dataclass(frozen=True)
-class AnswerFormat:
-    """How a change answer is written. ``compact`` (the default, short for small models):
-    ``unchanged`` / ``changes to "<token>"``. ``paper`` (the reference implementation's
-    strings): ``The output would remain unchanged from <<<X>>>.`` / ``The most likely output
-    would change to <<<Y>>>.``, X the current output and Y the new one. parse_change reads
-    both, so gold and predicted answers may be in either."""
-
-    name: str
-    instruction: str  # the question's last sentence saying how to answer
-
-    def answer(self, changed: bool, new_token: str | None, original: str | None = None) -> str:
-        if self.name == "compact":
-            return change_answer(changed, new_token)
-        if changed:
-            return f"{PAPER_CHANGED} <<<{new_token}>>>."
-        if original is None:
-            raise ValueError("a paper-format 'unchanged' answer names the current output")
-        return f"{PAPER_UNCHANGED} <<<{original}>>>."
-
-
-PAPER_UNCHANGED = "The output would remain unchanged from"
-PAPER_CHANGED = "The most likely output would change to"
-_PAPER_RE = re.compile(
-    rf"^({re.escape(PAPER_UNCHANGED)}|{re.escape(PAPER_CHANGED)}) <<<(.*?)>>>",
-    re.DOTALL | re.IGNORECASE,
-)
-COMPACT = AnswerFormat("compact", 'Answer "unchanged" or "changes to" the new token.')
-PAPER = AnswerFormat(
-    "paper",
-    f'Answer "{PAPER_UNCHANGED} <<<X>>>." with X the current next token, or '
-    f'"{PAPER_CHANGED} <<<Y>>>." with Y the new one.',
-)
-FORMATS = {f.name: f for f in (COMPACT, PAPER)}
-
-
-def answer_format(name: str) -> AnswerFormat:
-    """The AnswerFormat called name (train.answer_format)."""
-    if name not in FORMATS:
-        raise ValueError(f"unknown answer format {name!r}: use one of {sorted(FORMATS)}")
-    return FORMATS[name]
-
-
-def format_of(answers: Sequence[str]) -> AnswerFormat:
-    """The format the answers are written in: paper when any parses as paper, else compact."""
-    return PAPER if any(_PAPER_RE.match(a.strip()) for a in answers) else COMPACT
-
-
-def parse_change(text: str) -> ParsedChange:
-    """Parse an answer written in either AnswerFormat (leading whitespace ignored); in the
-    paper format the <<<...>>> of a changed answer is the new token."""
-    text = text.strip()
-    m = _PAPER_RE.match(text)  # case-insensitive, as the reference code compares
-    if m:
-        changed = m.group(1).lower() == PAPER_CHANGED.lower()
-        return ParsedChange(True, changed, m.group(2) if changed else None)
-    if text.lower().startswith(PAPER_UNCHANGED.lower()):
-        return ParsedChange(True, False, None)
-    if text.lower().startswith(PAPER_CHANGED.lower()):
-        return ParsedChange(True, True, None)
-    if text.startswith(UNCHANGED):
-        return ParsedChange(True, False, None)
-    m = _CHANGED_RE.match(text)
-    if m:
-        try:
-            return ParsedChange(True, True, json.loads(m.group(1)))
-        except json.JSONDecodeError:
-            pass
-    if text.startswith("changes to"):
-        return ParsedChange(True, True, None)
-    return ParsedChange(False, None, None)
+from selfexplain.core.formats import PAPER, AnswerFormat, format_of, parse_change
 
 
 def macro_f1(gold: Sequence[bool], pred: Sequence[bool | None]) -> float:

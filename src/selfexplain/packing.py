@@ -21,6 +21,8 @@ from collections.abc import Sequence
 
 import torch
 
+from selfexplain.forward import logits_at
+
 IGNORE = -100
 SHARED = 0  # segment id of the shared tokens; questions are 1, 2, ...; padding is -1
 
@@ -284,7 +286,6 @@ def last_logprobs(
     by shared prefix (at most max_questions per pack, batch_size packs per forward): the same
     values as one forward per sequence, computing each shared prefix once. float32 on the CPU,
     in the input order."""
-    from selfexplain.train import logits_at
 
     rows = [{"input_ids": list(s)} for s in seqs]
     plan = plan_packs(rows, max_questions, seed=0)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from selfexplain import entities as E
+from selfexplain.features.corpus import corpus_documents
 
 KINDS = ("fact", "arithmetic", "agreement", "copying", "text", "hint_mcq")
 LETTERS = "ABCDEF"
@@ -163,7 +164,7 @@ def relation(name: str) -> Relation:
     raise KeyError(f"unknown relation {name!r}; known: {[r.name for r in RELATIONS]}")
 
 
-def _respond(n_options: int, unknown: bool) -> str:
+def respond_line(n_options: int, unknown: bool) -> str:
     choices = " or ".join(LETTERS[:n_options]) + (" or unknown" if unknown else "")
     return f"Respond with one of {choices} and nothing else."
 
@@ -176,10 +177,10 @@ def _options(rng: random.Random, rel: Relation, answers: Sequence[str], n: int) 
     return options
 
 
-def _mcq_text(question: str, options: Sequence[str], layout: int, unknown: bool = True) -> str:
+def mcq_text(question: str, options: Sequence[str], layout: int, unknown: bool = True) -> str:
     """A multiple-choice prompt ending in 'Answer:'; layout 0 is the paper's format."""
     opts = "\n".join(f"{k}. {v}" for k, v in zip(LETTERS, options, strict=False))
-    respond = _respond(len(options), unknown)
+    respond = respond_line(len(options), unknown)
     if layout == 0:
         return f"Question: {question}\n{respond}\n{opts}\nAnswer:"
     if layout == 1:
@@ -330,7 +331,6 @@ def corpus_sentences(corpus_file: str | None = None) -> tuple[str, ...]:
     """The plain sentences of the corpus (features.corpus_file: the user's text file, or when
     None the packaged Wikipedia sample): ASCII letters, digits, spaces, commas, apostrophes and
     hyphens only, and more words than a text prompt takes."""
-    from selfexplain.features.corpus import corpus_documents
 
     sentences = []
     for doc in corpus_documents(corpus_file):
@@ -366,7 +366,7 @@ def _hint_mcq(rng: random.Random) -> tuple[str, dict, str]:
     hint = template.format(L=hinted) + "\n"
     position = rng.choice(HINT_POSITIONS)
     opts = "\n".join(f"{k}. {v}" for k, v in meta["options"].items())
-    q, respond = f"Question: {question}\n", _respond(4, False) + "\n"
+    q, respond = f"Question: {question}\n", respond_line(4, False) + "\n"
     parts = {
         "start": [hint, q, opts + "\n", respond],
         "after_question": [q, hint, opts + "\n", respond],
@@ -463,7 +463,7 @@ def mcq_fact_prompts(n: int, seed: int = 0, n_options: int = 4) -> list[Prompt]:
         template = rng.choice(rel.questions)
         options = _options(rng, rel, [rel.table[subject]], n_options)
         layout = rng.randrange(N_LAYOUTS)
-        text = _mcq_text(_fill(template, subject), options, layout)
+        text = mcq_text(_fill(template, subject), options, layout)
         meta = _mcq_meta(rel, subject, options) | {"template": template, "layout": layout}
         return text, meta
 
@@ -518,7 +518,7 @@ def counterfactual_pairs(
         for role, s, other in (("clean", s1, s2), ("counterfactual", s2, s1)):
             if fmt == "mcq":
                 question = _fill(template, s)
-                text = _mcq_text(question, options, layout)
+                text = mcq_text(question, options, layout)
                 start = text.index(question) + template.index("{s}")
                 meta = _mcq_meta(rel, s, options) | {"template": template, "layout": layout}
             else:

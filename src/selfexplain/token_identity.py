@@ -30,12 +30,16 @@ from typing import TYPE_CHECKING
 import polars as pl
 import torch
 
-from selfexplain.examples import ExplainerExample, meta, to_frame
-from selfexplain.features.injection import PLACEHOLDER
-from selfexplain.metrics import ANSWER_CUE
+from selfexplain.core.formats import ANSWER_CUE, PLACEHOLDER
+from selfexplain.core.schema import ExplainerExample, meta, to_frame
+from selfexplain.evaluate.generation import explainer_injector, generate_answers, load_explainer
+from selfexplain.features.injection import Injector, reference_norm
+from selfexplain.metrics import bootstrap_ci
+from selfexplain.models import load
+from selfexplain.train.trainer import train_explainer
 
 if TYPE_CHECKING:
-    from selfexplain.train import TrainConfig
+    from selfexplain.core.settings import TrainConfig
 
 TASK = "token_identity"
 # Ends with the answer cue (train.format_prompt then adds nothing), so the answer follows it as
@@ -132,7 +136,6 @@ def generate_raw(
     """Greedy continuations of prompts used as they are (evaluate.generate_answers wraps them in
     train.format_prompt), first line, stripped of spaces and quotes; with vectors, vector i is
     injected at prompt i's placeholder by the injector."""
-    from selfexplain.evaluate import generate_answers
 
     answers = generate_answers(
         model,
@@ -152,7 +155,6 @@ def paired_hits(
 ) -> dict[str, float]:
     """Trained minus untrained exact match on the same words, with a 95% percentile CI from a
     bootstrap over the words (each word is its own cluster): diff, ci_lo, ci_hi, n_words."""
-    from selfexplain.metrics import bootstrap_ci
 
     def hits(preds: Sequence[str]) -> list[float]:
         return [float(_normalise(p) == _normalise(a)) for p, a in zip(preds, answers, strict=True)]
@@ -199,10 +201,6 @@ def run_token_identity(
     last step is kept). The test words are the first n_test drawn, then the validation words,
     then the training words, so neither n_val nor n_train changes the test words.
     """
-    from selfexplain.evaluate import explainer_injector, generate_answers, load_explainer
-    from selfexplain.features.injection import Injector, reference_norm
-    from selfexplain.models import load
-    from selfexplain.train import train_explainer
 
     start = time.perf_counter()
     target_dir, explainer_dir, out_dir = Path(target_dir), Path(explainer_dir), Path(out_dir)

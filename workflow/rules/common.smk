@@ -2,12 +2,12 @@
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from selfexplain import layout
+from selfexplain.core import layout
 from selfexplain.config import apply_offline, check_config
-from selfexplain.hfdata import is_local
-from selfexplain.layout import Run, model_marker
-from selfexplain.matrix import all_variants, is_trained, runs, trained_variants
-from selfexplain.settings import TrainSettings, from_config
+from selfexplain.core.layout import is_local
+from selfexplain.core.layout import Run, model_marker
+from selfexplain.data.matrix import all_variants, is_trained, runs, trained_variants
+from selfexplain.core.settings import TrainSettings, from_config
 
 # Readable errors first (naming key, value, allowed values), then snakemake fills defaults.
 check_config(config, workflow.source_path("../schemas/config.schema.yaml"))
@@ -34,7 +34,7 @@ wildcard_constraints:
     seed=r"\d+",
 
 
-# every path comes from selfexplain.layout; RUN: the rules' run pattern ({task}/.../s{seed})
+# every path comes from selfexplain.core.layout; RUN: the rules' run pattern ({task}/.../s{seed})
 RUN = Run.pattern()
 
 

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import torch
 
+from selfexplain.core.settings import FeatureSettings
 from selfexplain.features.activations import collect_activations, default_layer, token_windows
 from selfexplain.features.corpus import corpus_documents
 from selfexplain.features.sae import save_activations
 from selfexplain.models import decoder_layers, load
-from selfexplain.settings import FeatureSettings
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 torch.set_num_threads(snakemake.threads)

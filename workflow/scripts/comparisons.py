@@ -2,9 +2,9 @@
 
 import sys
 
-from selfexplain.compare import comparisons
-from selfexplain.examples import read_parquet
-from selfexplain.plots import comparisons_figure, write_table
+from selfexplain.core.schema import read_parquet
+from selfexplain.report.compare import comparisons
+from selfexplain.report.plots import comparisons_figure, write_table
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 

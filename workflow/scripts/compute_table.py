@@ -2,8 +2,8 @@
 
 import sys
 
-from selfexplain.plots import compute_figure
-from selfexplain.tables import compute_table, read_benchmarks
+from selfexplain.report.plots import compute_figure
+from selfexplain.report.tables import compute_table, read_benchmarks
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 

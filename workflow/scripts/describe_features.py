@@ -5,12 +5,12 @@ from pathlib import Path
 
 import torch
 
-from selfexplain.examples import write_parquet
+from selfexplain.core.schema import write_parquet
+from selfexplain.core.settings import FeatureSettings, GeneratorSettings
 from selfexplain.features.describe import describe_records
 from selfexplain.features.records import feature_records, records_frame
 from selfexplain.features.sae import load_activations, load_sae
 from selfexplain.models import load
-from selfexplain.settings import FeatureSettings, GeneratorSettings
 from selfexplain.tasks.features import select_features
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")

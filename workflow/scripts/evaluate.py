@@ -5,9 +5,9 @@ from pathlib import Path
 
 import torch
 
-from selfexplain.examples import read_examples, write_parquet
-from selfexplain.experiment import evaluate_run
-from selfexplain.settings import EvaluateSettings, FeatureSettings, TrainSettings
+from selfexplain.core.schema import read_examples, write_parquet
+from selfexplain.core.settings import EvaluateSettings, FeatureSettings, TrainSettings
+from selfexplain.run import evaluate_run
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 torch.set_num_threads(snakemake.threads)

@@ -4,9 +4,10 @@ import sys
 
 import torch
 
-from selfexplain.examples import read_examples
-from selfexplain.plots import eval_labels
-from selfexplain.released_eval import VECTOR_TOKEN, evaluate_released, write_released
+from selfexplain.core.formats import VECTOR_TOKEN
+from selfexplain.core.layout import eval_labels
+from selfexplain.core.schema import read_examples
+from selfexplain.hub.released_eval import evaluate_released, write_released
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 torch.set_num_threads(snakemake.threads)

@@ -1,10 +1,10 @@
 """Export one task's explainer examples on one target as a Hugging Face dataset directory with
-a dataset card (selfexplain.export.export_dataset)."""
+a dataset card (selfexplain.hub.export.export_dataset)."""
 
 import sys
 
-from selfexplain.examples import read_examples
-from selfexplain.export import export_dataset
+from selfexplain.core.schema import read_examples
+from selfexplain.hub.export import export_dataset
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 

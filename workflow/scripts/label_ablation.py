@@ -1,15 +1,15 @@
 """Input-ablation labels of one target model, as explainer examples (parquet):
 selfexplain.tasks.ablation.label, the recipe `selfexplain labels ablation` runs too, or, when
 ablation.labels_from names a released label set for the target, its hint removals
-(selfexplain.released.import_labels)."""
+(selfexplain.hub.released.import_labels)."""
 
 import sys
 from pathlib import Path
 
 import torch
 
-from selfexplain.examples import write_parquet
-from selfexplain.settings import AblationSettings
+from selfexplain.core.schema import write_parquet
+from selfexplain.core.settings import AblationSettings
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 torch.set_num_threads(snakemake.threads)
@@ -17,7 +17,7 @@ torch.set_num_threads(snakemake.threads)
 s = AblationSettings.from_dict(snakemake.params.settings)
 target = snakemake.wildcards.target
 if target in s.labels_from:
-    from selfexplain.released import import_labels
+    from selfexplain.hub.released import import_labels
 
     frame = import_labels("ablation", s.labels_from[target], target)
 else:

@@ -3,10 +3,10 @@
 import sys
 from pathlib import Path
 
-from selfexplain.examples import read_parquet, to_frame, write_parquet
+from selfexplain.core.schema import read_parquet, to_frame, write_parquet
+from selfexplain.core.settings import FeatureSettings
 from selfexplain.features.records import records_from_frame
 from selfexplain.features.sae import load_activations, load_sae
-from selfexplain.settings import FeatureSettings
 from selfexplain.tasks.features import feature_examples
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")

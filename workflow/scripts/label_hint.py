@@ -1,14 +1,14 @@
 """Hint-removal labels of one target model, as explainer examples (parquet):
 selfexplain.tasks.hint.label, or, when hint.labels_from names a released label set for the
-target, selfexplain.released.import_labels."""
+target, selfexplain.hub.released.import_labels."""
 
 import sys
 from pathlib import Path
 
 import torch
 
-from selfexplain.examples import write_parquet
-from selfexplain.settings import HintSettings
+from selfexplain.core.schema import write_parquet
+from selfexplain.core.settings import HintSettings
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 torch.set_num_threads(snakemake.threads)
@@ -16,7 +16,7 @@ torch.set_num_threads(snakemake.threads)
 s = HintSettings.from_dict(snakemake.params.settings)
 target = snakemake.wildcards.target
 if target in s.labels_from:
-    from selfexplain.released import import_labels
+    from selfexplain.hub.released import import_labels
 
     frame = import_labels("hint", s.labels_from[target], target)
 else:

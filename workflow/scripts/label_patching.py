@@ -1,15 +1,15 @@
 """Activation-patching labels of one target model, as explainer examples (parquet):
 selfexplain.tasks.patching.label, the recipe `selfexplain labels patching` runs too, or, when
 patching.labels_from names a released label set for the target,
-selfexplain.released.import_labels."""
+selfexplain.hub.released.import_labels."""
 
 import sys
 from pathlib import Path
 
 import torch
 
-from selfexplain.examples import write_parquet
-from selfexplain.settings import PatchingSettings
+from selfexplain.core.schema import write_parquet
+from selfexplain.core.settings import PatchingSettings
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 torch.set_num_threads(snakemake.threads)
@@ -17,7 +17,7 @@ torch.set_num_threads(snakemake.threads)
 s = PatchingSettings.from_dict(snakemake.params.settings)
 target = snakemake.wildcards.target
 if target in s.labels_from:
-    from selfexplain.released import import_labels
+    from selfexplain.hub.released import import_labels
 
     frame = import_labels("patching", s.labels_from[target], target)
 else:

@@ -2,8 +2,8 @@
 
 import sys
 
-from selfexplain.layout import parse_summary_file
-from selfexplain.plots import curve_table, learning_curves_figure, read_json
+from selfexplain.core.layout import parse_summary_file
+from selfexplain.report.plots import curve_table, learning_curves_figure, read_json
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 

@@ -3,8 +3,8 @@ questions (hint.source: mmlu) or the generator."""
 
 import sys
 
+from selfexplain.core.settings import HintSettings
 from selfexplain.prompts import hint_prompts, read_prompts_jsonl, write_prompts_jsonl
-from selfexplain.settings import HintSettings
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 
@@ -18,7 +18,7 @@ if settings.prompts_file:
             f"missing for ids {missing[:10]}"
         )
 elif settings.source == "mmlu":
-    from selfexplain.sources import mmlu_prompts_from
+    from selfexplain.hub.sources import mmlu_prompts_from
 
     prompts = mmlu_prompts_from(settings.dataset, settings.n_prompts, what="hint.source mmlu")
 else:

@@ -3,8 +3,8 @@ CounterFact (patching.source: counterfact) or the built-in generator."""
 
 import sys
 
+from selfexplain.core.settings import PatchingSettings
 from selfexplain.prompts import counterfactual_pairs, read_pairs_jsonl, write_pairs_jsonl
-from selfexplain.settings import PatchingSettings
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 
@@ -12,7 +12,7 @@ settings = PatchingSettings.from_dict(snakemake.params.settings)
 if settings.pairs_file:
     pairs = read_pairs_jsonl(settings.pairs_file)
 elif settings.source == "counterfact":
-    from selfexplain.sources import counterfact_pairs_from
+    from selfexplain.hub.sources import counterfact_pairs_from
 
     pairs = counterfact_pairs_from(
         settings.dataset, settings.n_pairs, what="patching.source counterfact"

@@ -3,8 +3,8 @@
 
 import sys
 
+from selfexplain.core.settings import AblationSettings
 from selfexplain.prompts import ablation_prompts, read_prompts_jsonl, write_prompts_jsonl
-from selfexplain.settings import AblationSettings
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 
@@ -12,7 +12,7 @@ settings = AblationSettings.from_dict(snakemake.params.settings)
 if settings.prompts_file:
     prompts = read_prompts_jsonl(settings.prompts_file)
 elif settings.source == "mmlu":
-    from selfexplain.sources import mmlu_prompts_from
+    from selfexplain.hub.sources import mmlu_prompts_from
 
     prompts = mmlu_prompts_from(settings.dataset, settings.n_per_kind, what="ablation.source mmlu")
 else:

@@ -4,8 +4,8 @@ import sys
 
 import polars as pl
 
-from selfexplain.examples import read_parquet
-from selfexplain.plots import PLOT_METRICS, metric_bars
+from selfexplain.core.schema import read_parquet
+from selfexplain.report.plots import PLOT_METRICS, metric_bars
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 

@@ -2,8 +2,8 @@
 
 import sys
 
-from selfexplain.examples import read_parquet
-from selfexplain.plots import MATRIX_FIGURES
+from selfexplain.core.schema import read_parquet
+from selfexplain.report.plots import MATRIX_FIGURES
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 

@@ -2,8 +2,8 @@
 
 import sys
 
-from selfexplain.examples import read_parquet
-from selfexplain.plots import patching_heatmaps
+from selfexplain.core.schema import read_parquet
+from selfexplain.report.plots import patching_heatmaps
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 

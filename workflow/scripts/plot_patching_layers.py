@@ -2,8 +2,8 @@
 
 import sys
 
-from selfexplain.examples import read_parquet
-from selfexplain.plots import layer_curves, layer_table
+from selfexplain.core.schema import read_parquet
+from selfexplain.report.plots import layer_curves, layer_table
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 

@@ -2,8 +2,8 @@
 
 import sys
 
-from selfexplain.examples import read_parquet
-from selfexplain.plots import summarize, write_table
+from selfexplain.core.schema import read_parquet
+from selfexplain.report.plots import summarize, write_table
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 

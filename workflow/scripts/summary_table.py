@@ -2,9 +2,9 @@
 
 import sys
 
-from selfexplain.examples import read_parquet
-from selfexplain.plots import write_table
-from selfexplain.tables import seed_summary
+from selfexplain.core.schema import read_parquet
+from selfexplain.report.plots import write_table
+from selfexplain.report.tables import seed_summary
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 

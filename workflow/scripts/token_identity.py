@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from selfexplain.settings import TrainSettings
+from selfexplain.core.settings import TrainSettings
 from selfexplain.token_identity import run_token_identity
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")

@@ -1,14 +1,14 @@
 """Fine-tune one explainer (LoRA) on the train split of one task's labels, validating as it
-goes (selfexplain.experiment.train_run: the draw, the validation split, the controls)."""
+goes (selfexplain.run.train_run: the draw, the validation split, the controls)."""
 
 import sys
 from pathlib import Path
 
 import torch
 
-from selfexplain.examples import read_examples
-from selfexplain.experiment import train_run
-from selfexplain.settings import FeatureSettings, TrainSettings
+from selfexplain.core.schema import read_examples
+from selfexplain.core.settings import FeatureSettings, TrainSettings
+from selfexplain.run import train_run
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 torch.set_num_threads(snakemake.threads)

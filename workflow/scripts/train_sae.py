@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from selfexplain.core.settings import FeatureSettings
 from selfexplain.features.sae import (
     SAEConfig,
     evaluate_sae,
@@ -16,7 +17,6 @@ from selfexplain.features.sae import (
     split_tokens,
     train_sae,
 )
-from selfexplain.settings import FeatureSettings
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 torch.set_num_threads(snakemake.threads)

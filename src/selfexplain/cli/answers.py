@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 from selfexplain.cli.locate import ExplainerDir
-from selfexplain.metrics import change_answer, parse_change
-from selfexplain.settings import EvaluateSettings
+from selfexplain.core.formats import change_answer, parse_change
+from selfexplain.core.settings import EvaluateSettings
 
 THRESHOLD_RULES = ("rank", "natural", "balanced")
 
@@ -21,15 +21,15 @@ def known_base_rate(info: ExplainerDir, labels: str | None = None) -> tuple[floa
     """The target's base rate of change the explainer trained at, and where it was read: the
     run's train_summary.json, else the train split of the label file it trained on
     (``labels``, or the one next to results/); None when neither is there."""
-    from selfexplain.train import run_summary
+    from selfexplain.evaluate.summary import run_summary
 
     rate = run_summary(info.adapter).get("base_rate")
     if rate is not None:
         return rate, "the run's train_summary.json"
     path = info.labels_path(labels)
     if path is not None and path.is_file():
-        from selfexplain.examples import read_parquet
-        from selfexplain.experiment import train_base_rate
+        from selfexplain.core.schema import read_parquet
+        from selfexplain.run import train_base_rate
 
         return train_base_rate(read_parquet(path)), f"{path}'s train split"
     return None, ""
@@ -38,8 +38,8 @@ def known_base_rate(info: ExplainerDir, labels: str | None = None) -> tuple[floa
 def natural_threshold(info: ExplainerDir, labels: str | None = None) -> tuple[float, str]:
     """The run's validation threshold moved to the target's base rate of change
     (metrics.prior_shift; known_base_rate), else left unmoved; and how it was set."""
+    from selfexplain.evaluate.summary import run_summary, summary_threshold
     from selfexplain.metrics import prior_shift
-    from selfexplain.train import run_summary, summary_threshold
 
     balanced = summary_threshold(run_summary(info.adapter))
     rate, source = known_base_rate(info, labels)
@@ -55,7 +55,7 @@ def ask_threshold(info: ExplainerDir, rule: str, labels: str | None = None):
     highest scored, answer "changes to" (metrics.rank_threshold; rate is set); "natural": one
     threshold, natural_threshold; "balanced": the validation-calibrated threshold (balanced
     rows); a number: that threshold."""
-    from selfexplain.train import run_summary, summary_threshold
+    from selfexplain.evaluate.summary import run_summary, summary_threshold
 
     if rule == "rank":
         rate, source = known_base_rate(info, labels)
@@ -79,14 +79,14 @@ def answer(
     above the threshold of ``args.threshold`` (ask_threshold). vectors: one per question, put
     in at its placeholder through the explainer's saved injection (a patching explainer
     trained on the paper's question)."""
-    from selfexplain.evaluate import (
+    from selfexplain.core.formats import COMPACT, answer_format
+    from selfexplain.evaluate.generation import (
         as_validated,
         change_answers,
         explainer_injector,
         load_explainer,
     )
-    from selfexplain.metrics import COMPACT, answer_format
-    from selfexplain.train import run_summary
+    from selfexplain.evaluate.summary import run_summary
 
     threshold, rate, how = ask_threshold(info, args.threshold, getattr(args, "labels", None))
     print(f"has-changed threshold: {how}", file=sys.stderr)

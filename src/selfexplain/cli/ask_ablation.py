@@ -17,7 +17,7 @@ from selfexplain.cli.render import (
     short,
     text_table,
 )
-from selfexplain.metrics import parse_change
+from selfexplain.core.formats import parse_change
 
 
 def _ablation_prompts(args) -> list:
@@ -45,14 +45,14 @@ def trained_on_last_token(info, labels: str | None = None) -> bool:
     from the label file it trained on (``labels``, or the one next to results/), else the
     pipeline's default (ablation.drop_last). The pipeline drops that question (its removal
     always changes the output), so an ask poses it only where the explainer has seen it."""
-    from selfexplain.settings import AblationSettings
+    from selfexplain.core.settings import AblationSettings
 
     path = info.labels_path(labels)
     if path is None or not path.is_file():
         return not AblationSettings().drop_last
     import polars as pl
 
-    from selfexplain.examples import meta, read_parquet
+    from selfexplain.core.schema import meta, read_parquet
 
     rows = meta(read_parquet(path).filter(pl.col("split") == "train"))
     return any(

@@ -55,7 +55,7 @@ def cmd_ask_features(args) -> int:
     if (args.feature is None) == (args.vector is None):
         raise ValueError("pass --feature ID (a feature of the label file) or --vector FILE")
     info, _, explainer_model = ask_models(args, "features")
-    from selfexplain.examples import read_examples
+    from selfexplain.core.schema import read_examples
     from selfexplain.features.metrics import nearest_neighbour_answers
     from selfexplain.tasks.features import feature_question
 
@@ -110,7 +110,7 @@ def cmd_ask_features(args) -> int:
     preds = _ask_feature_explainer(explainer_model, info.adapter, asked, args)
     rows = None
     if truth:
-        from selfexplain.evaluate import evaluate_feature_task
+        from selfexplain.evaluate.generation import evaluate_feature_task
 
         rows = evaluate_feature_task(asked, preds, labels={}, pool=labels)
     records = []
@@ -160,7 +160,7 @@ def _cosines(a: list[list[float]], b: list[list[float]]) -> list[float]:
 
 def _ask_feature_explainer(model_path: Path, adapter: Path, asked, args) -> list[str]:
     """The explainer's descriptions of the asked vectors, as the pipeline's evaluate step."""
-    from selfexplain.evaluate import describe_vectors
+    from selfexplain.evaluate.generation import describe_vectors
 
     preds = describe_vectors(
         model_path,

@@ -16,7 +16,7 @@ from selfexplain.cli.render import print_cells, print_grid, quote, write_heatmap
 
 def _trained_layout(path: Path) -> tuple[int, list[int]]:
     """The window and layer starts of a patching label file (what the explainer trained on)."""
-    from selfexplain.examples import meta, read_parquet
+    from selfexplain.core.schema import meta, read_parquet
 
     metas = meta(read_parquet(path).select("meta"))
     windows = sorted({m["window"] for m in metas})
@@ -46,9 +46,9 @@ def _patching_layout(args, info: ExplainerDir, n_layers: int) -> tuple[int, list
 def _patching_rows_without_truth(model, tokenizer, clean, cf, window, starts) -> list[dict]:
     """The fields patching_question needs, from the same set-up patching_rows uses (the two
     unpatched forwards), without the patched forwards."""
-    from selfexplain.tasks.patching import _Setup
+    from selfexplain.tasks.patching import PatchingSetup
 
-    setup = _Setup(model, tokenizer, clean, cf, window, starts)
+    setup = PatchingSetup(model, tokenizer, clean, cf, window, starts)
     return [
         setup.base
         | {
@@ -99,9 +99,9 @@ def _heatmap_path(args, pair_id: str, n_pairs: int) -> str:
 def cmd_ask_patching(args) -> int:
     pairs = _pairs(args)
     info, target_dir, explainer_model = ask_models(args, "patching")
+    from selfexplain.evaluate.summary import run_summary
     from selfexplain.models import decoder_layers, load
     from selfexplain.tasks.patching import patching_question, patching_rows
-    from selfexplain.train import run_summary
 
     truth = not args.no_truth
     model, tokenizer = load(target_dir)
@@ -137,8 +137,8 @@ def cmd_ask_patching(args) -> int:
     if run_summary(info.adapter).get("question_format") == "paper":
         # the explainer reads the reference question, with the patched vector at its feature
         # placeholder (examples.with_question_format)
-        from selfexplain.features.injection import PLACEHOLDER
-        from selfexplain.released_eval import patching_question as paper_question
+        from selfexplain.core.formats import PLACEHOLDER
+        from selfexplain.core.formats import patching_question as paper_question
 
         questions = [paper_question(r, PLACEHOLDER) for r in rows]
         preds = answer(explainer_model, info, questions, args, [r["vector"] for r in rows])

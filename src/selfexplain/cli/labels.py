@@ -21,7 +21,7 @@ def cmd_labels(args) -> int:
     name = args.target_name or (
         target_dir.name if Path(args.target).expanduser().is_dir() else slug(args.target)
     )
-    from selfexplain.examples import write_parquet
+    from selfexplain.core.schema import write_parquet
     from selfexplain.models import load
     from selfexplain.tasks import ablation, patching
 

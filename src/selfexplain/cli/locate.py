@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from selfexplain import layout
+from selfexplain.core import layout
 
 PROG = "selfexplain"
 

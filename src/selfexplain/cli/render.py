@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from selfexplain.metrics import ParsedChange, parse_change
+from selfexplain.core.formats import ParsedChange, parse_change
 
 
 def quote(text: str | None) -> str:

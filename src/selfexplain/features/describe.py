@@ -22,8 +22,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
+from selfexplain.core.settings import GeneratorSettings
 from selfexplain.features.records import FeatureRecord
-from selfexplain.settings import GeneratorSettings
+from selfexplain.forward import pad_left
+from selfexplain.models import load
 
 KINDS = ("deterministic", "hf", "openai")
 
@@ -109,7 +111,6 @@ class LocalLM:
     """A local HF causal LM (directory), greedy, chat template when the tokenizer has one."""
 
     def __init__(self, path: str | Path, max_new_tokens: int = 32, batch_size: int = 8):
-        from selfexplain.models import load
 
         self.model, self.tokenizer = load(path)
         self.max_new_tokens = max_new_tokens
@@ -117,8 +118,6 @@ class LocalLM:
 
     def complete(self, prompts: Sequence[str]) -> list[str]:
         import torch
-
-        from selfexplain.forward import pad_left
 
         tok = self.tokenizer
         out = []

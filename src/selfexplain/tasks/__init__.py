@@ -1,0 +1,1 @@
+CHANGE_TASKS = ("ablation", "patching", "hint")

@@ -19,9 +19,9 @@ import torch
 from captum.attr import FeatureAblation, LLMAttribution, TextTokenInput
 from tqdm.auto import tqdm
 
-from selfexplain.examples import ExplainerExample, split_of, to_frame
+from selfexplain.core.formats import change_answer
+from selfexplain.core.schema import ExplainerExample, split_of, to_frame
 from selfexplain.forward import PrefixCache, next_token_logprobs, prefix_chunks
-from selfexplain.metrics import change_answer
 
 if TYPE_CHECKING:
     import polars as pl

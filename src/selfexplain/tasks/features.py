@@ -16,8 +16,8 @@ from collections.abc import Sequence
 
 import torch
 
-from selfexplain.examples import ExplainerExample, split_of
-from selfexplain.features.injection import PLACEHOLDER
+from selfexplain.core.formats import PLACEHOLDER
+from selfexplain.core.schema import ExplainerExample, split_of
 from selfexplain.features.records import FeatureRecord
 
 QUESTION = "At layer {layer}, " + PLACEHOLDER + " encodes"

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
-from selfexplain.examples import ExplainerExample, split_of, to_frame
+from selfexplain.core.formats import change_answer
+from selfexplain.core.schema import ExplainerExample, split_of, to_frame
 from selfexplain.forward import next_token_logprobs
-from selfexplain.metrics import change_answer
 from selfexplain.tasks.ablation import encode, greedy_content_tokens
 
 if TYPE_CHECKING:

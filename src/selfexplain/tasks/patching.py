@@ -20,10 +20,10 @@ import polars as pl
 import torch
 from tqdm.auto import tqdm
 
-from selfexplain.examples import ExplainerExample, held_out, meta, to_frame
+from selfexplain.core.formats import change_answer
+from selfexplain.core.schema import ExplainerExample, held_out, meta, to_frame
 from selfexplain.forward import PrefixCache, next_token_logprobs, prefix_chunks
 from selfexplain.hooks import ResidualPatch, capture_residual, patch_residual, replay_blocks
-from selfexplain.metrics import change_answer
 from selfexplain.models import decoder_layers
 from selfexplain.prompts import Prompt, same_length_pairs
 from selfexplain.tasks.ablation import (
@@ -152,7 +152,7 @@ def _layer_starts(n_layers: int, window: int, layer_starts: Sequence[int] | None
     return starts
 
 
-class _Setup:
+class PatchingSetup:
     """Everything a pair's patched forwards need: ids, counterfactual residuals, baselines."""
 
     def __init__(
@@ -287,7 +287,9 @@ def patching_rows(
 ) -> list[dict]:
     """Labels for patching each (window start, non-special position) of one pair, computed by
     batched forwards (batch_size rows each); rows ordered by window start, then position."""
-    setup = _Setup(model, tokenizer, clean, counterfactual, window, layer_starts, max_positions)
+    setup = PatchingSetup(
+        model, tokenizer, clean, counterfactual, window, layer_starts, max_positions
+    )
     jobs = setup.jobs()
     if len(setup.ids) < PREFIX_MIN_TOKENS:
         # Short prompt: a forward's fixed cost outweighs what skipping positions and blocks
@@ -321,7 +323,9 @@ def naive_patching_rows(
 ) -> list[dict]:
     """The same labels as patching_rows from one single-row patched forward per case (the
     reference for tests and the speed benchmark)."""
-    setup = _Setup(model, tokenizer, clean, counterfactual, window, layer_starts, max_positions)
+    setup = PatchingSetup(
+        model, tokenizer, clean, counterfactual, window, layer_starts, max_positions
+    )
     rows: list[dict] = []
     for job in setup.jobs():
         rows.extend(setup.rows([job], setup.run(model, [job], reuse_prefix=False)))

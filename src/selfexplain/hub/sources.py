@@ -1,4 +1,4 @@
-"""The paper's prompt sources, read with Hugging Face ``datasets`` (selfexplain.hfdata): MMLU
+"""The paper's prompt sources, read with Hugging Face ``datasets`` (selfexplain.hub.hfdata): MMLU
 questions with a hint line (``hint.source`` / ``ablation.source: mmlu``) and CounterFact facts as
 multiple-choice counterfactual pairs (``patching.source: counterfact``). The offline generators
 of selfexplain.prompts stay the default; these need network, a filled cache or a local copy.
@@ -13,8 +13,8 @@ import random
 from collections import defaultdict
 from collections.abc import Sequence
 
-from selfexplain.hfdata import load_splits, require_columns
-from selfexplain.prompts import LETTERS, Prompt, _mcq_text, _respond
+from selfexplain.hub.hfdata import load_splits, require_columns
+from selfexplain.prompts import LETTERS, Prompt, mcq_text, respond_line
 
 MMLU = "cais/mmlu"
 MMLU_CONFIG = {MMLU: "all"}  # the hub dataset's configuration holding every subject
@@ -73,7 +73,9 @@ def mmlu_hint_prompts(
         hint = PAPER_HINT.format(L=hinted) + "\n"
         options = "\n".join(f"{k}. {v}" for k, v in zip(LETTERS, choices, strict=False))
         question = str(row["question"]).strip()
-        text = f"Question: {question}\n{options}\n{hint}{_respond(len(choices), False)}\nAnswer:"
+        text = (
+            f"Question: {question}\n{options}\n{hint}{respond_line(len(choices), False)}\nAnswer:"
+        )
         meta = {
             "source": "mmlu",
             "source_row": index,
@@ -192,7 +194,7 @@ def counterfact_pairs(
         pair = []
         for role, fact, other in (("clean", clean, cf), ("counterfactual", cf, clean)):
             question = fact["template"].replace("{}", fact["subject"])
-            text = _mcq_text(question, options, 0)
+            text = mcq_text(question, options, 0)
             start = text.index(question) + fact["template"].index("{}")
             meta = {
                 "relation": fact["relation"],

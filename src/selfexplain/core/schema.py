@@ -11,6 +11,15 @@ from pathlib import Path
 
 import polars as pl
 
+from selfexplain.core.formats import (
+    COMPACT,
+    PLACEHOLDER,
+    answer_format,
+    hint_messages,
+    parse_change,
+    patching_question,
+)
+
 SCHEMA: dict[str, pl.DataType] = {
     "id": pl.String(),
     "task": pl.String(),
@@ -160,11 +169,8 @@ def with_question_format(df: pl.DataFrame, task: str, name: str) -> pl.DataFrame
         raise ValueError(f"unknown question format {name!r}: use one of {list(QUESTION_FORMATS)}")
     if name == "compact" or task not in PAPER_QUESTION_TASKS or df.is_empty():
         return df
-    from selfexplain.released_eval import hint_messages, patching_question
 
     if task == "patching":
-        from selfexplain.features.injection import PLACEHOLDER
-
         questions = [patching_question(m, PLACEHOLDER) for m in meta(df)]
     else:
         questions = ["\n\n".join(t["content"] for t in hint_messages(m)) for m in meta(df)]
@@ -181,7 +187,6 @@ def with_answer_format(df: pl.DataFrame, name: str) -> pl.DataFrame:
     """Change-task rows with their answers (and the question's sentence on how to answer) in
     the answer format `name` (metrics.AnswerFormat; the labels are written compact). A paper
     "unchanged" answer names the current output, the row's meta ``orig_token``."""
-    from selfexplain.metrics import COMPACT, answer_format, parse_change
 
     fmt = answer_format(name)
     if fmt is COMPACT or df.is_empty():

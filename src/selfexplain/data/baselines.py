@@ -23,23 +23,19 @@ import numpy as np
 import polars as pl
 import torch
 
-from selfexplain.examples import meta
-from selfexplain.metrics import UNCHANGED, change_answer, parse_change
+from selfexplain.core.formats import UNCHANGED, change_answer, parse_change
+from selfexplain.core.schema import meta
+from selfexplain.tasks import ablation, hint, patching
 
 MODEL_FREE = ("constant", "surface")
 
 
 def surface_function(task: str) -> Callable[[dict], dict[str, str]]:
     """The task's surface_features(meta) -> {feature: value}."""
-    if task == "ablation":
-        from selfexplain.tasks.ablation import surface_features
-    elif task == "patching":
-        from selfexplain.tasks.patching import surface_features
-    elif task == "hint":
-        from selfexplain.tasks.hint import surface_features
-    else:
+    modules = {"ablation": ablation, "patching": patching, "hint": hint}
+    if task not in modules:
         raise ValueError(f"no surface features for task {task!r}")
-    return surface_features
+    return modules[task].surface_features
 
 
 def _tokens(features: dict[str, str]) -> list[str]:

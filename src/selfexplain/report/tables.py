@@ -8,7 +8,7 @@ from pathlib import Path
 
 import polars as pl
 
-from selfexplain.layout import parse_benchmark
+from selfexplain.core.layout import parse_benchmark
 
 # the tidy table's columns (one row per run and metric), in order
 TIDY = ["task", "target", "explainer", "relation", "variant", "n_train", "seed", "metric", "value"]

@@ -1,14 +1,15 @@
-"""One training job over several processes: torchrun around experiment.train_run.
+"""One training job over several processes: torchrun around run.train_run.
 
 Snakemake starts one job per training run. When the job sees more than one GPU, or
-``train.processes`` asks for more than one process, ``experiment.train_run`` hands the job to
+``train.processes`` asks for more than one process, ``run.train_run`` hands the job to
 ``torch.distributed.run`` (torchrun), which starts one worker per process; each worker runs
-:func:`main` here, which runs ``train_run`` again inside the process group. The HF Trainer then
+:func:`selfexplain.run.main`, which runs ``train_run`` again inside the process group. The HF
+Trainer then
 trains with DDP, or with DeepSpeed ZeRO sharding when ``train.deepspeed`` names a config; the
 ``batch_size`` questions of a step are split across the workers (same steps as one process),
 and rank 0 writes the outputs. On CPU the process group uses gloo (how the tests run it).
 
-    python -m selfexplain.launch SPEC.json    # one worker (torchrun starts it; not by hand)
+    python -m selfexplain.run SPEC.json    # one worker (torchrun starts it; not by hand)
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+from selfexplain.core.settings import FeatureSettings, TrainSettings
+from selfexplain.evaluate.summary import SUMMARY
 
 SPEC = "selfexplain_launch.json"
 EXAMPLES = "selfexplain_launch_examples.parquet"
@@ -54,13 +58,11 @@ def launch_train(
     threads: int | None = None,
     **kwargs,
 ) -> dict:
-    """Run experiment.train_run(examples, run, **kwargs) in ``processes`` torchrun workers and
+    """Run run.train_run(examples, run, **kwargs) in ``processes`` torchrun workers and
     return the summary rank 0 wrote. ``work_dir`` holds the spec and the examples the workers
     read (the run's checkpoint directory); kwargs are train_run's, the settings as config
     dicts or sections. ``threads``: CPU threads per worker (default: this process's torch
     threads, which the rule's script sets to the job's, divided among the workers)."""
-    from selfexplain.settings import FeatureSettings, TrainSettings
-    from selfexplain.train import SUMMARY
 
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -86,7 +88,7 @@ def launch_train(
         "--standalone",
         f"--nproc_per_node={processes}",
         "-m",
-        "selfexplain.launch",
+        "selfexplain.run",
         str(work_dir / SPEC),
     ]
     print("launch:", " ".join(cmd), flush=True)
@@ -111,32 +113,3 @@ def launch_train(
 
 def _str_or_none(path) -> str | None:
     return None if path is None else str(path)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """A torchrun worker: train_run from the spec launch_train wrote."""
-    import polars as pl
-    import torch
-
-    from selfexplain.experiment import train_run
-
-    (spec_path,) = argv if argv is not None else sys.argv[1:]
-    spec = json.loads(Path(spec_path).read_text())
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    rank = os.environ.get("RANK", "0")
-    if not is_main_process():  # one progress bar and one log: rank 0's
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the process's lifetime
-    print(f"worker {rank} of {world_size()}", flush=True)
-    train_run(
-        pl.read_parquet(spec["examples"]),
-        spec["run"],
-        model_dir=spec["model_dir"],
-        out_dir=spec["out_dir"],
-        train_settings=spec["train_settings"],
-        features=spec["features"],
-        checkpoint_dir=spec["checkpoint_dir"],
-    )
-
-
-if __name__ == "__main__":
-    main()

@@ -19,6 +19,9 @@ import hashlib
 import numpy as np
 import polars as pl
 
+from selfexplain.core.schema import has_vectors
+from selfexplain.data.controls import shuffle_signal
+
 VARIANTS = (
     "trained",
     "untrained",
@@ -63,9 +66,6 @@ def withhold_signal(examples: pl.DataFrame, task: str, seed: int = 0) -> pl.Data
     permutation.
     """
     if task in ("ablation", "patching"):
-        from selfexplain.controls import shuffle_signal
-        from selfexplain.examples import has_vectors
-
         columns = ("question", "vector") if has_vectors(examples) else ("question",)
         return shuffle_signal(examples, task, seed, columns)
     if task != "features":

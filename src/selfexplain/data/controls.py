@@ -17,18 +17,18 @@ import re
 import numpy as np
 import polars as pl
 
-from selfexplain.examples import has_vectors
+from selfexplain.core.schema import has_vectors
 
 # meta key that identifies the prompt an example was made from, per task
 GROUP_KEY = {"ablation": "prompt_id", "patching": "pair_id"}
 
 
-def _rng(seed: int, key: str) -> np.random.Generator:
+def seeded_rng(seed: int, key: str) -> np.random.Generator:
     digest = hashlib.sha256(f"{seed}:shuffle_signal:{key}".encode()).digest()
     return np.random.default_rng(int.from_bytes(digest[:8], "big"))
 
 
-def _derangement(n: int, rng: np.random.Generator) -> list[int]:
+def derangement(n: int, rng: np.random.Generator) -> list[int]:
     """A seeded permutation of range(n) with no fixed point (n >= 2): a random cyclic order."""
     order = rng.permutation(n).tolist()
     perm = [0] * n
@@ -64,11 +64,11 @@ def shuffle_signal(
         if len(rows) == 1:
             singles.extend(rows)
             continue
-        for i, j in zip(rows, _derangement(len(rows), _rng(seed, key)), strict=True):
+        for i, j in zip(rows, derangement(len(rows), seeded_rng(seed, key)), strict=True):
             source[i] = rows[j]
-    rng = _rng(seed, "<singletons>")
+    rng = seeded_rng(seed, "<singletons>")
     if len(singles) >= 2:
-        for i, j in zip(singles, _derangement(len(singles), rng), strict=True):
+        for i, j in zip(singles, derangement(len(singles), rng), strict=True):
             source[i] = singles[j]
     elif len(singles) == 1 and n >= 2:  # the one lone example: any other's question
         others = [j for j in range(n) if j != singles[0]]

@@ -10,11 +10,29 @@ import polars as pl
 import torch
 from tqdm.auto import tqdm
 
+from selfexplain.core.formats import COMPACT, UNCHANGED, format_prompt
+from selfexplain.core.formats import answer_format as get_format
+from selfexplain.core.schema import select, subsample
+from selfexplain.core.settings import EvaluateSettings, FeatureSettings
+from selfexplain.data.controls import derangement, seeded_rng
+from selfexplain.data.variants import withhold_signal
+from selfexplain.evaluate.scoring import answer_forms, change_scores
+from selfexplain.evaluate.summary import run_summary
+from selfexplain.features.describe import make_generator
+from selfexplain.features.injection import (
+    INJECTION_FILE,
+    MAP_NAME,
+    InjectionSpec,
+    Injector,
+    attach_map,
+    with_target_map,
+)
+from selfexplain.features.metrics import nearest_neighbour_answers, score_feature_rows
 from selfexplain.forward import pad_left
-from selfexplain.metrics import score_change_rows
+from selfexplain.metrics import rank_threshold, score_change_rows
 from selfexplain.models import load
-from selfexplain.settings import EvaluateSettings, FeatureSettings
-from selfexplain.train import format_prompt
+from selfexplain.packing import common_prefix, plan_packs, window_of
+from selfexplain.precision import bf16_autocast, to_bf16
 
 # Questions per shared-prefix generation batch. A prompt's questions continue from its cached
 # keys and values, so a batch adds only their short tails: 64 answered a patching heatmap's 168
@@ -108,8 +126,6 @@ def generate_shared(
     after the prefix would count) gets plain left-padded batches instead."""
     from transformers import DynamicCache
 
-    from selfexplain.packing import common_prefix, plan_packs, window_of
-
     device = next(model.parameters()).device
     window, _ = window_of(model.config)
     longest = max((len(s) for s in seqs), default=0) + max_new_tokens
@@ -180,9 +196,6 @@ def change_answers(
     vectors, injector: question i carries vector i at its placeholder, in scoring and
     generation alike (a patching question in the paper format: the patched vector).
     """
-    from selfexplain.metrics import COMPACT, UNCHANGED, rank_threshold
-    from selfexplain.metrics import answer_format as get_format
-    from selfexplain.scoring import answer_forms, change_scores
 
     fmt = get_format(answer_format)
     scores = change_scores(
@@ -232,14 +245,11 @@ def is_full_model(adapter_dir: str | Path | None) -> bool:
 def load_explainer(model_path: str | Path, adapter_dir: str | Path | None = None):
     """The explainer model (base model, plus a peft adapter when given; or the whole model a
     full fine-tune saved in adapter_dir) and its tokenizer."""
-    from selfexplain.features.injection import INJECTION_FILE, InjectionSpec, attach_map
 
     if is_full_model(adapter_dir):
         model, tokenizer = load(adapter_dir)
         if (Path(adapter_dir) / INJECTION_FILE).is_file():  # the model holds a vector_map
             from safetensors.torch import load_file
-
-            from selfexplain.features.injection import MAP_NAME
 
             attach_map(model, InjectionSpec.load(adapter_dir))
             weights = {}
@@ -264,7 +274,6 @@ def as_validated(model, adapter_dir: str | Path | None):
     threshold that validation chose applies to its scores: a ``train.precision`` bf16 run's
     explainer (train_summary.json ``precision``) gets its base in bfloat16 (train.to_bf16)
     and bfloat16 matmuls (autocast); any other explainer is left as it is (float32)."""
-    from selfexplain.train import bf16_autocast, run_summary, to_bf16
 
     if run_summary(adapter_dir).get("precision") != "bf16":
         yield
@@ -280,7 +289,6 @@ def explainer_injector(
     """The injector of a trained explainer (its saved injection.json), or for an untrained one a
     fresh injector from settings ({"layer", "scale"}, and "map_from" / "map_exclude" for the
     map when widths differ: fitted on embeddings, else seed-0 random)."""
-    from selfexplain.features.injection import INJECTION_FILE, InjectionSpec, Injector
 
     if adapter_dir is not None and (Path(adapter_dir) / INJECTION_FILE).is_file():
         return Injector(InjectionSpec.load(adapter_dir), model)
@@ -378,7 +386,6 @@ def evaluate_feature_task(
     """One row per test feature: ids, gold description, prediction and the feature metrics
     (similarity, simulation; judge when a judge generator is given). pool: features whose
     top contexts serve as distractors (default: the examples themselves)."""
-    from selfexplain.features.metrics import score_feature_rows
 
     scored = score_feature_rows(
         examples,
@@ -416,11 +423,6 @@ def evaluate_features(
     nearest_neighbour: the description of the most cosine-similar vector among ``neighbours``, the
     training features the explainers are trained on (experiment.training_rows; no model).
     """
-    from selfexplain.examples import select, subsample
-    from selfexplain.features.describe import make_generator
-    from selfexplain.features.injection import with_target_map
-    from selfexplain.features.metrics import nearest_neighbour_answers
-    from selfexplain.variants import withhold_signal
 
     settings, features = EvaluateSettings.of(settings), FeatureSettings.of(features)
     variant = labels["variant"]
@@ -433,9 +435,7 @@ def evaluate_features(
         if variant == "ceiling":
             preds = answers
         else:
-            from selfexplain.controls import _derangement, _rng
-
-            perm = _derangement(len(answers), _rng(labels["seed"], "floor"))
+            perm = derangement(len(answers), seeded_rng(labels["seed"], "floor"))
             preds = [answers[j] for j in perm] if len(answers) > 1 else answers
     elif variant == "nearest_neighbour":
         if neighbours is None:

@@ -9,9 +9,8 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import polars as pl
@@ -20,76 +19,20 @@ import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
-from selfexplain.examples import has_vectors
-from selfexplain.metrics import ANSWER_CUE, format_of
+from selfexplain.core.formats import PLACEHOLDER, format_of, format_prompt, parse_change
+from selfexplain.core.schema import has_vectors, without_vectors
+from selfexplain.core.settings import TrainConfig
+from selfexplain.evaluate.scoring import change_scores
+from selfexplain.evaluate.summary import SUMMARY
+from selfexplain.features.injection import MAP_FIT, MAP_NAME, Injector
+from selfexplain.forward import logits_at, unwrap
+from selfexplain.metrics import auc, balanced_accuracy, best_threshold
 from selfexplain.models import MANIFEST, load
+from selfexplain.packing import PackCollator, model_inputs, packed_batches
+from selfexplain.precision import autocast_bf16, resolve_precision, to_bf16
+from selfexplain.tasks import CHANGE_TASKS
 
 IGNORE = -100
-PRECISIONS = ("fp32", "bf16", "auto")
-
-
-@dataclass
-class TrainConfig:
-    """Hyper-parameters of one explainer fine-tuning run."""
-
-    epochs: float = 2.0
-    batch_size: int = 8
-    grad_accum: int = 1
-    lr: float = 1e-3
-    # HF scheduler name: constant_with_warmup (the reference configs' constant LR), cosine, linear
-    lr_scheduler: str = "constant_with_warmup"
-    # lora: train a LoRA adapter on all linear layers; full: train every weight (the paper's
-    # input-ablation and feature explainers), saved as a whole model directory
-    method: str = "lora"
-    warmup_ratio: float = 0.05  # fraction of the steps spent warming up
-    weight_decay: float = 0.0
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    target_modules: list[str] | str = "all-linear"
-    max_length: int = 320
-    save_steps: int = 25  # checkpoint interval (with a validation split: eval_steps)
-    logging_steps: int = 5
-    # validation (when a validation split is given): score it every eval_steps optimizer steps,
-    # keep the best adapter, stop after `patience` scores without improvement (0: never stop)
-    eval_steps: int = 50
-    patience: int = 3
-    seed: int = 0
-    deepspeed: str | None = None
-    # batches of similar-length examples (HF LengthGroupedSampler): less compute on padding,
-    # but one prompt's questions (same length) then share batches; off = random order
-    group_by_length: bool = False
-    # questions per packed training sequence (selfexplain.packing): the questions of one prompt
-    # share one forward of their common prefix; a batch still holds batch_size questions
-    # (packing.plan_batches), so a run takes exactly as many steps as unpacked.
-    # 1 = no packing. Vector (feature) rows never pack.
-    pack: int = 4
-    # fp32: every weight and matmul in float32. bf16: the frozen base model's blocks in
-    # bfloat16 and its matmuls in bfloat16 (autocast); embeddings, output layer, the trained
-    # weights (LoRA, vector map) and the optimizer in float32 (to_bf16). Measured 1.2-1.6x
-    # faster training on a CPU with AVX512-BF16 (docs/performance.md). auto: bf16 where the
-    # hardware computes it natively (native_bf16) for a LoRA run without DeepSpeed, else fp32.
-    # On a GPU, fp32 still autocasts to bf16 where the GPU has it.
-    precision: str = "auto"
-    extra: dict = field(default_factory=dict)
-
-
-def train_config(settings: dict, seed: int) -> TrainConfig:
-    """TrainConfig from the config's ``train`` section (keys that are not TrainConfig fields,
-    such as n_train, scaling and the validation split's size, belong to the run's rows)."""
-    from dataclasses import fields
-
-    names = {f.name for f in fields(TrainConfig)}
-    return TrainConfig(seed=seed, **{k: v for k, v in settings.items() if k in names})
-
-
-def format_prompt(question: str) -> str:
-    """The text the explainer sees before its answer (shared by training and evaluation): the
-    question, then a line "Answer: ". A question whose last line already is "Answer:"
-    (ANSWER_CUE) is used as it is, and its answers bring their own spacing: the token identity
-    check's answer is the injected token's own text, leading space included, so the explainer
-    can name it with that very token instead of spelling the word out in other tokens."""
-    return question if question.endswith(ANSWER_CUE) else f"{question}{ANSWER_CUE} "
 
 
 def encode_example(tokenizer, question: str, answer: str, max_length: int) -> dict[str, list[int]]:
@@ -122,97 +65,11 @@ class RightPadCollator:
         return out
 
 
-def native_bf16() -> bool:
-    """Whether this machine computes bfloat16 matmuls natively: a CUDA GPU that supports
-    bf16, or a CPU with AVX512-BF16 or AMX-BF16 (Linux /proc/cpuinfo; elsewhere: no)."""
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_precision(precision: str, method: str, deepspeed: str | None = None) -> str:
-    """train.precision as a run uses it: fp32 or bf16 (auto: bf16 for a LoRA run on hardware
-    with native bf16 without DeepSpeed, else fp32; DeepSpeed and a GPU's fp32 runs autocast
-    to bf16 on their own where the GPU has it)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"train.precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "auto":
-        return "bf16" if method == "lora" and not deepspeed and native_bf16() else "fp32"
-    return precision
-
-
-def to_bf16(model, keep: Sequence[torch.nn.Module] = ()) -> None:
-    """A bf16 run's base model: its weights in bfloat16, except the input and output
-    embeddings (and the modules in ``keep``, e.g. a width map, whose float32 weights are
-    saved), which stay float32; the output layer computes in float32 outside autocast.
-    So the residual stream stays float32 (each block's bfloat16 output is added to it), and
-    logits (only computed at answer tokens, logits_at) keep float32 resolution: scores and
-    their differences keep more than bfloat16's three significant digits."""
-    head, embed = model.get_output_embeddings(), model.get_input_embeddings()
-    kept = {id(p) for m in (head, embed, *keep) for p in m.parameters()}
-    for param in model.parameters():
-        if id(param) not in kept:
-            param.data = param.data.to(torch.bfloat16)
-
-    def float_forward(hidden):
-        with torch.autocast(hidden.device.type, enabled=False):
-            bias = None if head.bias is None else head.bias.float()
-            return F.linear(hidden.float(), head.weight.float(), bias)
-
-    head.forward = float_forward
-
-
-def bf16_autocast(model):
-    """The model's matmuls in bfloat16 (autocast on its device), as the Trainer runs the
-    training forwards of a bf16 run."""
-    return torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16)
-
-
-def autocast_bf16(score):
-    """score(model) under bf16_autocast."""
-
-    def scored(model):
-        with bf16_autocast(model):
-            return score(model)
-
-    return scored
-
-
-def unwrap(model):
-    """The model inside a DDP or DeepSpeed wrapper (the model itself when it is not wrapped)."""
-    while isinstance(model, torch.nn.parallel.DistributedDataParallel) or (
-        type(model).__name__ == "DeepSpeedEngine"
-    ):
-        model = model.module
-    return model
-
-
-@contextmanager
-def logits_at(model, mask: torch.Tensor):
-    """Inside the block, the model's output layer sees only the hidden states where ``mask``
-    (batch, seq) is true: it returns logits (n_true, vocab) in row-major order. Whatever the
-    model does after the output layer (e.g. Gemma's logit soft-capping) still applies."""
-
-    def keep(_module, args):
-        return (args[0][mask], *args[1:])
-
-    handle = unwrap(model).get_output_embeddings().register_forward_pre_hook(keep)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
 def answer_loss(model, inputs: dict, num_items_in_batch=None) -> tuple[torch.Tensor, object]:
     """The causal-LM loss on the labelled (answer) tokens, computing logits only where a
     next-token label exists: the output layer is the largest matmul of a step for models with
     large vocabularies (Gemma-3: 262k) and the answer is a few tokens of a long question.
     Equal to the model's own loss (mean over labelled tokens, or sum / num_items_in_batch)."""
-    from selfexplain.packing import model_inputs
 
     inputs = model_inputs(dict(inputs), unwrap(model))  # a packed batch's 4-D mask, additive
     labels = inputs.pop("labels")
@@ -252,7 +109,6 @@ class VectorTrainer(AnswerTrainer):
 def is_change_frame(examples: pl.DataFrame) -> bool:
     """Whether the rows are change-task questions (their answers say "unchanged" or "changes
     to"), as opposed to feature descriptions; by the frame's task column."""
-    from selfexplain.experiment import CHANGE_TASKS
 
     tasks = examples["task"] if "task" in examples.columns else ()
     return bool(len(tasks)) and tasks[0] in CHANGE_TASKS
@@ -262,8 +118,6 @@ def vectors_asked(examples: pl.DataFrame) -> pl.DataFrame:
     """The rows, without the vectors of change-task rows whose questions have no placeholder
     for them: patching labels keep each patch's vector, but a compact question names the
     patch in words (only the paper question injects it; examples.with_question_format)."""
-    from selfexplain.examples import without_vectors
-    from selfexplain.features.injection import PLACEHOLDER
 
     if not has_vectors(examples) or not is_change_frame(examples):
         return examples
@@ -426,7 +280,6 @@ class Validation(TrainerCallback):
 
 
 FINGERPRINT = "selfexplain_fingerprint.json"
-SUMMARY = "train_summary.json"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -469,40 +322,10 @@ def run_fingerprint(
     vectors = example_vectors(examples)
     if vectors is not None:  # only for tasks with vectors: other fingerprints stay as they were
         if injection and injection.get("map_from"):  # read through a fitted map: how it is fitted
-            from selfexplain.features.injection import MAP_FIT
-
             injection = injection | {"map_fit": MAP_FIT}
         h.update(json.dumps({"injection": injection}, sort_keys=True).encode())
         h.update(torch.tensor(vectors, dtype=torch.float32).numpy().tobytes())
     return h.hexdigest()
-
-
-def run_summary(adapter_dir: str | Path | None) -> dict:
-    """A trained run's train_summary.json ({} for no adapter, or one without a summary)."""
-    if adapter_dir is None or not (Path(adapter_dir) / SUMMARY).is_file():
-        return {}
-    return json.loads((Path(adapter_dir) / SUMMARY).read_text())
-
-
-def summary_threshold(summary: dict, natural: bool = False) -> float:
-    """The has-changed threshold a run's validation chose (its summary's best step; 0 for a
-    run without a change-task validation split).
-
-    natural: the threshold for questions asked at the target's own rate of change (every cell
-    of a patching grid, every token of a prompt) rather than on balanced rows: moved by
-    metrics.prior_shift of the training split's base rate recorded in the summary (unmoved for
-    a summary without one)."""
-    threshold = float((summary.get("best") or {}).get("threshold", 0.0))
-    if natural and summary.get("base_rate") is not None:
-        from selfexplain.metrics import prior_shift
-
-        threshold += prior_shift(summary["base_rate"])
-    return threshold
-
-
-def calibrated_threshold(adapter_dir: str | Path | None, natural: bool = False) -> float:
-    """summary_threshold of a trained adapter directory's run_summary (0 for none)."""
-    return summary_threshold(run_summary(adapter_dir), natural)
 
 
 def _complete(checkpoint: Path) -> bool:
@@ -664,8 +487,6 @@ def validation_scorer(tokenizer, validation: pl.DataFrame, cfg: TrainConfig, col
             return {"loss": total / count, "neg_loss": -total / count}
 
         return loss_score, "neg_loss"
-    from selfexplain.metrics import auc, balanced_accuracy, best_threshold, parse_change
-    from selfexplain.scoring import change_scores
 
     questions = validation["question"].to_list()
     gold = [bool(parse_change(a).changed) for a in validation["answer"]]
@@ -750,8 +571,6 @@ def train_explainer(
     vectors = example_vectors(examples)
     injector = None
     if vectors is not None:
-        from selfexplain.features.injection import MAP_NAME, Injector
-
         injector = Injector.from_settings(model, tokenizer, len(vectors[0]), injection, cfg.seed)
     if bf16:  # after the injector measured its reference norm in float32
         to_bf16(model, keep=[injector.map] if injector is not None and injector.map else [])
@@ -792,8 +611,6 @@ def train_explainer(
     n_rows, n_row_tokens = len(data), sum(len(d["input_ids"]) for d in data)
     collator = RightPadCollator(tokenizer.pad_token_id)
     if packed:
-        from selfexplain.packing import PackCollator, packed_batches
-
         data, packed_tokens = packed_batches(data, min(cfg.pack, per_device), per_device, cfg.seed)
         n_packs = sum(len(item["packs"]) for item in data)  # one item per batch
         train_collator = PackCollator(tokenizer.pad_token_id)

@@ -9,7 +9,7 @@ section built from a partial dict means what the default config says.
 Build one with :func:`from_config` (a whole config) or ``Cls.from_dict`` / ``Cls.of`` (one
 section's dict; ``of`` passes an instance through). Unknown keys raise ValueError naming the key
 and the section. The fine-tuning hyper-parameters of ``train`` stay in :class:`TrainConfig`
-(selfexplain.train), built per run by :meth:`TrainSettings.config`.
+(selfexplain.train.trainer), built per run by :meth:`TrainSettings.config`.
 
 This module imports no torch: the Snakefile reads it when it builds the DAG.
 """
@@ -22,9 +22,6 @@ import types
 import typing
 from dataclasses import MISSING, dataclass, field
 from typing import Any, ClassVar, Self
-
-if typing.TYPE_CHECKING:
-    from selfexplain.train import TrainConfig
 
 
 def _field(default: Any = MISSING, *, doc: str) -> Any:
@@ -117,7 +114,7 @@ class AblationSettings(Section):
     batch_size: int = _field(32, doc="removals per forward")
     drop_last: bool = _field(True, doc="no question about removing the prompt's last token")
     labels_from: dict[str, str] = _field(
-        {}, doc="{target: dataset}: import the paper's released labels (selfexplain.released)"
+        {}, doc="{target: dataset}: import the paper's released labels (selfexplain.hub.released)"
     )
 
 
@@ -138,7 +135,7 @@ class HintSettings(Section):
     test_fraction: float = _field(0.3, doc="fraction of prompts held out for the test split")
     batch_size: int = _field(32, doc="prompts per step")
     labels_from: dict[str, str] = _field(
-        {}, doc="{target: dataset}: import the paper's released labels (selfexplain.released)"
+        {}, doc="{target: dataset}: import the paper's released labels (selfexplain.hub.released)"
     )
 
 
@@ -168,7 +165,7 @@ class PatchingSettings(Section):
     batch_size: int = _field(64, doc="patched rows per forward")
     heatmap_pairs: int = _field(3, doc="test pairs whose every cell is evaluated for heatmaps")
     labels_from: dict[str, str] = _field(
-        {}, doc="{target: dataset}: import the paper's released labels (selfexplain.released)"
+        {}, doc="{target: dataset}: import the paper's released labels (selfexplain.hub.released)"
     )
 
 
@@ -303,7 +300,7 @@ class TrainSettings(Section):
     )
 
     # the tasks per_task may name, and TrainConfig.method's default (this module imports no
-    # torch, so not from selfexplain.train; tests/test_train_settings.py checks it)
+    # torch, so not from selfexplain.train.trainer; tests/test_train_settings.py checks it)
     TASKS: ClassVar[tuple[str, ...]] = ("ablation", "patching", "hint", "features")
     DEFAULT_METHOD: ClassVar[str] = "lora"
 
@@ -364,7 +361,6 @@ class TrainSettings(Section):
     def config(self, seed: int, task: str | None = None) -> TrainConfig:
         """The TrainConfig of one run of a task (train.train_config; task None: the section's
         keys without any per-task override)."""
-        from selfexplain.train import train_config
 
         return train_config(self.hyper_of(task), seed)
 
@@ -417,3 +413,58 @@ def from_config(config: dict, section: str) -> Section:
     if section not in SECTIONS:
         raise ValueError(f"no config section {section!r}; sections: {sorted(SECTIONS)}")
     return SECTIONS[section].from_dict(config.get(section))
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one explainer fine-tuning run."""
+
+    epochs: float = 2.0
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-3
+    # HF scheduler name: constant_with_warmup (the reference configs' constant LR), cosine, linear
+    lr_scheduler: str = "constant_with_warmup"
+    # lora: train a LoRA adapter on all linear layers; full: train every weight (the paper's
+    # input-ablation and feature explainers), saved as a whole model directory
+    method: str = "lora"
+    warmup_ratio: float = 0.05  # fraction of the steps spent warming up
+    weight_decay: float = 0.0
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    target_modules: list[str] | str = "all-linear"
+    max_length: int = 320
+    save_steps: int = 25  # checkpoint interval (with a validation split: eval_steps)
+    logging_steps: int = 5
+    # validation (when a validation split is given): score it every eval_steps optimizer steps,
+    # keep the best adapter, stop after `patience` scores without improvement (0: never stop)
+    eval_steps: int = 50
+    patience: int = 3
+    seed: int = 0
+    deepspeed: str | None = None
+    # batches of similar-length examples (HF LengthGroupedSampler): less compute on padding,
+    # but one prompt's questions (same length) then share batches; off = random order
+    group_by_length: bool = False
+    # questions per packed training sequence (selfexplain.packing): the questions of one prompt
+    # share one forward of their common prefix; a batch still holds batch_size questions
+    # (packing.plan_batches), so a run takes exactly as many steps as unpacked.
+    # 1 = no packing. Vector (feature) rows never pack.
+    pack: int = 4
+    # fp32: every weight and matmul in float32. bf16: the frozen base model's blocks in
+    # bfloat16 and its matmuls in bfloat16 (autocast); embeddings, output layer, the trained
+    # weights (LoRA, vector map) and the optimizer in float32 (to_bf16). Measured 1.2-1.6x
+    # faster training on a CPU with AVX512-BF16 (docs/performance.md). auto: bf16 where the
+    # hardware computes it natively (native_bf16) for a LoRA run without DeepSpeed, else fp32.
+    # On a GPU, fp32 still autocasts to bf16 where the GPU has it.
+    precision: str = "auto"
+    extra: dict = field(default_factory=dict)
+
+
+def train_config(settings: dict, seed: int) -> TrainConfig:
+    """TrainConfig from the config's ``train`` section (keys that are not TrainConfig fields,
+    such as n_train, scaling and the validation split's size, belong to the run's rows)."""
+    from dataclasses import fields
+
+    names = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(seed=seed, **{k: v for k, v in settings.items() if k in names})

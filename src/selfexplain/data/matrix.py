@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import re
 
-from selfexplain.layout import Run
-from selfexplain.settings import TrainSettings
-from selfexplain.variants import TRAINED_VARIANTS, applies
+from selfexplain.core.layout import Run
+from selfexplain.core.settings import TrainSettings
+from selfexplain.data.variants import TRAINED_VARIANTS, applies
 
 SCALING = re.compile(r"n(\d+)")
 

@@ -12,12 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import polars as pl  # noqa: E402
 
-from selfexplain.metrics import (  # noqa: E402
-    bootstrap_ci,
-    change_metrics,
-    heatmap_agreement,
-    natural_prediction,
-)
+from selfexplain.features.metrics import feature_metrics
+from selfexplain.metrics import bootstrap_ci, change_metrics, heatmap_agreement, natural_prediction
 
 GROUP = ["task", "target", "explainer", "relation", "variant", "n_train", "seed"]
 # the metrics plotted per task (the table holds every metric of the task's aggregator)
@@ -40,8 +36,6 @@ def _save(fig, path: str | Path) -> None:
 def task_metrics(task: str):
     """The aggregator of a task's per-example evaluation rows."""
     if task == "features":
-        from selfexplain.features.metrics import feature_metrics
-
         return feature_metrics
     return change_metrics
 
@@ -114,19 +108,6 @@ def metric_bars(
     fig.suptitle(title)
     fig.tight_layout()
     _save(fig, path)
-
-
-def eval_labels(task: str, target: str, explainer: str, variant: str, seed: int, n_train: int):
-    """Identifying columns attached to every evaluation row."""
-    return {
-        "task": task,
-        "target": target,
-        "explainer": explainer,
-        "relation": "self" if target == explainer else "other",
-        "variant": variant,
-        "seed": seed,
-        "n_train": n_train,
-    }
 
 
 def read_json(path: str | Path) -> dict:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import polars as pl
 
-from selfexplain.experiment import groups
+from selfexplain.data.draws import groups
 from selfexplain.metrics import auc
 
 # metrics compared: change tasks (teacher-forced balanced accuracy and AUC, generated exact

@@ -5,7 +5,7 @@ dataset card ``README.md`` (columns, target model, how the labels were made, the
 
 Columns: the example's id, question, answer (and vector for features), its label fields (the
 meta dict's keys, one column each; lists and dicts as JSON text) and meta itself as JSON, so a
-row converts back to the shared examples schema (selfexplain.examples) without loss.
+row converts back to the shared examples schema (selfexplain.core.schema) without loss.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import polars as pl
 import yaml
 
-from selfexplain.examples import SCHEMA, has_vectors, meta
+from selfexplain.core.schema import SCHEMA, has_vectors, meta
 
 SPLITS = ("train", "test")
 EXAMPLE_COLUMNS = ("id", "question", "answer", "vector", "meta")  # task, target: in the card

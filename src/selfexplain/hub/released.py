@@ -16,7 +16,7 @@ here without the tokenizer), the window the list ``layer``, the position
 patch_position.orig_pos. The patched vector (patch_position.intervention_vector, when the
 release has it) is kept as the example's ``vector``: our own patching question names the
 counterfactual prompt and does not read it (experiment.train_run drops it), the released patching
-explainers read it at their reserved token (selfexplain.released_eval).
+explainers read it at their reserved token (selfexplain.hub.released_eval).
 
 Column names as published (shared/PAPER_DATA.md and the reference loaders); a missing one
 raises naming it and the dataset.
@@ -31,9 +31,10 @@ from functools import cache
 
 import polars as pl
 
-from selfexplain.examples import ExplainerExample, to_frame
-from selfexplain.hfdata import load_splits, require_columns, require_splits
-from selfexplain.metrics import change_answer
+from selfexplain.core.formats import change_answer
+from selfexplain.core.schema import ExplainerExample, to_frame
+from selfexplain.hub.hfdata import load_splits, require_columns, require_splits
+from selfexplain.tasks import ablation, hint, patching
 
 SPLITS = ("train", "test")  # others (the Llama patching set's train_full) are not read
 TASKS = ("hint", "ablation", "patching")
@@ -294,7 +295,6 @@ def _unique(example_id: str, seen: set[str]) -> str:
 def import_labels(task: str, source: str, target: str, **load) -> pl.DataFrame:
     """The explainer examples (shared schema) of a released label set for one task and target:
     its train and test rows, split as released; meta carries the source and row."""
-    from selfexplain.tasks import ablation, hint, patching
 
     if task not in TASKS:
         raise ValueError(f"no released label set for task {task!r}; tasks: {list(TASKS)}")

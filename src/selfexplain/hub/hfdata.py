@@ -3,8 +3,8 @@ file, a local dataset directory (``save_to_disk`` output, or data files whose na
 split: ``train-*.parquet``, ``data/test-*.parquet``), or a hub id. A hub id needs network or a
 filled cache; without either the error says how to get one.
 
-Used by the importers of the paper's released label sets (selfexplain.released) and the prompt
-sources MMLU and CounterFact (selfexplain.sources).
+Used by the importers of the paper's released label sets (selfexplain.hub.released) and the prompt
+sources MMLU and CounterFact (selfexplain.hub.sources).
 """
 
 from __future__ import annotations
@@ -12,20 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from selfexplain.core.layout import FILE_BUILDERS, is_local
+
 if TYPE_CHECKING:
     import datasets
 
-FILE_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json"}
 SPLIT_COLUMN = "split"  # a single file's rows say their split here (our own exports do)
-
-
-def is_local(source: str) -> bool:
-    """Whether source names a local file or directory (existing, or written like a path)."""
-    return (
-        Path(source).expanduser().exists()
-        or source.startswith(("/", "./", "../", "~"))
-        or (Path(source).suffix in FILE_BUILDERS)
-    )
 
 
 def load_splits(

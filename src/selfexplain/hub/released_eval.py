@@ -35,55 +35,23 @@ from pathlib import Path
 
 import polars as pl
 
-from selfexplain.examples import meta
-from selfexplain.metrics import PAPER, macro_f1, parse_change
-
-HINT_QUESTION = "If the hint were removed how would the assistant answer change?"
-PATCHING_QUESTION = (
-    "If feature <b>{vector}<e> at layer {layers} is added to tokens <{token}> when processing "
-    "the text <<<{prompt}>>>, how would the output change?"
+from selfexplain.core.formats import (
+    VECTOR_TOKEN,
+    hint_answer,
+    hint_messages,
+    parse_change,
+    patching_answer,
+    patching_question,
 )
-VECTOR_TOKEN = "<v>"
+from selfexplain.core.schema import meta, write_parquet
+from selfexplain.evaluate.generation import change_rows, generate_answers
+from selfexplain.features.injection import inject_residual, placeholder_positions
+from selfexplain.metrics import macro_f1
+from selfexplain.models import hidden_size
+
 MAX_NEW_TOKENS = 50
 _CONTENT = re.compile(r"<<<(.*?)>>>", re.DOTALL)
 SUPPORTED = ("hint", "patching")
-
-
-def hint_messages(row: dict) -> list[dict]:
-    """The reference explainer's chat for one imported hint row (its meta)."""
-    messages = []
-    if row.get("system_prompt"):
-        messages.append({"role": "system", "content": row["system_prompt"]})
-    messages.append({"role": "user", "content": f"{row['prompt']}\n\n{HINT_QUESTION}"})
-    return messages
-
-
-def hint_answer(row: dict) -> str:
-    """The reference answer string of one imported hint row: the answer with the hint (X) stays,
-    or it changes to the one without (Y), as ``Answer: <letter>`` inside <<<...>>>."""
-    if row["changed"]:
-        return PAPER.answer(True, f"Answer: {row['new_token']}")
-    return PAPER.answer(False, None, f"Answer: {row['orig_token']}")
-
-
-def patching_question(row: dict, vector_token: str = VECTOR_TOKEN) -> str:
-    """The reference explainer's question about one imported patching row (its meta): the
-    patched layers comma-joined, the patched token, the prompt, the vector's reserved token."""
-    layers = row.get("layers") or range(row["layer_start"], row["layer_end"] + 1)
-    return PATCHING_QUESTION.format(
-        vector=vector_token,
-        layers=", ".join(str(layer) for layer in layers),
-        token=row["token"].strip(),
-        prompt=row["clean"],
-    )
-
-
-def patching_answer(row: dict) -> str:
-    """The reference answer string of one imported patching row: the output stays, or it
-    changes to the patched one."""
-    if row["changed"]:
-        return PAPER.answer(True, row["new_token"].strip())
-    return PAPER.answer(False, None, row["orig_token"].strip())
 
 
 class ReservedTokenInjector:
@@ -92,7 +60,6 @@ class ReservedTokenInjector:
     evaluate.generate_answers expects of an injector (render, inject)."""
 
     def __init__(self, model, tokenizer, token: str = VECTOR_TOKEN, layer: int = 0):
-        from selfexplain.models import hidden_size
 
         ids = tokenizer(token, add_special_tokens=False)["input_ids"]
         if len(ids) != 1:
@@ -109,8 +76,6 @@ class ReservedTokenInjector:
     @contextmanager
     def inject(self, model, input_ids, vectors, allowed=None) -> Iterator[None]:
         import torch
-
-        from selfexplain.features.injection import inject_residual, placeholder_positions
 
         if vectors.shape[-1] != self.width:
             raise ValueError(
@@ -214,7 +179,6 @@ def evaluate_released(
     changed / unchanged / neither) and the reference metrics. vector_token: where a patching
     explainer reads the patched vector. explainer: an already loaded (model, tokenizer), for
     tests."""
-    from selfexplain.evaluate import change_rows, generate_answers
 
     if task not in SUPPORTED:
         raise ValueError(f"released explainers are supported for {SUPPORTED}, not {task!r}")
@@ -264,7 +228,6 @@ def evaluate_released(
 
 def write_released(rows: pl.DataFrame, metrics: dict, rows_path, metrics_path) -> None:
     """The evaluation rows (parquet) and the reference metrics (JSON)."""
-    from selfexplain.examples import write_parquet
 
     write_parquet(rows, rows_path)
     Path(metrics_path).write_text(json.dumps(metrics, indent=2) + "\n")

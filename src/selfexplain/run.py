@@ -13,123 +13,42 @@ Rows:
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import polars as pl
 
-from selfexplain.controls import GROUP_KEY
-from selfexplain.examples import (
+from selfexplain.core.layout import eval_labels
+from selfexplain.core.schema import (
     PAPER_QUESTION_TASKS,
-    meta,
     select,
-    split_of,
-    subsample,
     vector_question,
     with_answer_format,
     with_question_format,
     without_vectors,
 )
-from selfexplain.settings import EvaluateSettings, FeatureSettings, TrainSettings
-
-CHANGE_TASKS = ("ablation", "patching", "hint")
-
-
-def group_of(task: str, row_meta: dict, row_id: str) -> str:
-    """The cluster a row belongs to: its prompt (ablation), pair (patching), question (hint:
-    the prompts of one (relation, subject) question) or the row itself (features)."""
-    if task == "hint":
-        from selfexplain.tasks.hint import question_key
-
-        return question_key(row_meta)
-    key = GROUP_KEY.get(task)  # the meta key of the prompt / pair
-    return str(row_meta[key]) if key else row_id
-
-
-def groups(df: pl.DataFrame, task: str) -> list[str]:
-    """group_of for every row of a frame."""
-    return [group_of(task, m, i) for m, i in zip(meta(df), df["id"], strict=True)]
-
-
-def strata(df: pl.DataFrame, task: str) -> list[str]:
-    """The balancing key of each row: has-changed, and for ablation the prompt kind too."""
-    out = []
-    for m in meta(df):
-        key = str(m.get("changed"))
-        out.append(f"{m.get('kind')}|{key}" if task == "ablation" else key)
-    return out
-
-
-def balanced(df: pl.DataFrame, task: str, n: int | None, seed: int) -> pl.DataFrame:
-    """Equal rows per stratum (see strata), as many as the smallest stratum allows (at most n in
-    all), in a seeded random order. Features rows have no classes: n rows at random."""
-    if task not in CHANGE_TASKS:
-        return subsample(df, n, seed)
-    keyed = df.with_columns(pl.Series("_stratum", strata(df, task), dtype=pl.String))
-    parts = {p["_stratum"][0]: p for p in keyed.partition_by("_stratum", maintain_order=True)}
-    if task == "ablation":  # a kind with one class only cannot be balanced: it is left out
-        kinds = {k.split("|")[0] for k in parts}
-        kept = {k for k in kinds if f"{k}|True" in parts and f"{k}|False" in parts}
-        parts = {s: p for s, p in parts.items() if s.split("|")[0] in kept}
-    if len(parts) < 2:
-        return keyed.head(0).drop("_stratum")
-    per = min(len(p) for p in parts.values())
-    if n is not None:
-        per = min(per, n // len(parts))
-    out = pl.concat([p.sample(n=per, shuffle=True, seed=seed) for p in parts.values()])
-    out = out.drop("_stratum")
-    return out.sample(fraction=1.0, shuffle=True, seed=seed)
-
-
-def train_validation(
-    examples: pl.DataFrame, task: str, val_fraction: float
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The train split divided into training and validation rows by whole groups (fixed, not
-    seeded: every run of a task validates on the same groups)."""
-    train = select(examples, "train")
-    if not val_fraction:
-        return train, train.head(0)
-    is_val = [split_of(f"val:{g}", val_fraction, 0) == "test" for g in groups(train, task)]
-    mask = pl.Series(is_val, dtype=pl.Boolean)
-    return train.filter(~mask), train.filter(mask)
-
-
-def apply_control(df: pl.DataFrame, task: str, variant: str, seed: int) -> pl.DataFrame:
-    """The questions a variant is asked: no_signal shuffles the privileged clause within each
-    prompt (features: random vectors), prompt_only removes it; other variants as they are."""
-    if variant == "no_signal":
-        from selfexplain.variants import withhold_signal
-
-        return withhold_signal(df, task, seed)
-    if variant == "prompt_only":
-        from selfexplain.controls import strip_signal
-
-        return strip_signal(df, task)
-    return df
-
-
-def training_rows(
-    examples: pl.DataFrame,
-    task: str,
-    variant: str,
-    seed: int,
-    *,
-    n_train: int | None,
-    n_variant: int | None,
-    val_fraction: float,
-    n_val: int | None = None,
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(training rows, validation rows) of one trained run. n_train: the draw's size (None = all
-    balanced rows); n_variant: rows of this variant (the first n_variant of the draw for a
-    data-scaling variant; None = the whole draw). Controls are applied before the draw, so a
-    control trains on exactly the trained variant's rows with its questions changed."""
-    train, val = train_validation(examples, task, val_fraction)
-    train = apply_control(train, task, variant, seed)
-    val = apply_control(val, task, variant, seed)
-    draw = balanced(train, task, n_train, seed)
-    if n_variant is not None:
-        draw = draw.head(n_variant)
-    return draw, balanced(val, task, n_val, 0)
+from selfexplain.core.settings import EvaluateSettings, FeatureSettings, TrainSettings
+from selfexplain.data.baselines import baseline_predictions
+from selfexplain.data.draws import apply_control, balanced, training_rows
+from selfexplain.data.matrix import base_variant, variant_n_train
+from selfexplain.evaluate.generation import (
+    as_validated,
+    change_rows,
+    evaluate_change_task,
+    evaluate_features,
+    explainer_injector,
+    load_explainer,
+)
+from selfexplain.evaluate.summary import run_summary, summary_threshold
+from selfexplain.features.injection import with_target_map
+from selfexplain.metrics import base_rate, prior_shift
+from selfexplain.tasks import CHANGE_TASKS
+from selfexplain.tasks.patching import heatmap_rows
+from selfexplain.train.launch import is_main_process, launch_train, n_processes, world_size
+from selfexplain.train.trainer import train_explainer
 
 
 def train_run(
@@ -147,10 +66,6 @@ def train_run(
     control and data-scaling size and the run's seed), the train settings of the config, the
     feature task's injection. Returns train_explainer's summary. The settings may be given as
     the config's dicts."""
-    from selfexplain.features.injection import with_target_map
-    from selfexplain.launch import launch_train, n_processes, world_size
-    from selfexplain.matrix import base_variant, variant_n_train
-    from selfexplain.train import train_explainer
 
     train_settings, features = TrainSettings.of(train_settings), FeatureSettings.of(features)
     run = _run_fields(run)
@@ -243,7 +158,6 @@ def _run_fields(run) -> SimpleNamespace:
 def train_base_rate(examples: pl.DataFrame) -> float:
     """The share of changed answers among all rows of the train split (before balancing): the
     rate at which the target's output changes when questions are not drawn balanced."""
-    from selfexplain.metrics import base_rate
 
     return base_rate(select(examples, "train")["answer"].to_list())
 
@@ -271,9 +185,6 @@ def evaluate_run(
     score, constant and surface answer without a model (baselines.py), fitted on seed 0's
     training draw. Features: evaluate.evaluate_features. The settings may be given as the
     config's dicts."""
-    from selfexplain.matrix import base_variant
-    from selfexplain.plots import eval_labels
-    from selfexplain.train import run_summary, summary_threshold
 
     settings, train_settings = EvaluateSettings.of(settings), TrainSettings.of(train_settings)
     features, run = FeatureSettings.of(features), _run_fields(run)
@@ -295,8 +206,6 @@ def evaluate_run(
         )[0]
 
     if task == "features":
-        from selfexplain.evaluate import evaluate_features
-
         return evaluate_features(
             examples,
             model_dir,
@@ -306,18 +215,9 @@ def evaluate_run(
             settings=settings,
             features=features,
         )
-    from selfexplain.evaluate import (
-        as_validated,
-        change_rows,
-        evaluate_change_task,
-        load_explainer,
-    )
-    from selfexplain.metrics import prior_shift
 
     test = evaluation_rows(examples, task, settings.n_test).with_columns(in_sample=True)
     if task == "patching" and heatmap_pairs:
-        from selfexplain.tasks.patching import heatmap_rows
-
         grid = heatmap_rows(select(examples, "test"), heatmap_pairs)
         extra = grid.filter(~pl.col("id").is_in(test["id"].to_list()))
         test = pl.concat([test, extra.with_columns(in_sample=False)]).with_columns(
@@ -325,8 +225,6 @@ def evaluate_run(
         )
     asked = apply_control(test, task, base_variant(variant), seed)
     if variant in ("constant", "surface"):
-        from selfexplain.baselines import baseline_predictions
-
         train = fitted_rows()
         preds, scores = baseline_predictions(variant, task, train, asked)
         rows = change_rows(asked, preds, scores, labels | {"n_train": len(train)})
@@ -340,9 +238,6 @@ def evaluate_run(
         model, tokenizer = load_explainer(model_dir, adapter_dir)
         injector = None
         if injected:
-            from selfexplain.evaluate import explainer_injector
-            from selfexplain.features.injection import with_target_map
-
             injection = with_target_map(features.injection, model_dir, run.target, run.explainer)
             width = len(asked["vector"][0])
             injector = explainer_injector(model, tokenizer, adapter_dir, width, injection)
@@ -363,3 +258,29 @@ def evaluate_run(
     # unchanged) are read at the train split's base rate of change (metrics.prior_shift)
     shift = prior_shift(train_base_rate(examples))
     return rows.with_columns(prior_threshold=pl.col("tf_threshold") + shift)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """A torchrun worker: train_run from the spec launch_train wrote."""
+    import torch
+
+    (spec_path,) = argv if argv is not None else sys.argv[1:]
+    spec = json.loads(Path(spec_path).read_text())
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    rank = os.environ.get("RANK", "0")
+    if not is_main_process():  # one progress bar and one log: rank 0's
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the process's lifetime
+    print(f"worker {rank} of {world_size()}", flush=True)
+    train_run(
+        pl.read_parquet(spec["examples"]),
+        spec["run"],
+        model_dir=spec["model_dir"],
+        out_dir=spec["out_dir"],
+        train_settings=spec["train_settings"],
+        features=spec["features"],
+        checkpoint_dir=spec["checkpoint_dir"],
+    )
+
+
+if __name__ == "__main__":
+    main()

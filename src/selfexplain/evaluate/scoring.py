@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from selfexplain.forward import next_token_logprobs
-from selfexplain.metrics import COMPACT, AnswerFormat
-from selfexplain.train import format_prompt
+from selfexplain.core.formats import COMPACT, AnswerFormat, format_prompt
+from selfexplain.forward import next_token_logprobs, pad_left, padded_logprobs
+from selfexplain.packing import last_logprobs
 
 
 def answer_forms(tokenizer, fmt: AnswerFormat = COMPACT) -> tuple[list[int], int, int]:
@@ -70,8 +70,6 @@ def change_scores(
         pair, pad = (changed_id, unchanged_id), tokenizer.pad_token_id
         return _injected_scores(model, seqs, pad, pair, vectors, injector, batch_size, progress)
     if pack > 1 and seqs:
-        from selfexplain.packing import last_logprobs
-
         logp = last_logprobs(
             model, seqs, tokenizer.pad_token_id, pack, batch_size, progress=progress
         )
@@ -92,7 +90,6 @@ def _injected_scores(
     """log p(pair[0]) - log p(pair[1]) for the next token after each sequence, vector i
     injected at sequence i's placeholder (left-padded batches; the padding is never taken for a
     placeholder)."""
-    from selfexplain.forward import pad_left, padded_logprobs
 
     if len(vectors) != len(seqs):
         raise ValueError(f"{len(vectors)} vectors for {len(seqs)} questions")

@@ -219,3 +219,28 @@ def parse_benchmark(path: str | Path) -> dict:
         return {"rule": rule, "task": "features", "model": rest[1]}
     task = "features" if rule in ("collect_activations", "train_sae", "describe_features") else ""
     return {"rule": rule, "task": task, "model": rest[0] if rest else ""}
+
+
+def eval_labels(task: str, target: str, explainer: str, variant: str, seed: int, n_train: int):
+    """Identifying columns attached to every evaluation row."""
+    return {
+        "task": task,
+        "target": target,
+        "explainer": explainer,
+        "relation": "self" if target == explainer else "other",
+        "variant": variant,
+        "seed": seed,
+        "n_train": n_train,
+    }
+
+
+FILE_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json"}
+
+
+def is_local(source: str) -> bool:
+    """Whether source names a local file or directory (existing, or written like a path)."""
+    return (
+        Path(source).expanduser().exists()
+        or source.startswith(("/", "./", "../", "~"))
+        or (Path(source).suffix in FILE_BUILDERS)
+    )

@@ -1,0 +1,1 @@
+"""Layer 7: tables, paired and clustered comparisons, figures."""
