@@ -14,8 +14,9 @@ import yaml
 from safetensors.torch import save_file
 
 from selfexplain.config import config_problems
+from selfexplain.core.registry import applies
 from selfexplain.core.schema import to_frame
-from selfexplain.data.variants import TASK_VARIANTS, applies, withhold_signal
+from selfexplain.data.variants import TASK_VARIANTS, withhold_signal
 from selfexplain.features.activations import collect_activations, token_mask, token_windows
 from selfexplain.features.corpus import (
     Document,

@@ -15,7 +15,7 @@ from test_patching import _pair
 
 from selfexplain.core.formats import PATCHING_QUESTION, PLACEHOLDER, format_prompt
 from selfexplain.core.schema import meta, with_question_format
-from selfexplain.data.draws import apply_control
+from selfexplain.data.variants import apply_control
 from selfexplain.evaluate.scoring import answer_forms, change_scores
 from selfexplain.features.injection import Injector, inject_residual
 from selfexplain.models import decoder_layers, resolve

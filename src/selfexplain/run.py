@@ -22,6 +22,8 @@ from types import SimpleNamespace
 import polars as pl
 
 from selfexplain.core.layout import eval_labels
+from selfexplain.core.registry import TRAINED
+from selfexplain.core.registry import variant as variant_record
 from selfexplain.core.schema import (
     PAPER_QUESTION_TASKS,
     select,
@@ -32,8 +34,9 @@ from selfexplain.core.schema import (
 )
 from selfexplain.core.settings import EvaluateSettings, FeatureSettings, TrainSettings
 from selfexplain.data.baselines import baseline_predictions
-from selfexplain.data.draws import apply_control, balanced, training_rows
+from selfexplain.data.draws import balanced, training_rows
 from selfexplain.data.matrix import base_variant, variant_n_train
+from selfexplain.data.variants import apply_control
 from selfexplain.evaluate.generation import (
     as_validated,
     change_rows,
@@ -189,6 +192,7 @@ def evaluate_run(
     settings, train_settings = EvaluateSettings.of(settings), TrainSettings.of(train_settings)
     features, run = FeatureSettings.of(features), _run_fields(run)
     task, variant, seed = run.task, run.variant, int(run.seed)
+    spec = variant_record(variant)
     summary = run_summary(adapter_dir)
     n_train, threshold = summary.get("n_examples", 0), summary_threshold(summary)
     labels = eval_labels(task, run.target, run.explainer, variant, seed, n_train)
@@ -198,7 +202,7 @@ def evaluate_run(
         return training_rows(
             examples,
             task,
-            "trained",
+            TRAINED,
             0,
             n_train=train_settings.n_train,
             n_variant=None,
@@ -211,7 +215,7 @@ def evaluate_run(
             model_dir,
             adapter_dir,
             labels=labels,
-            neighbours=fitted_rows() if variant == "nearest_neighbour" else None,
+            neighbours=fitted_rows() if spec.fits_train_rows else None,
             settings=settings,
             features=features,
         )
@@ -223,8 +227,8 @@ def evaluate_run(
         test = pl.concat([test, extra.with_columns(in_sample=False)]).with_columns(
             heatmap=pl.col("id").is_in(grid["id"].to_list())
         )
-    asked = apply_control(test, task, base_variant(variant), seed)
-    if variant in ("constant", "surface"):
+    asked = apply_control(test, task, variant, seed)
+    if spec.answers == "baseline":
         train = fitted_rows()
         preds, scores = baseline_predictions(variant, task, train, asked)
         rows = change_rows(asked, preds, scores, labels | {"n_train": len(train)})

@@ -23,6 +23,8 @@ import typing
 from dataclasses import MISSING, dataclass, field
 from typing import Any, ClassVar, Self
 
+from selfexplain.core.registry import TASKS as REGISTERED_TASKS
+
 
 def _field(default: Any = MISSING, *, doc: str) -> Any:
     """A dataclass field with its doc (metadata["doc"]); list, dict and section defaults are
@@ -299,9 +301,8 @@ class TrainSettings(Section):
         "deepspeed",
     )
 
-    # the tasks per_task may name, and TrainConfig.method's default (this module imports no
-    # torch, so not from selfexplain.train.trainer; tests/test_train_settings.py checks it)
-    TASKS: ClassVar[tuple[str, ...]] = ("ablation", "patching", "hint", "features")
+    # the tasks per_task may name, and TrainConfig.method's default
+    TASKS: ClassVar[tuple[str, ...]] = tuple(REGISTERED_TASKS)
     DEFAULT_METHOD: ClassVar[str] = "lora"
 
     n_train: int | None = _field(None, doc="training rows per explainer, balanced (null: all)")

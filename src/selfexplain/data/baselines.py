@@ -24,18 +24,15 @@ import polars as pl
 import torch
 
 from selfexplain.core.formats import UNCHANGED, change_answer, parse_change
+from selfexplain.core.registry import TASKS
 from selfexplain.core.schema import meta
-from selfexplain.tasks import ablation, hint, patching
-
-MODEL_FREE = ("constant", "surface")
 
 
 def surface_function(task: str) -> Callable[[dict], dict[str, str]]:
     """The task's surface_features(meta) -> {feature: value}."""
-    modules = {"ablation": ablation, "patching": patching, "hint": hint}
-    if task not in modules:
+    if task not in TASKS or not TASKS[task].change:
         raise ValueError(f"no surface features for task {task!r}")
-    return modules[task].surface_features
+    return TASKS[task].module().surface_features
 
 
 def _tokens(features: dict[str, str]) -> list[str]:
@@ -89,22 +86,42 @@ class SurfaceModel:
         return (self._matrix(metas) @ self.weight + self.bias).numpy()
 
 
-def baseline_predictions(
-    variant: str, task: str, train: pl.DataFrame, test: pl.DataFrame
+def constant_predictions(
+    task: str, train: pl.DataFrame, test: pl.DataFrame
 ) -> tuple[list[str], np.ndarray]:
-    """(answers, has-changed scores) of a model-free baseline for the test rows, fitted on the
-    training rows (questions and answers of train; only the meta surface features of test)."""
+    """The most frequent training answer for every test row, scored +1 / -1 by its class."""
+    top = Counter(train["answer"].to_list()).most_common(1)[0][0]
+    score = 1.0 if parse_change(top).changed else -1.0
+    return [top] * len(test), np.full(len(test), score)
+
+
+def surface_predictions(
+    task: str, train: pl.DataFrame, test: pl.DataFrame
+) -> tuple[list[str], np.ndarray]:
+    """SurfaceModel's has-changed scores; "changed" rows answer the most frequent new token."""
     answers = train["answer"].to_list()
     changed = [bool(parse_change(a).changed) for a in answers]
-    if variant == "constant":
-        top = Counter(answers).most_common(1)[0][0]
-        score = 1.0 if parse_change(top).changed else -1.0
-        return [top] * len(test), np.full(len(test), score)
-    if variant != "surface":
-        raise ValueError(f"unknown model-free baseline {variant!r}; use one of {MODEL_FREE}")
     model = SurfaceModel(task).fit(meta(train), changed)
     scores = model.scores(meta(test))
     new_tokens = [parse_change(a).new_token for a, c in zip(answers, changed, strict=True) if c]
     common = Counter(t for t in new_tokens if t is not None).most_common(1)
     when_changed = change_answer(True, common[0][0]) if common else "changes to"
     return [when_changed if s > 0 else UNCHANGED for s in scores], scores
+
+
+# the baseline variants of core.registry (answers "baseline") and how each predicts
+PREDICTORS: dict[str, Callable[..., tuple[list[str], np.ndarray]]] = {
+    "constant": constant_predictions,
+    "surface": surface_predictions,
+}
+MODEL_FREE = tuple(PREDICTORS)
+
+
+def baseline_predictions(
+    variant: str, task: str, train: pl.DataFrame, test: pl.DataFrame
+) -> tuple[list[str], np.ndarray]:
+    """(answers, has-changed scores) of a model-free baseline for the test rows, fitted on the
+    training rows (questions and answers of train; only the meta surface features of test)."""
+    if variant not in PREDICTORS:
+        raise ValueError(f"unknown model-free baseline {variant!r}; use one of {MODEL_FREE}")
+    return PREDICTORS[variant](task, train, test)

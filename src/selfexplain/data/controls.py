@@ -17,10 +17,11 @@ import re
 import numpy as np
 import polars as pl
 
+from selfexplain.core.registry import TASKS
 from selfexplain.core.schema import has_vectors
 
 # meta key that identifies the prompt an example was made from, per task
-GROUP_KEY = {"ablation": "prompt_id", "patching": "pair_id"}
+GROUP_KEY = {name: t.group_key for name, t in TASKS.items() if t.signal}
 
 
 def seeded_rng(seed: int, key: str) -> np.random.Generator:

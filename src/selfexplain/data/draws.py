@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import polars as pl
 
+from selfexplain.core.registry import CHANGE_TASKS
 from selfexplain.core.schema import meta, select, split_of, subsample
-from selfexplain.data.controls import GROUP_KEY, strip_signal
-from selfexplain.data.variants import withhold_signal
-from selfexplain.tasks import CHANGE_TASKS
+from selfexplain.data.controls import GROUP_KEY
+from selfexplain.data.variants import apply_control
 from selfexplain.tasks.hint import question_key
 
 
@@ -68,16 +68,6 @@ def train_validation(
     is_val = [split_of(f"val:{g}", val_fraction, 0) == "test" for g in groups(train, task)]
     mask = pl.Series(is_val, dtype=pl.Boolean)
     return train.filter(~mask), train.filter(mask)
-
-
-def apply_control(df: pl.DataFrame, task: str, variant: str, seed: int) -> pl.DataFrame:
-    """The questions a variant is asked: no_signal shuffles the privileged clause within each
-    prompt (features: random vectors), prompt_only removes it; other variants as they are."""
-    if variant == "no_signal":
-        return withhold_signal(df, task, seed)
-    if variant == "prompt_only":
-        return strip_signal(df, task)
-    return df
 
 
 def training_rows(

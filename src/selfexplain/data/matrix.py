@@ -8,13 +8,10 @@ variants ``n{N}``: trained on the first N rows of the same draw, one per entry o
 
 from __future__ import annotations
 
-import re
-
 from selfexplain.core.layout import Run
+from selfexplain.core.registry import SCALING, TRAINED, applies, is_scaling
+from selfexplain.core.registry import variant as variant_record
 from selfexplain.core.settings import TrainSettings
-from selfexplain.data.variants import TRAINED_VARIANTS, applies
-
-SCALING = re.compile(r"n(\d+)")
 
 
 def scaling_sizes(config: dict) -> list[int]:
@@ -43,18 +40,18 @@ def scaling_variants(config: dict) -> list[str]:
 
 def all_variants(config: dict) -> list[str]:
     """Every variant name the config can produce (for the wildcard constraint)."""
-    scaling = scaling_variants(config) if "trained" in config["variants"] else []
+    scaling = scaling_variants(config) if TRAINED in config["variants"] else []
     return list(config["variants"]) + scaling
 
 
 def base_variant(variant: str) -> str:
     """The variant a run behaves as: "trained" for a data-scaling variant n{N}."""
-    return "trained" if SCALING.fullmatch(variant) else variant
+    return TRAINED if is_scaling(variant) else variant
 
 
 def is_trained(variant: str) -> bool:
     """Whether the variant needs a trained adapter (rule train_explainer)."""
-    return variant in TRAINED_VARIANTS or SCALING.fullmatch(variant) is not None
+    return variant_record(variant).trains
 
 
 def trained_variants(config: dict) -> list[str]:
@@ -68,41 +65,35 @@ def variant_n_train(variant: str, n_train: int | None) -> int | None:
     match = SCALING.fullmatch(variant)
     if match:
         return int(match.group(1))
-    return n_train if variant in TRAINED_VARIANTS else 0
+    return n_train if variant_record(variant).trains else 0
 
 
 def variant_seeds(config: dict, variant: str) -> list[int]:
     """seeds for trained; control_seeds (default: seeds) for no_signal and n{N}; once else."""
     seeds = list(config["seeds"])
-    if variant == "trained":
+    which = "control_seeds" if is_scaling(variant) else variant_record(variant).seeds
+    if which == "seeds":
         return seeds
-    if is_trained(variant):
-        control = config.get("control_seeds")
-        return list(control) if control else seeds
+    if which == "control_seeds":
+        return list(config.get("control_seeds") or seeds)
     return seeds[:1]
-
-
-# variants that control a trained explainer with a language model of their own: with
-# controls_for "self" they run only where the explainer explains itself
-LM_CONTROLS = ("untrained", "no_signal", "prompt_only")
 
 
 def runs(config: dict) -> list[Run]:
     """Every evaluation of the experiment, in a fixed order (a trained variant also needs one
     training job); layout.Run gives each its paths. controls_for "self" (the default) keeps
-    the language-model controls (LM_CONTROLS and the data-scaling variants) to the pairs whose
-    explainer is the target; "all" runs them for every pair."""
+    the language-model controls (a record's lm_control, and the data-scaling variants) to the
+    pairs whose explainer is the target; "all" runs them for every pair."""
     out = []
-    scaling = scaling_variants(config) if "trained" in config["variants"] else []
+    scaling = scaling_variants(config) if TRAINED in config["variants"] else []
     every_pair = config.get("controls_for", "self") == "all"
     for task in config["tasks"]:
         for target in config["targets"]:
             for explainer in config["explainers"]:
                 for variant in list(config["variants"]) + scaling:
-                    base = base_variant(variant)
-                    if not applies(task, base):
+                    if not applies(task, variant):
                         continue
-                    control = base in LM_CONTROLS or variant != base
+                    control = variant_record(variant).lm_control or is_scaling(variant)
                     if control and not every_pair and explainer != target:
                         continue
                     for seed in variant_seeds(config, variant):

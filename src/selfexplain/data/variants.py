@@ -1,5 +1,5 @@
-"""Which explainer variants exist, which apply to which task, and how a control withholds the
-privileged signal. The one place the workflow (common.smk) and the scripts consult.
+"""How a variant's questions are changed (its registry record's ``control``, core.registry):
+the no_signal control withholds the privileged signal, prompt_only strips its clause.
 
 - ``trained``: LoRA fine-tuned on the task; ``untrained``: same prompt (and injection), no
   training; ``no_signal``: trained and evaluated with the privileged input withheld (questions
@@ -19,39 +19,14 @@ import hashlib
 import numpy as np
 import polars as pl
 
+from selfexplain.core.registry import TASKS, VARIANTS, task_variants, variant
 from selfexplain.core.schema import has_vectors
-from selfexplain.data.controls import shuffle_signal
+from selfexplain.data.controls import shuffle_signal, strip_signal
 
-VARIANTS = (
-    "trained",
-    "untrained",
-    "no_signal",
-    "prompt_only",
-    "constant",
-    "surface",
-    "nearest_neighbour",
-    "floor",
-    "ceiling",
-)
-# variants that need rule train_explainer (an adapter)
-TRAINED_VARIANTS = ("trained", "no_signal", "prompt_only")
-# variants answered without any language model
-MODEL_FREE = ("constant", "surface", "nearest_neighbour", "floor", "ceiling")
-# task -> the variants it supports (data-scaling variants n{N} apply wherever trained does: see
-# matrix.py). hint has one question per prompt, so nothing to shuffle within a prompt and no
-# clause to strip: its controls are constant and surface (docs/method.md).
-_CHANGE = ("trained", "untrained", "no_signal", "prompt_only", "constant", "surface")
-TASK_VARIANTS: dict[str, tuple[str, ...]] = {
-    "ablation": _CHANGE,
-    "patching": _CHANGE,
-    "hint": ("trained", "untrained", "constant", "surface"),
-    "features": ("trained", "untrained", "no_signal", "nearest_neighbour", "floor", "ceiling"),
-}
-
-
-def applies(task: str, variant: str) -> bool:
-    """Whether the variant is evaluated for the task."""
-    return variant in TASK_VARIANTS.get(task, ())
+# derived from the registry (core.registry.VARIANTS)
+TRAINED_VARIANTS = tuple(n for n, v in VARIANTS.items() if v.trains)
+MODEL_FREE = tuple(n for n, v in VARIANTS.items() if v.answers != "explainer")
+TASK_VARIANTS: dict[str, tuple[str, ...]] = {task: task_variants(task) for task in TASKS}
 
 
 def withhold_signal(examples: pl.DataFrame, task: str, seed: int = 0) -> pl.DataFrame:
@@ -65,11 +40,11 @@ def withhold_signal(examples: pl.DataFrame, task: str, seed: int = 0) -> pl.Data
     own position and layers) get another example's vector of the same pair, by the same
     permutation.
     """
-    if task in ("ablation", "patching"):
+    if TASKS[task].signal:
         columns = ("question", "vector") if has_vectors(examples) else ("question",)
         return shuffle_signal(examples, task, seed, columns)
-    if task != "features":
-        raise ValueError(f"no_signal is not defined for task {task!r} (see variants.py)")
+    if TASKS[task].change:
+        raise ValueError(f"no_signal is not defined for task {task!r} (core.registry)")
 
     def noise(example_id: str, width: int) -> list[float]:
         digest = hashlib.sha256(f"{seed}:no_signal:{example_id}".encode()).digest()
@@ -80,3 +55,14 @@ def withhold_signal(examples: pl.DataFrame, task: str, seed: int = 0) -> pl.Data
         noise(i, len(v)) for i, v in zip(examples["id"], examples["vector"].to_list(), strict=True)
     ]
     return examples.with_columns(pl.Series("vector", vectors, dtype=pl.List(pl.Float32)))
+
+
+def apply_control(df: pl.DataFrame, task: str, name: str, seed: int) -> pl.DataFrame:
+    """The questions a variant is asked, in training and test alike: its registry record's
+    control (withhold: withhold_signal; strip: controls.strip_signal); others as they are."""
+    control = variant(name).control
+    if control == "withhold":
+        return withhold_signal(df, task, seed)
+    if control == "strip":
+        return strip_signal(df, task)
+    return df

@@ -12,10 +12,11 @@ from tqdm.auto import tqdm
 
 from selfexplain.core.formats import COMPACT, UNCHANGED, format_prompt
 from selfexplain.core.formats import answer_format as get_format
+from selfexplain.core.registry import variant as variant_record
 from selfexplain.core.schema import select, subsample
 from selfexplain.core.settings import EvaluateSettings, FeatureSettings
 from selfexplain.data.controls import derangement, seeded_rng
-from selfexplain.data.variants import withhold_signal
+from selfexplain.data.variants import apply_control
 from selfexplain.evaluate.scoring import answer_forms, change_scores
 from selfexplain.evaluate.summary import run_summary
 from selfexplain.features.describe import make_generator
@@ -402,6 +403,37 @@ def evaluate_feature_task(
     return pl.concat([base, scored], how="horizontal")
 
 
+def floor_answers(test: pl.DataFrame, neighbours, seed: int) -> list[str]:
+    """Another test feature's true description (a seeded derangement): where scores start."""
+    answers = test["answer"].to_list()
+    if len(answers) < 2:
+        return answers
+    return [answers[j] for j in derangement(len(answers), seeded_rng(seed, "floor"))]
+
+
+def ceiling_answers(test: pl.DataFrame, neighbours, seed: int) -> list[str]:
+    """The true description itself: where scores end."""
+    return test["answer"].to_list()
+
+
+def neighbour_answers(test: pl.DataFrame, neighbours: pl.DataFrame | None, seed: int) -> list[str]:
+    """The description of the most cosine-similar training vector (no model)."""
+    if neighbours is None:
+        raise ValueError("nearest_neighbour needs the training features (neighbours)")
+    preds, _ = nearest_neighbour_answers(
+        neighbours["vector"].to_list(), neighbours["answer"].to_list(), test["vector"].to_list()
+    )
+    return preds
+
+
+# the reference variants of core.registry (answers "reference"): descriptions without a model
+REFERENCE_ANSWERS = {
+    "floor": floor_answers,
+    "ceiling": ceiling_answers,
+    "nearest_neighbour": neighbour_answers,
+}
+
+
 def evaluate_features(
     examples: pl.DataFrame,
     model_dir: str | Path | None,
@@ -429,26 +461,10 @@ def evaluate_features(
     test = subsample(select(examples, "test"), settings.n_test, 0)
     if test.is_empty():
         raise ValueError("no test features: raise features.n_features or test_fraction")
-    if variant in ("floor", "ceiling"):  # reading aids: a random other feature's description,
-        # and the true description itself, scored as predictions (no model)
-        answers = test["answer"].to_list()
-        if variant == "ceiling":
-            preds = answers
-        else:
-            perm = derangement(len(answers), seeded_rng(labels["seed"], "floor"))
-            preds = [answers[j] for j in perm] if len(answers) > 1 else answers
-    elif variant == "nearest_neighbour":
-        if neighbours is None:
-            raise ValueError("nearest_neighbour needs the training features (neighbours)")
-        preds, _ = nearest_neighbour_answers(
-            neighbours["vector"].to_list(),
-            neighbours["answer"].to_list(),
-            test["vector"].to_list(),
-        )
+    if variant_record(variant).answers == "reference":
+        preds = REFERENCE_ANSWERS[variant](test, neighbours, labels["seed"])
     else:
-        asked = test
-        if variant == "no_signal":
-            asked = withhold_signal(test, "features", labels["seed"])
+        asked = apply_control(test, "features", variant, labels["seed"])
         preds = describe_vectors(
             model_dir,
             adapter_dir,

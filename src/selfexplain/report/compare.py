@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import polars as pl
 
+from selfexplain.core.registry import TRAINED, VARIANTS
 from selfexplain.data.draws import groups
 from selfexplain.metrics import auc
 
@@ -144,15 +145,9 @@ def paired_difference(
     return out
 
 
-BASELINES = (
-    "no_signal",
-    "prompt_only",
-    "surface",
-    "constant",
-    "untrained",
-    "nearest_neighbour",
-    "floor",
-)
+# what trained is compared with: every registered variant but trained itself and ceiling (the
+# true description: a reading aid, not a baseline), in registry order
+BASELINES = tuple(v for v in VARIANTS if v not in (TRAINED, "ceiling"))
 
 
 def comparisons(evals: Sequence[pl.DataFrame], *, n_boot: int = 1000) -> pl.DataFrame:
@@ -187,26 +182,26 @@ def comparisons(evals: Sequence[pl.DataFrame], *, n_boot: int = 1000) -> pl.Data
             )
 
     for task, target, explainer, variant in sorted(runs):
-        if variant != "trained":
+        if variant != TRAINED:
             continue
         for baseline in BASELINES:
             if (task, target, explainer, baseline) in runs:
                 add(
                     task,
                     target,
-                    f"trained - {baseline}",
-                    (task, target, explainer, "trained"),
+                    f"{TRAINED} - {baseline}",
+                    (task, target, explainer, TRAINED),
                     (task, target, explainer, baseline),
                 )
         if explainer == target:
             for other in sorted({k[2] for k in runs if k[:2] == (task, target)} - {target}):
-                if (task, target, other, "trained") in runs:
+                if (task, target, other, TRAINED) in runs:
                     add(
                         task,
                         target,
                         "self - other",
-                        (task, target, explainer, "trained"),
-                        (task, target, other, "trained"),
+                        (task, target, explainer, TRAINED),
+                        (task, target, other, TRAINED),
                     )
     schema = {c: pl.String for c in COLUMNS[:8]} | {
         c: pl.Float64 for c in ("a", "b", "diff", "ci_lo", "ci_hi")

@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import polars as pl  # noqa: E402
 
+from selfexplain.core.registry import SCALING, TRAINED, VARIANTS
 from selfexplain.features.metrics import feature_metrics
 from selfexplain.metrics import bootstrap_ci, change_metrics, heatmap_agreement, natural_prediction
 
@@ -220,17 +221,7 @@ def patching_heatmaps(evals: Sequence[pl.DataFrame], path: str | Path, n_pairs: 
 # ---------------------------------------------------------------- figures of the matrix
 # All drawn from the seed summary (tables.seed_summary): mean over seeds, 95% CI.
 
-BASELINE_ORDER = (
-    "trained",
-    "untrained",
-    "no_signal",
-    "prompt_only",
-    "surface",
-    "constant",
-    "nearest_neighbour",
-    "floor",
-    "ceiling",
-)
+BASELINE_ORDER = tuple(VARIANTS)  # the registry's order
 
 
 def _empty_figure(path: str | Path, text: str) -> None:
@@ -288,7 +279,7 @@ def _finish_cell(ax, task: str, metric: str, sub: pl.DataFrame) -> None:
 def self_vs_other_figure(summary: pl.DataFrame, path: str | Path) -> None:
     """Trained explainers per task (rows) and metric (columns): for each target, the self
     explainer next to each other explainer; mean over seeds with 95% CI."""
-    table = _plottable(summary).filter(pl.col("variant") == "trained")
+    table = _plottable(summary).filter(pl.col("variant") == TRAINED)
     if table.is_empty():
         return _empty_figure(path, "no trained runs in the table")
     fig, cells = _task_metric_cells(table, 3.6)
@@ -356,7 +347,7 @@ def scaling_figure(summary: pl.DataFrame, path: str | Path) -> None:
     """Metric vs training examples (log x), one line per explainer → target pair, from the
     data-scaling variants n{N} and the full trained variant (mean over seeds, 95% CI band)."""
     table = _plottable(summary).filter(
-        (pl.col("variant") == "trained") | pl.col("variant").str.contains(r"^n\d+$")
+        (pl.col("variant") == TRAINED) | pl.col("variant").str.contains(f"^{SCALING.pattern}$")
     )
     if table.is_empty():
         return _empty_figure(path, "no trained runs in the table")
@@ -443,7 +434,7 @@ def learning_curves_figure(curves: pl.DataFrame, path: str | Path) -> None:
             ["target", "explainer", "variant", "seed"], maintain_order=True
         ):
             run = run.sort("step")
-            style = "-" if variant == "trained" else ":"
+            style = "-" if variant == TRAINED else ":"
             line = ax.plot(
                 run["step"].to_list(),
                 run["value"].to_list(),
