@@ -5,18 +5,39 @@
 express: that ``targets``/``explainers`` name keys of ``models``, that each model spec can be
 materialised (known tiny/packaged name, existing directory, or a hub id that is allowed or
 cached), that sizes fit together and that the files the config names exist.
+
+:func:`coerce_config` runs just before it: ``snakemake --config`` passes every nested value as
+text (``--config 'ablation={"n_per_kind": 160}'`` gives ``{"n_per_kind": "160"}``), so text is
+read as the type the schema declares at its key (integer, number, boolean, null, arrays and
+objects of those). Snakemake merges such a dict key by key into the config file's section.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import re
 from pathlib import Path
 
 import jsonschema
 import yaml
 
 from selfexplain.core.layout import is_local
+from selfexplain.core.registry import TASKS, TRAINED, VARIANTS
 from selfexplain.models import PACKAGED, TINY_PREFIX, TINY_SPECS
+
+
+def load_schema(path: str | Path) -> dict:
+    """The config schema with the allowed tasks and variants filled in from the registries
+    (core.registry): the YAML file names their type only, so a new task or variant is one
+    registry line."""
+    schema = yaml.safe_load(Path(path).read_text())
+    props = schema["properties"]
+    props["tasks"]["items"]["enum"] = list(TASKS)
+    props["variants"]["items"]["enum"] = list(VARIANTS)
+    props["train"]["properties"]["per_task"]["propertyNames"]["enum"] = list(TASKS)
+    return schema
 
 
 def _key(path) -> str:
@@ -24,7 +45,7 @@ def _key(path) -> str:
     return ".".join(parts).replace(".[", "[") or "<top level>"
 
 
-def _describe(err: jsonschema.ValidationError) -> str:
+def _describe(err: jsonschema.ValidationError, root: dict) -> str:
     key = _key(err.absolute_path)
     schema = err.schema if isinstance(err.schema, dict) else {}
     if err.validator == "additionalProperties":
@@ -38,32 +59,185 @@ def _describe(err: jsonschema.ValidationError) -> str:
     if err.validator == "required":
         return f"config key '{key}': {err.message}"
     hint = f" ({schema['description']})" if "description" in schema else ""
-    if err.validator == "type" and isinstance(err.instance, str) and _is_number(err.instance):
-        # YAML 1.1 reads 1e-3 (no dot) as a string.
-        hint += f"; write it as a plain number, e.g. {float(err.instance)!r}"
-    if (
-        err.validator == "type"
-        and str(err.instance).lower() in ("true", "false")
-        and isinstance(err.instance, str)
-    ):
-        # `--config offline=false` passes the text 'false'.
-        hint += "; --config key=value passes text: set it in a --configfile instead"
+    if err.validator == "type":
+        hint += _type_hint(err, root)
     return f"config key '{key}': {err.message}{hint}"
 
 
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+def _type_hint(err: jsonschema.ValidationError, root: dict) -> str:
+    """How to write a value of the wrong type: as a plain number / unquoted, in a --configfile
+    and on the command line (--config, where a nested key needs the dict form)."""
+    path = list(err.absolute_path)
+    hint = ""
+    read = _UNREADABLE
+    if isinstance(err.instance, str) and isinstance(err.schema, dict):
+        # Text that coerce_config reads (snakemake runs it first); YAML 1.1 reads 1e-3 as text.
+        read = _from_text(err.instance, err.schema, path, [])
+        if isinstance(read, int | float) and not isinstance(read, bool):
+            hint += f"; write it as a plain number, e.g. {read!r}"
+        elif isinstance(read, bool | None):
+            hint += f"; write it unquoted: {json.dumps(read)}"
+    items = [i for i, part in enumerate(path) if isinstance(part, int)]
+    if items:  # an array's item: show the whole array
+        path, read = path[: items[0]], _UNREADABLE
+    if not path:
+        return hint
+    example = read if read is not _UNREADABLE else _example(_schema_at(root, path) or {})
+    yaml_form, cli_form = _as_yaml(path, example), _as_cli(path, example)
+    return f"{hint}; set it in a --configfile as {yaml_form}, or on the command line as {cli_form}"
+
+
+def _schema_at(schema: dict, path) -> dict | None:
+    """The part of schema that describes the config value at path (keys and indices)."""
+    for key in path:
+        if not isinstance(schema, dict):
+            return None
+        if isinstance(key, int):
+            schema = schema.get("items")
+            continue
+        extra = schema.get("additionalProperties")
+        schema = schema.get("properties", {}).get(key, extra if isinstance(extra, dict) else None)
+    return schema if isinstance(schema, dict) else None
+
+
+def _example(schema: dict):
+    """A value the schema accepts: its default, else a small one of its type."""
+    types = _types(schema)
+    default = schema.get("default")
+    if default not in (None, [], {}):
+        return default
+    if "enum" in schema:
+        return schema["enum"][0]
+    if "boolean" in types:
+        return True
+    if "integer" in types:
+        return schema.get("minimum", schema.get("exclusiveMinimum", 0) + 1)
+    if "number" in types:
+        return 0.5 if schema.get("exclusiveMaximum", 2) <= 1 else 1.0
+    if "array" in types:
+        items = schema.get("items")
+        return [_example(items)] if isinstance(items, dict) else []
+    if "object" in types:
+        props, extra = schema.get("properties") or {}, schema.get("additionalProperties")
+        if props:
+            first = next(iter(props))
+            return {first: _example(props[first])}
+        return {"name": _example(extra)} if isinstance(extra, dict) else {}
+    if "string" in types:
+        return "text"
+    return None
+
+
+def _nest(path, value):
+    for key in reversed(path[1:]):
+        value = {key: value}
+    return value
+
+
+def _as_yaml(path, value) -> str:
+    """`section: {key: value}`: the YAML (flow style) that sets path to value in a config file."""
+
+    def flow(v):
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{k}: {flow(x)}" for k, x in v.items()) + "}"
+        return json.dumps(v)
+
+    return f"`{path[0]}: {flow(_nest(path, value))}`"
+
+
+def _as_cli(path, value) -> str:
+    """The --config argument that sets path to value (Snakemake accepts no dotted keys)."""
+    value = _nest(path, value)
+    text = value if isinstance(value, str) else json.dumps(value)
+    return f"--config '{path[0]}={text}'"
+
+
+# ----------------------------------------------------------------- --config overrides
+
+_UNREADABLE = object()  # text that the schema's types cannot read
+_INTEGER = re.compile(r"[+-]?\d+")
+_NULLS = ("null", "Null", "NULL", "~", "None")  # YAML's nulls, and Python's
+
+
+def _types(schema: dict) -> set[str]:
+    declared = schema.get("type")
+    return {declared} if isinstance(declared, str) else set(declared or ())
+
+
+def _from_text(text: str, schema: dict, path: list, changed: list[str]):
+    """text read as a value of the type schema declares, or _UNREADABLE. Text stays text where
+    the schema allows a string (or declares no type, e.g. an enum), except a null where null is
+    allowed too. Numbers are read with Python's int / float (so 1e-3 is a number, unlike in
+    YAML 1.1), true / false in any case, and arrays / objects as YAML flow ([0, 1], {a: 1})."""
+    types = _types(schema)
+    stripped = text.strip()
+    if "null" in types and stripped in _NULLS:
+        return None
+    if not types or "string" in types:
+        return text
+    if "boolean" in types and stripped.lower() in ("true", "false"):
+        return stripped.lower() == "true"
+    if types & {"integer", "number"} and _INTEGER.fullmatch(stripped):
+        return int(stripped)
+    if "number" in types:
+        try:
+            number = float(stripped)
+        except ValueError:
+            number = math.nan
+        if math.isfinite(number):
+            return number
+    if types & {"array", "object"} and stripped.startswith(("[", "{")):
+        try:
+            parsed = yaml.safe_load(stripped)
+        except yaml.YAMLError:
+            return _UNREADABLE
+        kind = "array" if isinstance(parsed, list) else "object" if isinstance(parsed, dict) else ""
+        if kind in types:
+            return _coerce(parsed, schema, path, changed)
+    return _UNREADABLE
+
+
+def _coerce(value, schema: dict, path: list, changed: list[str]):
+    """value with its text read by schema's types (dicts and lists changed in place)."""
+    if isinstance(value, str):
+        read = _from_text(value, schema, path, changed)
+        if read is _UNREADABLE or isinstance(read, str):
+            return value  # check_config names it, its type and how to write it
+        changed.append(_key(path))
+        return read
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        value[:] = [_coerce(v, schema["items"], [*path, i], changed) for i, v in enumerate(value)]
+    elif isinstance(value, dict):
+        for key in list(value):
+            sub = _schema_at(schema, [key])
+            if sub is not None:  # an unknown key: check_config names it
+                value[key] = _coerce(value[key], sub, [*path, key], changed)
+    return value
+
+
+def coerce_config(config: dict, schema: dict | str | Path) -> list[str]:
+    """Read config's text values by the types the schema declares at their keys, in place, and
+    return the keys read (dotted, e.g. 'ablation.n_per_kind').
+
+    `snakemake --config key=value` passes a nested value as text: ``--config
+    'ablation={"n_per_kind": 160}'`` gives ``{"n_per_kind": "160"}`` (YAML's base loader), and
+    ``--config offline=false`` the text 'false' (only True / False become booleans there), which
+    the schema would reject. Snakemake merges the dict into the config file's section key by key,
+    so the section's other keys stay. Text the types cannot read (``n_per_kind: "many"``) is left
+    for check_config, which names the key, the value, the type and how to write it.
+    """
+    if not isinstance(schema, dict):
+        schema = load_schema(schema)
+    changed: list[str] = []
+    _coerce(config, schema, [], changed)
+    return changed
 
 
 def config_errors(config: dict, schema: dict) -> list[str]:
     """Every schema violation of config, one readable line each."""
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
-    return [_describe(e) for e in errors]
+    return [_describe(e, schema) for e in errors]
 
 
 def _setting(config: dict, schema: dict, section: str, key: str):
@@ -167,13 +341,13 @@ def _file_problems(config: dict, schema: dict) -> list[str]:
     checks = [
         ("ablation", "prompts_file", "ablation" in tasks),
         ("patching", "pairs_file", "patching" in tasks),
-        ("train", "deepspeed", "trained" in variants),
+        ("train", "deepspeed", TRAINED in variants),
     ]
     values = [(f"{s}.{k}", _setting(config, schema, s, k), used) for s, k, used in checks]
     per_task = (config.get("train") or {}).get("per_task")
     for task, keys in per_task.items() if isinstance(per_task, dict) else []:
         if isinstance(keys, dict) and "deepspeed" in keys:
-            used = "trained" in variants and task in tasks
+            used = TRAINED in variants and task in tasks
             values.append((f"train.per_task.{task}.deepspeed", keys["deepspeed"], used))
     problems = []
     for key, value, used in values:
@@ -243,7 +417,7 @@ def _source_problems(config: dict) -> list[str]:
 
 def config_problems(config: dict, schema_path: str | Path) -> list[str]:
     """Every problem of config: schema violations first, then cross-key checks."""
-    schema = yaml.safe_load(Path(schema_path).read_text())
+    schema = load_schema(schema_path)
     problems = config_errors(config, schema)
     problems += _model_name_problems(config)
     problems += _size_problems(config, schema)

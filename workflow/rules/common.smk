@@ -2,14 +2,15 @@
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from selfexplain.config import apply_offline, check_config, coerce_config
 from selfexplain.core import layout
-from selfexplain.config import apply_offline, check_config
-from selfexplain.core.layout import is_local
-from selfexplain.core.layout import Run, model_marker
-from selfexplain.data.matrix import all_variants, is_trained, runs, trained_variants
+from selfexplain.core.layout import Run, is_local, model_marker
 from selfexplain.core.settings import TrainSettings, from_config
+from selfexplain.data.matrix import all_variants, is_trained, runs, trained_variants
 
-# Readable errors first (naming key, value, allowed values), then snakemake fills defaults.
+# --config passes nested values as text: read them by the schema's types (in place). Then
+# readable errors (naming key, value, allowed values), then snakemake fills defaults.
+coerce_config(config, workflow.source_path("../schemas/config.schema.yaml"))
 check_config(config, workflow.source_path("../schemas/config.schema.yaml"))
 validate(config, schema="../schemas/config.schema.yaml")
 
