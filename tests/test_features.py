@@ -14,9 +14,9 @@ import yaml
 from safetensors.torch import save_file
 
 from selfexplain.config import config_problems
-from selfexplain.core.registry import applies
+from selfexplain.core.registry import applies, task_variants
 from selfexplain.core.schema import to_frame
-from selfexplain.data.variants import TASK_VARIANTS, withhold_signal
+from selfexplain.data.variants import withhold_signal
 from selfexplain.features.activations import collect_activations, token_mask, token_windows
 from selfexplain.features.corpus import (
     Document,
@@ -336,7 +336,14 @@ def test_no_signal_replaces_vectors_deterministically():
     assert out["vector"].to_list() != df["vector"].to_list()
     assert applies("features", "nearest_neighbour") and applies("features", "no_signal")
     assert not applies("patching", "nearest_neighbour")
-    assert set(TASK_VARIANTS) == {"ablation", "patching", "hint", "features"}
+    assert task_variants("features") == (
+        "trained",
+        "untrained",
+        "no_signal",
+        "nearest_neighbour",
+        "floor",
+        "ceiling",
+    )
     assert not applies("hint", "no_signal")  # one question per prompt: nothing to shuffle
 
 

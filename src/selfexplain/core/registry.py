@@ -72,6 +72,8 @@ class Variant:
     fits_train_rows: bool = False
     # which seeds: "seeds" (every seed), "control_seeds" (control_seeds, default seeds), "first"
     seeds: str = "first"
+    # trained − it is one of the comparisons (comparisons.csv)
+    compared: bool = True
     doc: str = ""
 
 
@@ -91,7 +93,7 @@ def _description(task: Task) -> bool:
 VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in (
-        Variant("trained", _any, "explainer", trains=True, seeds="seeds", doc="fine-tuned"),
+        Variant("trained", _any, "explainer", trains=True, seeds="seeds", compared=False),
         Variant("untrained", _any, "explainer", lm_control=True, doc="same prompt, no training"),
         Variant(
             "no_signal",
@@ -117,7 +119,7 @@ VARIANTS: dict[str, Variant] = {
         Variant("constant", _change, "baseline", fits_train_rows=True, doc="majority answer"),
         Variant("nearest_neighbour", _description, "reference", fits_train_rows=True),
         Variant("floor", _description, "reference", doc="another feature's description"),
-        Variant("ceiling", _description, "reference", doc="the true description"),
+        Variant("ceiling", _description, "reference", compared=False, doc="true description"),
     )
 }
 TRAINED = "trained"

@@ -19,14 +19,9 @@ import hashlib
 import numpy as np
 import polars as pl
 
-from selfexplain.core.registry import TASKS, VARIANTS, task_variants, variant
+from selfexplain.core.registry import TASKS, variant
 from selfexplain.core.schema import has_vectors
 from selfexplain.data.controls import shuffle_signal, strip_signal
-
-# derived from the registry (core.registry.VARIANTS)
-TRAINED_VARIANTS = tuple(n for n, v in VARIANTS.items() if v.trains)
-MODEL_FREE = tuple(n for n, v in VARIANTS.items() if v.answers != "explainer")
-TASK_VARIANTS: dict[str, tuple[str, ...]] = {task: task_variants(task) for task in TASKS}
 
 
 def withhold_signal(examples: pl.DataFrame, task: str, seed: int = 0) -> pl.DataFrame:

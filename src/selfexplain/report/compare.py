@@ -145,9 +145,9 @@ def paired_difference(
     return out
 
 
-# what trained is compared with: every registered variant but trained itself and ceiling (the
-# true description: a reading aid, not a baseline), in registry order
-BASELINES = tuple(v for v in VARIANTS if v not in (TRAINED, "ceiling"))
+def baselines() -> list[str]:
+    """What trained is compared with: the registered variants whose record says compared."""
+    return [name for name, v in VARIANTS.items() if v.compared]
 
 
 def comparisons(evals: Sequence[pl.DataFrame], *, n_boot: int = 1000) -> pl.DataFrame:
@@ -184,7 +184,7 @@ def comparisons(evals: Sequence[pl.DataFrame], *, n_boot: int = 1000) -> pl.Data
     for task, target, explainer, variant in sorted(runs):
         if variant != TRAINED:
             continue
-        for baseline in BASELINES:
+        for baseline in baselines():
             if (task, target, explainer, baseline) in runs:
                 add(
                     task,

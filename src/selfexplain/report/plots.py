@@ -221,8 +221,6 @@ def patching_heatmaps(evals: Sequence[pl.DataFrame], path: str | Path, n_pairs: 
 # ---------------------------------------------------------------- figures of the matrix
 # All drawn from the seed summary (tables.seed_summary): mean over seeds, 95% CI.
 
-BASELINE_ORDER = tuple(VARIANTS)  # the registry's order
-
 
 def _empty_figure(path: str | Path, text: str) -> None:
     fig, ax = plt.subplots(figsize=(5, 2))
@@ -308,17 +306,17 @@ def self_vs_other_figure(summary: pl.DataFrame, path: str | Path) -> None:
 def baselines_figure(summary: pl.DataFrame, path: str | Path) -> None:
     """Per task (rows) and metric (columns): trained vs untrained, no_signal and (features)
     nearest_neighbour, one group of bars per explainer → target pair."""
-    table = _plottable(summary).filter(pl.col("variant").is_in(list(BASELINE_ORDER)))
+    table = _plottable(summary).filter(pl.col("variant").is_in(list(VARIANTS)))
     if table.is_empty():
         return _empty_figure(path, "no runs in the table")
     fig, cells = _task_metric_cells(table, 4.2)
     colors = ["tab:blue", "tab:gray", "tab:red", "tab:purple", "tab:orange", "black", "tab:green"]
     colors += ["tab:brown", "tab:olive"]
-    palette = dict(zip(BASELINE_ORDER, colors, strict=True))
+    palette = {v: colors[i % len(colors)] for i, v in enumerate(VARIANTS)}
     for ax, task, metric, sub in cells:
         in_task = table.filter(pl.col("task") == task)
         pairs = sorted(set(in_task.select("target", "explainer").iter_rows()))
-        variants = [v for v in BASELINE_ORDER if v in set(in_task["variant"])]
+        variants = [v for v in VARIANTS if v in set(in_task["variant"])]
         width = len(variants) + 1
         for p, (target, explainer) in enumerate(pairs):
             for v, variant in enumerate(variants):
@@ -335,7 +333,7 @@ def baselines_figure(summary: pl.DataFrame, path: str | Path) -> None:
             fontsize=7,
         )
         _finish_cell(ax, task, metric, sub)
-    shown = [v for v in BASELINE_ORDER if v in set(table["variant"])]
+    shown = [v for v in VARIANTS if v in set(table["variant"])]
     handles = [plt.Rectangle((0, 0), 1, 1, color=palette[v]) for v in shown]
     fig.suptitle("Trained explainers vs baselines (mean over seeds, 95% CI)", fontsize=10)
     fig.tight_layout(rect=(0, 0, 0.88, 1))
