@@ -1,7 +1,7 @@
 """The experiment matrix: which (task, target, explainer, variant, seed) runs a config asks for.
 
 workflow/rules/common.smk expands the DAG from :func:`runs`; the tests check the expansion
-without Snakemake. Variants: see variants.py (which task supports which) and data-scaling
+without Snakemake. Variants: see core/registry.py (which task supports which) and data-scaling
 variants ``n{N}``: trained on the first N rows of the same draw, one per entry of
 ``train.scaling``.
 """

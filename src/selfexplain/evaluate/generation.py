@@ -453,7 +453,7 @@ def evaluate_features(
     floor / ceiling: another test feature's true description (a random derangement) / the
     true description itself, scored as predictions: where the metrics start and end.
     nearest_neighbour: the description of the most cosine-similar vector among ``neighbours``, the
-    training features the explainers are trained on (experiment.training_rows; no model).
+    training features the explainers are trained on (data.draws.training_rows; no model).
     """
 
     settings, features = EvaluateSettings.of(settings), FeatureSettings.of(features)

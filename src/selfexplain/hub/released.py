@@ -15,7 +15,7 @@ strings, which the reference loader joins; byte-level BPE tokens such as "ĠPari
 here without the tokenizer), the window the list ``layer``, the position
 patch_position.orig_pos. The patched vector (patch_position.intervention_vector, when the
 release has it) is kept as the example's ``vector``: our own patching question names the
-counterfactual prompt and does not read it (experiment.train_run drops it), the released patching
+counterfactual prompt and does not read it (run.train_run drops it), the released patching
 explainers read it at their reserved token (selfexplain.hub.released_eval).
 
 Column names as published (shared/PAPER_DATA.md and the reference loaders); a missing one

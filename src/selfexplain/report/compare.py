@@ -1,7 +1,7 @@
 """Paired comparisons of variants on the same test items, with bootstrap CIs clustered by
 prompt / pair / question.
 
-Every variant of a task is scored on the same test rows (experiment.evaluation_rows), so a
+Every variant of a task is scored on the same test rows (run.evaluation_rows), so a
 difference between two variants is measured item by item. The CI resamples whole clusters (the
 questions of one prompt are not independent), recomputes each metric for both sides on the
 resampled items and takes percentiles of the difference. With several seeds on a side, that
