@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import json
 import re
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from selfexplain.cli import main
+from selfexplain.cli import COMMANDS, build_parser, main
 from selfexplain.cli.ask_ablation import trained_on_last_token
-from selfexplain.cli.locate import explainer_dir
+from selfexplain.cli.ask_patching import _patching_layout
+from selfexplain.cli.locate import ExplainerDir, explainer_dir
 from selfexplain.core.formats import change_answer
 from selfexplain.core.schema import read_examples, to_frame, write_parquet
-from selfexplain.core.settings import TrainConfig
+from selfexplain.core.settings import (
+    AblationSettings,
+    EvaluateSettings,
+    FeatureSettings,
+    PatchingSettings,
+    TrainConfig,
+)
 from selfexplain.metrics import change_metrics, score_change_rows
 from selfexplain.models import decoder_layers, load, resolve
 from selfexplain.prompts import Prompt, read_prompts_jsonl
@@ -23,7 +35,7 @@ from selfexplain.tasks.ablation import (
     ablation_labels,
     encode,
 )
-from selfexplain.tasks.patching import patching_examples, patching_rows
+from selfexplain.tasks.patching import patching_examples, patching_rows, window_starts
 from selfexplain.train.trainer import train_explainer
 
 ABLATION = "results/explainers/ablation/tiny/tiny/trained"
@@ -315,8 +327,10 @@ def test_labels_ablation_from_dir_and_spec(ws, tiny, tmp_path, capsys):
         == 0
     )
     df = read_examples(out)
-    assert len(df) == n + 1 and set(df["task"]) == {"ablation"} and set(df["target"]) == {"tiny"}
-    assert f"{n + 1} examples" in capsys.readouterr().out
+    # as the pipeline (ablation.drop_last): each prompt's last token's removal is not labelled
+    n_rows = n - 2 + 1
+    assert len(df) == n_rows and set(df["task"]) == {"ablation"} and set(df["target"]) == {"tiny"}
+    assert f"{n_rows} examples" in capsys.readouterr().out
     # a model spec is resolved into the cache (the same seed-0 tiny model: the same labels)
     out2 = tmp_path / "labels2.parquet"
     args = ["labels", "ablation", "--target", "tiny-random-llama", "--prompts", str(prompts)]
@@ -351,7 +365,9 @@ def test_labels_patching(ws, tiny, tmp_path, capsys):
     n_layers = len(decoder_layers(model))
     metas = [json.loads(m) for m in df["meta"]]
     assert {m["window"] for m in metas} == {2}
-    assert {m["layer_start"] for m in metas} == set(range(0, n_layers - 1, 2))
+    # the pipeline's stride (patching.layer_stride), not the window
+    stride = PatchingSettings().layer_stride
+    assert {m["layer_start"] for m in metas} == set(window_starts(n_layers, 2, stride))
     assert len({m["pair_id"] for m in metas}) == int(kept.group(1))
 
 
@@ -519,3 +535,84 @@ def test_ask_patching_pairs_file(ws, tiny, tmp_path, capsys):
     assert "--pairs replaces --clean" in capsys.readouterr().err
     assert main(base) == 2
     assert "--clean is required (or --pairs FILE.jsonl)" in capsys.readouterr().err
+
+
+def test_help_imports_no_torch():
+    """Building the parser and printing --help import none of the commands (torch): each command's
+    module is imported only when it runs (cli.parser.COMMANDS)."""
+    code = (
+        "import sys\n"
+        "from selfexplain.cli import main\n"
+        "for argv in (['--help'], ['ask', 'patching', '--help'], ['labels', 'ablation', '-h']):\n"
+        "    assert main(argv) == 0\n"
+        "assert main(['ask', 'ablation', '--explainer', 'x']) == 2\n"
+        "heavy = [m for m in ('torch', 'transformers', 'selfexplain.cli.answers') "
+        "if m in sys.modules]\n"
+        "sys.exit(f'imported {heavy}' if heavy else 0)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "usage: selfexplain" in done.stdout
+
+
+def test_every_command_names_a_function():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    named = {
+        f"{command} {task}"
+        for command, p in sub.choices.items()
+        for a in p._actions
+        if isinstance(a, argparse._SubParsersAction)
+        for task in a.choices
+    }
+    assert named == set(COMMANDS)
+    for target in COMMANDS.values():
+        module, function = target.split(":")
+        assert callable(getattr(importlib.import_module(module), function))
+
+
+def _defaults(argv: list[str]) -> dict:
+    return vars(build_parser().parse_args(argv))
+
+
+def test_defaults_are_the_pipelines_settings():
+    """The command's defaults are the pipeline's (core.settings): labels as the rules write them,
+    asks answered as the evaluate step answers."""
+    out = ["--target", "m", "--prompts", "p.jsonl", "--out", "o.parquet"]
+    abl, s = _defaults(["labels", "ablation", *out]), AblationSettings()
+    assert (abl["test_fraction"], abl["batch_size"], abl["engine"]) == (
+        s.test_fraction,
+        s.batch_size,
+        s.engine,
+    )
+    assert abl["keep_last"] == (not s.drop_last)
+    pat, s = _defaults(["labels", "patching", *out]), PatchingSettings()
+    for key in ("window", "layer_stride", "max_positions", "max_pairs", "holdout"):
+        assert pat[key] == getattr(s, key), key
+    assert (pat["test_fraction"], pat["batch_size"]) == (s.test_fraction, s.batch_size)
+    assert (
+        _defaults(["labels", "patching", *out, "--max-positions", "all"])["max_positions"] is None
+    )
+    e = EvaluateSettings()
+    for task, required in (("ablation", ["--prompt", "y"]), ("patching", [])):
+        ask = _defaults(["ask", task, "--explainer", "x", *required])
+        assert (ask["max_new_tokens"], ask["batch_size"]) == (e.max_new_tokens, e.batch_size)
+    feat = _defaults(["ask", "features", "--explainer", "x", "--feature", "1"])
+    assert (feat["max_new_tokens"], feat["batch_size"]) == (
+        FeatureSettings().max_new_tokens,
+        e.batch_size,
+    )
+
+
+def test_ask_patching_without_labels_uses_the_pipelines_window(capsys):
+    """No label file to read the window from: the pipeline's patching.window and layer_stride."""
+    s = PatchingSettings()
+    args = argparse.Namespace(labels=None, window=None, layer_stride=None)
+    info = ExplainerDir(adapter=Path("adapter"))
+    assert _patching_layout(args, info, 30) == (
+        s.window,
+        window_starts(30, s.window, s.layer_stride),
+    )
+    args.window = 2
+    assert _patching_layout(args, info, 30) == (2, window_starts(30, 2, s.layer_stride))
+    assert "(--window/--layer-stride)" in capsys.readouterr().err

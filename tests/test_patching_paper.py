@@ -216,7 +216,7 @@ def test_ask_patching_asks_a_paper_format_explainer_its_question_with_the_vector
         seen["questions"], seen["vectors"] = questions, kwargs["vectors"]
         return real(model, tokenizer, questions, **kwargs)
 
-    monkeypatch.setattr(selfexplain.evaluate.generation, "change_answers", spy)
+    monkeypatch.setattr("selfexplain.cli.answers.change_answers", spy)
     args = ["ask", "patching", "--explainer", str(adapter.parent), "--clean", clean.text]
     args += ["--counterfactual", cf.text, "--layer", "2", "--position", "3"]
     assert main(args) == 0

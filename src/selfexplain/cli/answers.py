@@ -11,26 +11,30 @@ import sys
 from pathlib import Path
 
 from selfexplain.cli.locate import ExplainerDir
-from selfexplain.core.formats import change_answer, parse_change
+from selfexplain.cli.render import write_jsonl
+from selfexplain.core.formats import COMPACT, answer_format, change_answer, parse_change
+from selfexplain.core.schema import read_parquet
 from selfexplain.core.settings import EvaluateSettings
-
-THRESHOLD_RULES = ("rank", "natural", "balanced")
+from selfexplain.evaluate.generation import (
+    as_validated,
+    change_answers,
+    explainer_injector,
+    load_explainer,
+)
+from selfexplain.evaluate.summary import run_summary, summary_threshold
+from selfexplain.metrics import change_metrics, prior_shift, score_change_rows
+from selfexplain.run import train_base_rate
 
 
 def known_base_rate(info: ExplainerDir, labels: str | None = None) -> tuple[float | None, str]:
     """The target's base rate of change the explainer trained at, and where it was read: the
     run's train_summary.json, else the train split of the label file it trained on
     (``labels``, or the one next to results/); None when neither is there."""
-    from selfexplain.evaluate.summary import run_summary
-
     rate = run_summary(info.adapter).get("base_rate")
     if rate is not None:
         return rate, "the run's train_summary.json"
     path = info.labels_path(labels)
     if path is not None and path.is_file():
-        from selfexplain.core.schema import read_parquet
-        from selfexplain.run import train_base_rate
-
         return train_base_rate(read_parquet(path)), f"{path}'s train split"
     return None, ""
 
@@ -38,9 +42,6 @@ def known_base_rate(info: ExplainerDir, labels: str | None = None) -> tuple[floa
 def natural_threshold(info: ExplainerDir, labels: str | None = None) -> tuple[float, str]:
     """The run's validation threshold moved to the target's base rate of change
     (metrics.prior_shift; known_base_rate), else left unmoved; and how it was set."""
-    from selfexplain.evaluate.summary import run_summary, summary_threshold
-    from selfexplain.metrics import prior_shift
-
     balanced = summary_threshold(run_summary(info.adapter))
     rate, source = known_base_rate(info, labels)
     if rate is None:
@@ -55,8 +56,6 @@ def ask_threshold(info: ExplainerDir, rule: str, labels: str | None = None):
     highest scored, answer "changes to" (metrics.rank_threshold; rate is set); "natural": one
     threshold, natural_threshold; "balanced": the validation-calibrated threshold (balanced
     rows); a number: that threshold."""
-    from selfexplain.evaluate.summary import run_summary, summary_threshold
-
     if rule == "rank":
         rate, source = known_base_rate(info, labels)
         if rate is not None:
@@ -79,15 +78,6 @@ def answer(
     above the threshold of ``args.threshold`` (ask_threshold). vectors: one per question, put
     in at its placeholder through the explainer's saved injection (a patching explainer
     trained on the paper's question)."""
-    from selfexplain.core.formats import COMPACT, answer_format
-    from selfexplain.evaluate.generation import (
-        as_validated,
-        change_answers,
-        explainer_injector,
-        load_explainer,
-    )
-    from selfexplain.evaluate.summary import run_summary
-
     threshold, rate, how = ask_threshold(info, args.threshold, getattr(args, "labels", None))
     print(f"has-changed threshold: {how}", file=sys.stderr)
     fmt = answer_format(run_summary(info.adapter).get("answer_format") or "compact")
@@ -119,8 +109,6 @@ def metric_line(golds: list[str] | None, preds: list[str]) -> str:
     """has_changed_f1 and exact_match with the pipeline's scoring code (n only without truth)."""
     if golds is None:
         return f"n={len(preds)}"
-    from selfexplain.metrics import change_metrics, score_change_rows
-
     m = change_metrics(score_change_rows(golds, preds))
     return (
         f"has_changed_f1={m['has_changed_f1']:.3f} exact_match={m['exact_match']:.3f} "
@@ -153,8 +141,6 @@ def answer_records(rows: list[dict], preds: list[str], truth: bool, fields: dict
 
 def finish(records: list[dict], preds: list[str], truth: bool, out: str | None) -> int:
     """Write the records (with --out) and print the metric line, the last line of every ask."""
-    from selfexplain.cli.render import write_jsonl
-
     if out:
         write_jsonl(records, out)
     print(metric_line([rec["answer"] for rec in records] if truth else None, preds))

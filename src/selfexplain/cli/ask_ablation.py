@@ -6,6 +6,8 @@ from __future__ import annotations
 import gc
 import sys
 
+import polars as pl
+
 from selfexplain.cli.answers import answer, answer_records, finish
 from selfexplain.cli.locate import ask_models
 from selfexplain.cli.render import (
@@ -18,11 +20,21 @@ from selfexplain.cli.render import (
     text_table,
 )
 from selfexplain.core.formats import parse_change
+from selfexplain.core.schema import meta, read_parquet
+from selfexplain.core.settings import AblationSettings
+from selfexplain.forward import next_token_logprobs
+from selfexplain.models import load
+from selfexplain.prompts import Prompt, read_prompts_jsonl
+from selfexplain.tasks.ablation import (
+    ablatable_positions,
+    ablation_labels,
+    ablation_question,
+    encode,
+    greedy_content_tokens,
+)
 
 
 def _ablation_prompts(args) -> list:
-    from selfexplain.prompts import Prompt, read_prompts_jsonl
-
     if args.prompts:
         if args.hint:
             raise ValueError("--hint goes with --prompt; put hints in the JSONL file instead")
@@ -45,15 +57,9 @@ def trained_on_last_token(info, labels: str | None = None) -> bool:
     from the label file it trained on (``labels``, or the one next to results/), else the
     pipeline's default (ablation.drop_last). The pipeline drops that question (its removal
     always changes the output), so an ask poses it only where the explainer has seen it."""
-    from selfexplain.core.settings import AblationSettings
-
     path = info.labels_path(labels)
     if path is None or not path.is_file():
         return not AblationSettings().drop_last
-    import polars as pl
-
-    from selfexplain.core.schema import meta, read_parquet
-
     rows = meta(read_parquet(path).filter(pl.col("split") == "train"))
     return any(
         m["unit"] == "token" and m.get("n_positions") and m["position"] == m["n_positions"] - 1
@@ -64,9 +70,6 @@ def trained_on_last_token(info, labels: str | None = None) -> bool:
 def _ablation_rows_without_truth(model, tokenizer, prompt, drop_last: bool) -> list[dict]:
     """The fields ablation_question needs (the target's tokens and greedy next token), computed
     as prompt_ablation_rows does, without the removal forwards."""
-    from selfexplain.forward import next_token_logprobs
-    from selfexplain.tasks.ablation import ablatable_positions, encode, greedy_content_tokens
-
     ids = encode(tokenizer, prompt.text)
     logp = next_token_logprobs(model, [ids], tokenizer.pad_token_id)
     y0 = greedy_content_tokens(logp, tokenizer)[0]
@@ -97,9 +100,6 @@ def _ablation_rows_without_truth(model, tokenizer, prompt, drop_last: bool) -> l
 def cmd_ask_ablation(args) -> int:
     prompts = _ablation_prompts(args)
     info, target_dir, explainer_model = ask_models(args, "ablation")
-    from selfexplain.models import load
-    from selfexplain.tasks.ablation import ablation_labels, ablation_question
-
     truth = not args.no_truth
     drop_last = not (args.keep_last or trained_on_last_token(info, args.labels))
     if drop_last:
@@ -122,6 +122,12 @@ def cmd_ask_ablation(args) -> int:
     fields = {"prompt_id": "prompt_id", "unit": "unit", "position": "position", "token": "removed"}
     records = answer_records(rows, preds, truth, fields)
 
+    _print_tables(prompts, rows, records, truth)
+    return finish(records, preds, truth, args.out)
+
+
+def _print_tables(prompts: list, rows: list[dict], records: list[dict], truth: bool) -> None:
+    """Per prompt, a table of its removals: predicted (and true) change of the next token."""
     mismatches = 0
     for prompt in prompts:
         recs = [
@@ -142,4 +148,3 @@ def cmd_ask_ablation(args) -> int:
         print("\n".join(text_table(header, table)))
     if truth:
         print(f"\n* = predicted differs from the true label ({mismatches} of {len(records)})")
-    return finish(records, preds, truth, args.out)

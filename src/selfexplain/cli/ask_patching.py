@@ -12,12 +12,23 @@ from pathlib import Path
 from selfexplain.cli.answers import answer, answer_records, finish, metric_line
 from selfexplain.cli.locate import ExplainerDir, ask_models
 from selfexplain.cli.render import print_cells, print_grid, quote, write_heatmap
+from selfexplain.core.formats import PLACEHOLDER
+from selfexplain.core.formats import patching_question as paper_question
+from selfexplain.core.schema import meta, read_parquet
+from selfexplain.core.settings import PatchingSettings
+from selfexplain.evaluate.summary import run_summary
+from selfexplain.models import decoder_layers, load
+from selfexplain.prompts import Prompt, read_pairs_jsonl
+from selfexplain.tasks.patching import (
+    PatchingSetup,
+    patching_question,
+    patching_rows,
+    window_starts,
+)
 
 
 def _trained_layout(path: Path) -> tuple[int, list[int]]:
     """The window and layer starts of a patching label file (what the explainer trained on)."""
-    from selfexplain.core.schema import meta, read_parquet
-
     metas = meta(read_parquet(path).select("meta"))
     windows = sorted({m["window"] for m in metas})
     if len(windows) != 1:
@@ -33,12 +44,12 @@ def _patching_layout(args, info: ExplainerDir, n_layers: int) -> tuple[int, list
         return window, starts
     if args.labels and not labels.is_file():
         raise FileNotFoundError(f"{labels}: no such label file (--labels)")
-    window = args.window if args.window is not None else 1
+    defaults = PatchingSettings()  # no label file: the pipeline's window and stride
+    window = args.window if args.window is not None else defaults.window
     if not 1 <= window <= n_layers:
         raise ValueError(f"--window must be in 1..{n_layers} (the target's layers), got {window}")
-    from selfexplain.tasks.patching import window_starts
-
-    starts = window_starts(n_layers, window, args.layer_stride)
+    stride = args.layer_stride if args.layer_stride is not None else defaults.layer_stride
+    starts = window_starts(n_layers, window, stride)
     print(f"window {window}, layer starts {starts} (--window/--layer-stride)", file=sys.stderr)
     return window, starts
 
@@ -46,8 +57,6 @@ def _patching_layout(args, info: ExplainerDir, n_layers: int) -> tuple[int, list
 def _patching_rows_without_truth(model, tokenizer, clean, cf, window, starts) -> list[dict]:
     """The fields patching_question needs, from the same set-up patching_rows uses (the two
     unpatched forwards), without the patched forwards."""
-    from selfexplain.tasks.patching import PatchingSetup
-
     setup = PatchingSetup(model, tokenizer, clean, cf, window, starts)
     return [
         setup.base
@@ -67,8 +76,6 @@ def _patching_rows_without_truth(model, tokenizer, clean, cf, window, starts) ->
 def _pairs(args) -> list:
     """The (clean, counterfactual) prompt pairs asked about: --pairs FILE, or the one pair of
     --clean / --counterfactual."""
-    from selfexplain.prompts import Prompt, read_pairs_jsonl
-
     if args.pairs:
         if args.clean is not None or args.counterfactual is not None:
             raise ValueError("--pairs replaces --clean / --counterfactual: give one or the other")
@@ -99,11 +106,24 @@ def _heatmap_path(args, pair_id: str, n_pairs: int) -> str:
 def cmd_ask_patching(args) -> int:
     pairs = _pairs(args)
     info, target_dir, explainer_model = ask_models(args, "patching")
-    from selfexplain.evaluate.summary import run_summary
-    from selfexplain.models import decoder_layers, load
-    from selfexplain.tasks.patching import patching_question, patching_rows
-
+    per_pair = _target_rows(args, info, target_dir, pairs)
+    rows = [r for pair_rows in per_pair for r in pair_rows]
+    preds = _answers(explainer_model, info, rows, args)
     truth = not args.no_truth
+    keys = ("pair_id", "layer_start", "layer_end", "position", "token", "position_kind")
+    records = answer_records(rows, preds, truth, {key: key for key in keys})
+    start = 0
+    for pair_rows in per_pair:
+        _print_pair(args, pair_rows, records[start : start + len(pair_rows)], len(per_pair))
+        start += len(pair_rows)
+    if len(per_pair) > 1:
+        print(f"\nall {len(per_pair)} pairs:")
+    return finish(records, preds, truth, args.out)
+
+
+def _target_rows(args, info: ExplainerDir, target_dir: Path, pairs: list) -> list[list[dict]]:
+    """Each pair's asked cells (with the true labels unless --no-truth), from the target model,
+    which is freed before the explainer is loaded."""
     model, tokenizer = load(target_dir)
     window, starts = _patching_layout(args, info, len(decoder_layers(model)))
     if args.layer is not None:
@@ -116,65 +136,63 @@ def cmd_ask_patching(args) -> int:
         starts = [args.layer]
     per_pair = []
     for clean, cf in pairs:
-        if truth:
-            rows = patching_rows(model, tokenizer, clean, cf, window=window, layer_starts=starts)
-        else:
+        if args.no_truth:
             rows = _patching_rows_without_truth(model, tokenizer, clean, cf, window, starts)
+        else:
+            rows = patching_rows(model, tokenizer, clean, cf, window=window, layer_starts=starts)
         if args.position is not None:
-            tokens = {r["position"]: r["token"] for r in rows}
-            rows = [r for r in rows if r["position"] == args.position]
-            if not rows:
-                choices = ", ".join(f"{p} {quote(t)}" for p, t in sorted(tokens.items()))
-                raise ValueError(
-                    f"--position {args.position} is not a patchable position of the clean "
-                    f"prompt {quote(clean.text)}; choose one of: {choices}"
-                )
+            rows = _at_position(rows, args.position, clean)
         per_pair.append(rows)
-    del model, tokenizer  # free the target before the explainer is loaded
+    del model, tokenizer
     gc.collect()
+    return per_pair
 
-    rows = [r for pair_rows in per_pair for r in pair_rows]
+
+def _at_position(rows: list[dict], position: int, clean) -> list[dict]:
+    """The rows of one --position, or ValueError naming the patchable positions."""
+    tokens = {r["position"]: r["token"] for r in rows}
+    rows = [r for r in rows if r["position"] == position]
+    if not rows:
+        choices = ", ".join(f"{p} {quote(t)}" for p, t in sorted(tokens.items()))
+        raise ValueError(
+            f"--position {position} is not a patchable position of the clean "
+            f"prompt {quote(clean.text)}; choose one of: {choices}"
+        )
+    return rows
+
+
+def _answers(explainer_model: Path, info: ExplainerDir, rows: list[dict], args) -> list[str]:
+    """The explainer's answers, asked in the question format it was trained on."""
     if run_summary(info.adapter).get("question_format") == "paper":
         # the explainer reads the reference question, with the patched vector at its feature
         # placeholder (examples.with_question_format)
-        from selfexplain.core.formats import PLACEHOLDER
-        from selfexplain.core.formats import patching_question as paper_question
-
         questions = [paper_question(r, PLACEHOLDER) for r in rows]
-        preds = answer(explainer_model, info, questions, args, [r["vector"] for r in rows])
-    else:
-        preds = answer(explainer_model, info, [patching_question(r) for r in rows], args)
-    keys = ("pair_id", "layer_start", "layer_end", "position", "token", "position_kind")
-    records = answer_records(rows, preds, truth, {key: key for key in keys})
+        return answer(explainer_model, info, questions, args, [r["vector"] for r in rows])
+    return answer(explainer_model, info, [patching_question(r) for r in rows], args)
 
-    start = 0
-    for pair_rows in per_pair:
-        pair_records = records[start : start + len(pair_rows)]
-        start += len(pair_rows)
-        first = pair_rows[0]
-        if len(per_pair) > 1:
-            print(f"\n[{first['pair_id']}]", end="")
-        print(f"\nclean:          {quote(first['clean'])}")
-        print(f"counterfactual: {quote(first['counterfactual'])}")
-        same = first["orig_token"] == first["cf_token"]
-        print(
-            f"target's next token: clean {quote(first['orig_token'])}, "
-            f"counterfactual {quote(first['cf_token'])}"
-            + ("  (the same: no patch can make it the counterfactual's)" if same else "")
-        )
-        if len(pair_rows) == 1:
-            print_cells(pair_rows, pair_records, truth)
-        else:
-            print_grid(pair_rows, pair_records, truth)
-            path = _heatmap_path(args, first["pair_id"], len(per_pair))
-            write_heatmap(pair_rows, pair_records, truth, path)
-            print(f"heatmap -> {path}")
-        if len(per_pair) > 1 and truth:
-            print(
-                metric_line(
-                    [r["answer"] for r in pair_records], [r["prediction"] for r in pair_records]
-                )
-            )
-    if len(per_pair) > 1:
-        print(f"\nall {len(per_pair)} pairs:")
-    return finish(records, preds, truth, args.out)
+
+def _print_pair(args, pair_rows: list[dict], pair_records: list[dict], n_pairs: int) -> None:
+    """One pair's prompts and next tokens, then its cells (a table, or a grid and a heatmap),
+    and its metric line when several pairs are asked."""
+    truth = not args.no_truth
+    first = pair_rows[0]
+    if n_pairs > 1:
+        print(f"\n[{first['pair_id']}]", end="")
+    print(f"\nclean:          {quote(first['clean'])}")
+    print(f"counterfactual: {quote(first['counterfactual'])}")
+    same = first["orig_token"] == first["cf_token"]
+    print(
+        f"target's next token: clean {quote(first['orig_token'])}, "
+        f"counterfactual {quote(first['cf_token'])}"
+        + ("  (the same: no patch can make it the counterfactual's)" if same else "")
+    )
+    if len(pair_rows) == 1:
+        print_cells(pair_rows, pair_records, truth)
+    else:
+        print_grid(pair_rows, pair_records, truth)
+        path = _heatmap_path(args, first["pair_id"], n_pairs)
+        write_heatmap(pair_rows, pair_records, truth, path)
+        print(f"heatmap -> {path}")
+    if n_pairs > 1 and truth:
+        golds = [r["answer"] for r in pair_records]
+        print(metric_line(golds, [r["prediction"] for r in pair_records]))

@@ -14,9 +14,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from selfexplain.cli.options import PROG
 from selfexplain.core import layout
-
-PROG = "selfexplain"
+from selfexplain.models import resolve, spec_kind
 
 
 @dataclass(frozen=True)
@@ -128,8 +128,6 @@ def model_dir(value: str, flag: str, cache: str | Path | None = None) -> Path:
                 "directory or a model spec"
             )
         return path
-    from selfexplain.models import resolve, spec_kind
-
     kind = spec_kind(value)
     path_like = value.startswith((".", "/", "~")) or value.count("/") > 1 or path.exists()
     if kind == "hub" and path_like:

@@ -9,6 +9,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from matplotlib.figure import Figure
+
 from selfexplain.core.formats import ParsedChange, parse_change
 
 
@@ -130,11 +132,6 @@ def print_grid(rows: list[dict], records: list[dict], truth: bool) -> None:
 
 def write_heatmap(rows: list[dict], records: list[dict], truth: bool, path: str | Path) -> None:
     """The target's causal map (truth) next to the explainer's predicted map, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     starts, positions, pred = _grid(rows, [rec["pred_changed"] for rec in records])
     panels = []
     if truth:
@@ -144,7 +141,8 @@ def write_heatmap(rows: list[dict], records: list[dict], truth: bool, path: str 
     tokens = {r["position"]: r["token"] for r in rows}
     width = max(3.5, 0.22 * len(positions) + 1.5)
     height = max(2.4, 0.3 * len(starts) + 1.8)
-    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), height), squeeze=False)
+    fig = Figure(figsize=(width * len(panels), height))  # no pyplot: no GUI backend, no state
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (title, grid) in zip(axes[0], panels, strict=True):
         ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
         ax.set_yticks(range(len(starts)), [f"{s}-{s + window - 1}" for s in starts], fontsize=7)
@@ -162,7 +160,6 @@ def write_heatmap(rows: list[dict], records: list[dict], truth: bool, path: str 
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)
-    plt.close(fig)
 
 
 def write_jsonl(records: list[dict], path: str | Path) -> None:
