@@ -16,6 +16,7 @@ import torch
 
 from selfexplain.cli import main
 from selfexplain.core.schema import ExplainerExample, to_frame
+from selfexplain.core.settings import AblationSettings, PatchingSettings
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = {"prompt": "The capital of France is"}
@@ -104,6 +105,9 @@ def test_cli_labels_calls_the_task_recipe(task, recorders, tmp_path, monkeypatch
     argv = ["labels", task, "--target", str(model), "--prompts", str(items), "--out", str(out)]
     assert main(argv) == 0
     [(_, got, target, kwargs)] = recorders[task].calls
-    assert target == "mymodel" and len(got) == 1 and kwargs["test_fraction"] == 0.2
+    # the CLI's test fraction is the pipeline's setting of the task
+    section = {"ablation": AblationSettings, "patching": PatchingSettings}[task]
+    assert target == "mymodel" and len(got) == 1
+    assert kwargs["test_fraction"] == section().test_fraction
     assert pl.read_parquet(out)["task"].to_list() == [task]
     assert f"1 examples (0 train, 1 test) -> {out}" in capsys.readouterr().out
