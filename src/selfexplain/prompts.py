@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from selfexplain import entities as E
 from selfexplain.features.corpus import corpus_documents
@@ -22,6 +23,7 @@ from selfexplain.features.corpus import corpus_documents
 KINDS = ("fact", "arithmetic", "agreement", "copying", "text", "hint_mcq")
 LETTERS = "ABCDEF"
 MAX_TRIES = 200  # attempts per wanted prompt before a generator is declared exhausted
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -447,14 +449,23 @@ def hint_prompts(n: int = 1000, seed: int = 0) -> list[Prompt]:
 # --------------------------------------------------------------------------- patching prompts
 
 
-def _check_n_options(n_options: int) -> None:
+def check_n_options(n_options: int) -> None:
+    """Refuse a number of multiple-choice options outside 2..len(LETTERS)."""
     if not 2 <= n_options <= len(LETTERS):
         raise ValueError(f"n_options must be between 2 and {len(LETTERS)}, got {n_options}")
 
 
+def similar_subjects(subject: str, others: Sequence[T], key: Callable[[T], str] = str) -> list[T]:
+    """The others whose key has as many words as subject and a length within 3 of its."""
+    words = len(subject.split())
+    return [
+        o for o in others if len(key(o).split()) == words and abs(len(key(o)) - len(subject)) <= 3
+    ]
+
+
 def mcq_fact_prompts(n: int, seed: int = 0, n_options: int = 4) -> list[Prompt]:
     """Facts posed as multiple choice ending in 'Answer:' (the paper's patching format)."""
-    _check_n_options(n_options)
+    check_n_options(n_options)
     rels = [r for r in RELATIONS if len(set(r.table.values())) >= n_options]
 
     def make(rng: random.Random) -> tuple[str, dict]:
@@ -477,6 +488,54 @@ def mcq_fact_prompts(n: int, seed: int = 0, n_options: int = 4) -> list[Prompt]:
 PAIR_FORMATS = ("mcq", "cloze")
 
 
+def _check_pair_formats(formats: Sequence[str]) -> None:
+    """Refuse pair formats that are empty or not all in PAIR_FORMATS."""
+    bad = [f for f in formats if f not in PAIR_FORMATS]
+    if bad or not formats:
+        raise ValueError(
+            f"pair formats must be a non-empty subset of {PAIR_FORMATS}, got {formats}"
+        )
+
+
+def _pair_subjects(rng: random.Random, rel: Relation) -> tuple[str, str]:
+    """A clean subject and a counterfactual one with another answer, of similar form if any."""
+    s1 = rng.choice(sorted(rel.table))
+    others = [s for s in sorted(rel.table) if rel.table[s] != rel.table[s1]]
+    # prefer a counterfactual subject with the same number of words and similar length,
+    # so that the two prompts are likely to tokenise to the same length
+    return s1, rng.choice(similar_subjects(s1, others) or others)
+
+
+def _pair_side(fmt, rel: Relation, template: str, s: str, options, layout) -> tuple:
+    """Text, meta and the subject's start character of one prompt of a pair, about subject s."""
+    if fmt == "mcq":
+        question = _fill(template, s)
+        text = mcq_text(question, options, layout)
+        start = text.index(question) + template.index("{s}")
+        meta = _mcq_meta(rel, s, options) | {"template": template, "layout": layout}
+    else:
+        text = _fill(template, s, rel.table[s])
+        start = text.find(_cap(s) if "{S}" in template else s)
+        meta = {"relation": rel.name, "subject": s, "answer": rel.table[s], "template": template}
+    return text, meta, start
+
+
+def _pair(pair_id, fmt, rel, template, s1, s2, options, layout) -> tuple[Prompt, Prompt]:
+    """The clean (subject s1) and counterfactual (subject s2) prompts of one pair."""
+    pair = []
+    for role, s, other in (("clean", s1, s2), ("counterfactual", s2, s1)):
+        text, meta, start = _pair_side(fmt, rel, template, s, options, layout)
+        meta |= {
+            "format": fmt,
+            "pair": pair_id,
+            "role": role,
+            "other_subject": other,
+            "subject_span": [start, start + len(s)],
+        }
+        pair.append(Prompt(f"{pair_id}-{role}", fmt, text, None, meta))
+    return pair[0], pair[1]
+
+
 def counterfactual_pairs(
     n: int, seed: int = 0, n_options: int = 4, formats: Sequence[str] = ("mcq",)
 ) -> list[tuple[Prompt, Prompt]]:
@@ -484,12 +543,8 @@ def counterfactual_pairs(
     article that goes with each subject's answer). Formats, used in turn: "mcq", the paper's
     multiple-choice question (same options, the right answer under another letter), and
     "cloze", a completion such as "The Eiffel Tower is in the city of"."""
-    _check_n_options(n_options)
-    bad = [f for f in formats if f not in PAIR_FORMATS]
-    if bad or not formats:
-        raise ValueError(
-            f"pair formats must be a non-empty subset of {PAIR_FORMATS}, got {formats}"
-        )
+    check_n_options(n_options)
+    _check_pair_formats(formats)
     rels = [r for r in RELATIONS if len(set(r.table.values())) >= n_options]
     rng = random.Random(f"{seed}:pairs")
     out: list[tuple[Prompt, Prompt]] = []
@@ -499,46 +554,16 @@ def counterfactual_pairs(
             break
         fmt = formats[len(out) % len(formats)]
         rel = rng.choice(rels)
-        s1 = rng.choice(sorted(rel.table))
-        others = [s for s in sorted(rel.table) if rel.table[s] != rel.table[s1]]
-        # prefer a counterfactual subject with the same number of words and similar length,
-        # so that the two prompts are likely to tokenise to the same length
-        words = len(s1.split())
-        same = [s for s in others if len(s.split()) == words and abs(len(s) - len(s1)) <= 3]
-        s2 = rng.choice(same or others)
+        s1, s2 = _pair_subjects(rng, rel)
         template = rng.choice(rel.questions if fmt == "mcq" else rel.completions)
         if (fmt, rel.name, s1, s2, template) in seen:
             continue
         seen.add((fmt, rel.name, s1, s2, template))
+        options = layout = None
         if fmt == "mcq":
             options = _options(rng, rel, [rel.table[s1], rel.table[s2]], n_options)
             layout = rng.randrange(N_LAYOUTS)
-        pair_id = f"pair-{len(out):04d}"
-        pair = []
-        for role, s, other in (("clean", s1, s2), ("counterfactual", s2, s1)):
-            if fmt == "mcq":
-                question = _fill(template, s)
-                text = mcq_text(question, options, layout)
-                start = text.index(question) + template.index("{s}")
-                meta = _mcq_meta(rel, s, options) | {"template": template, "layout": layout}
-            else:
-                text = _fill(template, s, rel.table[s])
-                start = text.find(_cap(s) if "{S}" in template else s)
-                meta = {
-                    "relation": rel.name,
-                    "subject": s,
-                    "answer": rel.table[s],
-                    "template": template,
-                }
-            meta |= {
-                "format": fmt,
-                "pair": pair_id,
-                "role": role,
-                "other_subject": other,
-                "subject_span": [start, start + len(s)],
-            }
-            pair.append(Prompt(f"{pair_id}-{role}", fmt, text, None, meta))
-        out.append((pair[0], pair[1]))
+        out.append(_pair(f"pair-{len(out):04d}", fmt, rel, template, s1, s2, options, layout))
     if len(out) < n:
         raise ValueError(f"could only generate {len(out)} distinct counterfactual pairs, not {n}")
     return out

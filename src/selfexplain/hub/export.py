@@ -121,41 +121,19 @@ def _front_matter(task: str, target: str, splits: dict[str, int]) -> dict:
     }
 
 
-def dataset_card(
-    examples: pl.DataFrame,
-    frame: pl.DataFrame,
-    *,
-    task: str,
-    target: str,
-    model: str | None,
-    config: dict,
-) -> str:
-    """The README.md of an exported dataset: front matter for the hub, then what it is."""
-    splits = {s: int((examples["split"] == s).sum()) for s in SPLITS}
-    sources = sorted({str(m.get("source")) for m in meta(examples) if m.get("source")})
-    made = TASK_NOTES.get(task, f"task {task}")
-    if sources:
-        made += f" Rows imported or built from: {', '.join(sources)}."
-    columns = "\n".join(
-        f"| `{name}` | {dtype} | {COLUMN_DOCS.get(name.removeprefix('meta_'), 'label field')} |"
-        for name, dtype in frame.schema.items()
-    )
-    front = yaml.safe_dump(_front_matter(task, target, splits), sort_keys=False)
-    settings = yaml.safe_dump(config, sort_keys=False, allow_unicode=True).rstrip()
-    files = ", ".join(f'"{s}": "data/{s}-00000-of-00001.parquet"' for s in SPLITS if splits[s])
-    return f"""---
+CARD = """---
 {front}---
 
 # selfexplain: {task} examples of {target}
 
-{len(examples)} questions about the internals of the target model `{target}`
-({splits["train"]} train, {splits["test"]} test), each with its ground-truth answer, made by
+{n} questions about the internals of the target model `{target}`
+({n_train} train, {n_test} test), each with its ground-truth answer, made by
 [selfexplain](https://arxiv.org/abs/2511.08579)'s pipeline (Li et al., *Training Language
 Models to Explain Their Own Computations*, rebuilt as one Snakemake workflow).
 
 ## Target model
 
-`{target}`: `{model or "unknown"}` (the config's `models.{target}`).
+`{target}`: `{model}` (the config's `models.{target}`).
 
 ## How it was made
 
@@ -183,6 +161,49 @@ import datasets
 ds = datasets.load_dataset("parquet", data_files={{{files}}})
 ```
 """
+
+
+def _how_made(examples: pl.DataFrame, task: str) -> str:
+    """The card's note on how the rows were made, with the sources they came from."""
+    sources = sorted({str(m.get("source")) for m in meta(examples) if m.get("source")})
+    made = TASK_NOTES.get(task, f"task {task}")
+    if sources:
+        made += f" Rows imported or built from: {', '.join(sources)}."
+    return made
+
+
+def _column_table(frame: pl.DataFrame) -> str:
+    """The card's column table rows: name, dtype, meaning."""
+    return "\n".join(
+        f"| `{name}` | {dtype} | {COLUMN_DOCS.get(name.removeprefix('meta_'), 'label field')} |"
+        for name, dtype in frame.schema.items()
+    )
+
+
+def dataset_card(
+    examples: pl.DataFrame,
+    frame: pl.DataFrame,
+    *,
+    task: str,
+    target: str,
+    model: str | None,
+    config: dict,
+) -> str:
+    """The README.md of an exported dataset: front matter for the hub, then what it is."""
+    splits = {s: int((examples["split"] == s).sum()) for s in SPLITS}
+    return CARD.format(
+        front=yaml.safe_dump(_front_matter(task, target, splits), sort_keys=False),
+        task=task,
+        target=target,
+        n=len(examples),
+        n_train=splits["train"],
+        n_test=splits["test"],
+        model=model or "unknown",
+        made=_how_made(examples, task),
+        columns=_column_table(frame),
+        settings=yaml.safe_dump(config, sort_keys=False, allow_unicode=True).rstrip(),
+        files=", ".join(f'"{s}": "data/{s}-00000-of-00001.parquet"' for s in SPLITS if splits[s]),
+    )
 
 
 def export_dataset(

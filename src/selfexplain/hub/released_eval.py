@@ -162,6 +162,43 @@ def load_released(model: str, adapter: str | None = None):
     return explainer, tokenizer
 
 
+def _test_rows(examples: pl.DataFrame, task: str) -> tuple[pl.DataFrame, list[dict]]:
+    """The label set's test rows and their meta, refused when absent or not imported."""
+    if task not in SUPPORTED:
+        raise ValueError(f"released explainers are supported for {SUPPORTED}, not {task!r}")
+    test = examples.filter(pl.col("split") == "test")
+    if test.is_empty():
+        raise ValueError(f"the label set has no test rows: import it with {task}.labels_from")
+    rows = meta(test)
+    needs = ("clean", "token", "layer_start") if task == "patching" else ("prompt",)
+    missing = [k for k in (*needs, "orig_token", "new_token", "changed") if k not in rows[0]]
+    if missing:
+        raise ValueError(f"the {task} rows lack {missing}: are they imported ({task}.labels_from)?")
+    return test, rows
+
+
+def _patched_vectors(test: pl.DataFrame) -> list:
+    """The patching test rows' patched vectors, refused when a row has none."""
+    vectors = test["vector"].to_list()
+    if any(v is None for v in vectors):
+        raise ValueError(
+            f"{sum(v is None for v in vectors)} of {len(vectors)} patching test rows carry "
+            "no patched vector: the released patching explainers read it, so import the "
+            "rows from a release with patch_position.intervention_vector"
+        )
+    return vectors
+
+
+def _reference_prompts(task: str, rows: list[dict], tokenizer, vector_token: str) -> tuple:
+    """The reference chat prompt and gold answer string of each row."""
+    if task == "patching":
+        questions = [patching_question(r, vector_token) for r in rows]
+        prompts = [chat_prompt(tokenizer, [{"role": "user", "content": q}]) for q in questions]
+        return prompts, [patching_answer(r) for r in rows]
+    prompts = [chat_prompt(tokenizer, hint_messages(r)) for r in rows]
+    return prompts, [hint_answer(r) for r in rows]
+
+
 def evaluate_released(
     examples: pl.DataFrame,
     task: str,
@@ -180,34 +217,13 @@ def evaluate_released(
     explainer reads the patched vector. explainer: an already loaded (model, tokenizer), for
     tests."""
 
-    if task not in SUPPORTED:
-        raise ValueError(f"released explainers are supported for {SUPPORTED}, not {task!r}")
-    test = examples.filter(pl.col("split") == "test")
-    if test.is_empty():
-        raise ValueError(f"the label set has no test rows: import it with {task}.labels_from")
-    rows = meta(test)
-    needs = ("clean", "token", "layer_start") if task == "patching" else ("prompt",)
-    missing = [k for k in (*needs, "orig_token", "new_token", "changed") if k not in rows[0]]
-    if missing:
-        raise ValueError(f"the {task} rows lack {missing}: are they imported ({task}.labels_from)?")
-    vectors = injector = None
-    if task == "patching":
-        vectors = test["vector"].to_list()
-        if any(v is None for v in vectors):
-            raise ValueError(
-                f"{sum(v is None for v in vectors)} of {len(vectors)} patching test rows carry "
-                "no patched vector: the released patching explainers read it, so import the "
-                "rows from a release with patch_position.intervention_vector"
-            )
+    test, rows = _test_rows(examples, task)
+    vectors = _patched_vectors(test) if task == "patching" else None
     model_obj, tokenizer = explainer or load_released(model, adapter)
+    injector = None
     if task == "patching":
         injector = ReservedTokenInjector(model_obj, tokenizer, vector_token)
-        questions = [patching_question(r, vector_token) for r in rows]
-        prompts = [chat_prompt(tokenizer, [{"role": "user", "content": q}]) for q in questions]
-        golds = [patching_answer(r) for r in rows]
-    else:
-        prompts = [chat_prompt(tokenizer, hint_messages(r)) for r in rows]
-        golds = [hint_answer(r) for r in rows]
+    prompts, golds = _reference_prompts(task, rows, tokenizer, vector_token)
     predictions = generate_answers(
         model_obj,
         tokenizer,

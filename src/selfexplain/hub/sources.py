@@ -14,7 +14,14 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from selfexplain.hub.hfdata import load_splits, require_columns
-from selfexplain.prompts import LETTERS, Prompt, mcq_text, respond_line
+from selfexplain.prompts import (
+    LETTERS,
+    Prompt,
+    check_n_options,
+    mcq_text,
+    respond_line,
+    similar_subjects,
+)
 
 MMLU = "cais/mmlu"
 MMLU_CONFIG = {MMLU: "all"}  # the hub dataset's configuration holding every subject
@@ -149,6 +156,50 @@ def counterfact_facts(rows: Sequence[dict], *, where: str = "CounterFact") -> li
     return facts
 
 
+def _counterfact_groups(facts: Sequence[dict]) -> tuple[dict, dict, list]:
+    """Facts by (relation, template), answers by relation, and the keys with 2+ answers."""
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for fact in facts:
+        groups[(fact["relation"], fact["template"])].append(fact)
+    answers: dict[str, set[str]] = defaultdict(set)
+    for fact in facts:
+        answers[fact["relation"]] |= {fact["answer"], fact["new_answer"]}
+    usable = sorted(k for k, g in groups.items() if len({f["answer"] for f in g}) >= 2)
+    return groups, answers, usable
+
+
+def _draw_facts(rng: random.Random, group: list[dict]) -> tuple[dict, dict]:
+    """A clean fact and a counterfactual one with another answer, of similar subject if any."""
+    clean = rng.choice(group)
+    others = [f for f in group if f["answer"] != clean["answer"]]
+    close = similar_subjects(clean["subject"], others, key=lambda f: f["subject"])
+    return clean, rng.choice(close or others)
+
+
+def _counterfact_prompt(pair_id: str, role: str, fact: dict, other: dict, options) -> Prompt:
+    """One prompt of a pair: the fact's question with the options (layout 0) and its meta."""
+    question = fact["template"].replace("{}", fact["subject"])
+    text = mcq_text(question, options, 0)
+    start = text.index(question) + fact["template"].index("{}")
+    meta = {
+        "relation": fact["relation"],
+        "subject": fact["subject"],
+        "answer": fact["answer"],
+        "options": dict(zip(LETTERS, options, strict=False)),
+        "correct": LETTERS[options.index(fact["answer"])],
+        "template": fact["template"],
+        "layout": 0,
+        "format": "mcq",
+        "pair": pair_id,
+        "role": role,
+        "other_subject": other["subject"],
+        "subject_span": [start, start + len(fact["subject"])],
+        "source": "counterfact",
+        "source_row": fact["row"],
+    }
+    return Prompt(f"{pair_id}-{role}", "mcq", text, None, meta)
+
+
 def counterfact_pairs(
     rows: Sequence[dict], n: int, seed: int = 0, n_options: int = 4, *, where: str = "CounterFact"
 ) -> list[tuple[Prompt, Prompt]]:
@@ -157,33 +208,15 @@ def counterfact_pairs(
     answers and distractors from the relation's answers and new targets), the subject swapped.
     A counterfactual subject with as many words and a similar length is preferred, so the two
     prompts likely tokenise alike (label_patching keeps pairs of equal token length)."""
-    if not 2 <= n_options <= len(LETTERS):
-        raise ValueError(f"n_options must be between 2 and {len(LETTERS)}, got {n_options}")
-    facts = counterfact_facts(rows, where=where)
-    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for fact in facts:
-        groups[(fact["relation"], fact["template"])].append(fact)
-    answers: dict[str, set[str]] = defaultdict(set)
-    for fact in facts:
-        answers[fact["relation"]] |= {fact["answer"], fact["new_answer"]}
-    usable = sorted(k for k, g in groups.items() if len({f["answer"] for f in g}) >= 2)
+    check_n_options(n_options)
+    groups, answers, usable = _counterfact_groups(counterfact_facts(rows, where=where))
     rng = random.Random(f"{seed}:counterfact")
     out: list[tuple[Prompt, Prompt]] = []
     seen: set[tuple[int, int]] = set()
     for _ in range(max(n, 1) * 200):
         if len(out) >= n or not usable:
             break
-        group = groups[rng.choice(usable)]
-        clean = rng.choice(group)
-        others = [f for f in group if f["answer"] != clean["answer"]]
-        words = len(clean["subject"].split())
-        close = [
-            f
-            for f in others
-            if len(f["subject"].split()) == words
-            and abs(len(f["subject"]) - len(clean["subject"])) <= 3
-        ]
-        cf = rng.choice(close or others)
+        clean, cf = _draw_facts(rng, groups[rng.choice(usable)])
         pool = sorted(answers[clean["relation"]] - {clean["answer"], cf["answer"]})
         if (clean["row"], cf["row"]) in seen or len(pool) < n_options - 2:
             continue
@@ -191,29 +224,12 @@ def counterfact_pairs(
         options = rng.sample(pool, n_options - 2) + [clean["answer"], cf["answer"]]
         rng.shuffle(options)
         pair_id = f"cf-{len(out):04d}"
-        pair = []
-        for role, fact, other in (("clean", clean, cf), ("counterfactual", cf, clean)):
-            question = fact["template"].replace("{}", fact["subject"])
-            text = mcq_text(question, options, 0)
-            start = text.index(question) + fact["template"].index("{}")
-            meta = {
-                "relation": fact["relation"],
-                "subject": fact["subject"],
-                "answer": fact["answer"],
-                "options": dict(zip(LETTERS, options, strict=False)),
-                "correct": LETTERS[options.index(fact["answer"])],
-                "template": fact["template"],
-                "layout": 0,
-                "format": "mcq",
-                "pair": pair_id,
-                "role": role,
-                "other_subject": other["subject"],
-                "subject_span": [start, start + len(fact["subject"])],
-                "source": "counterfact",
-                "source_row": fact["row"],
-            }
-            pair.append(Prompt(f"{pair_id}-{role}", "mcq", text, None, meta))
-        out.append((pair[0], pair[1]))
+        out.append(
+            (
+                _counterfact_prompt(pair_id, "clean", clean, cf, options),
+                _counterfact_prompt(pair_id, "counterfactual", cf, clean, options),
+            )
+        )
     if len(out) < n:
         raise ValueError(
             f"{where}: only {len(out)} distinct pairs could be built, not {n} (a pair needs two "

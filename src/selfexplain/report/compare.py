@@ -82,6 +82,53 @@ def _in_sample(df: pl.DataFrame) -> pl.DataFrame:
     return df.filter(pl.col("in_sample")) if "in_sample" in df.columns else df
 
 
+def _common_ids(runs: Sequence[pl.DataFrame]) -> list[str]:
+    """The item ids every run has, sorted."""
+    ids = set(runs[0]["id"].to_list())
+    for d in runs:
+        ids &= set(d["id"].to_list())
+    return sorted(ids)
+
+
+def _cluster_members(ref: pl.DataFrame, ids: list[str], task: str) -> list[np.ndarray]:
+    """For each cluster (sorted by name), the indices into ids of its items."""
+    ref = ref.filter(pl.col("id").is_in(ids)).unique("id", keep="first").sort("id")
+    clusters = groups(ref, task)
+    names = sorted(set(clusters))
+    return [np.flatnonzero(np.array(clusters) == c) for c in names]
+
+
+def _bootstrap_draws(members: list[np.ndarray], n_boot: int, seed: int) -> list[np.ndarray]:
+    """n_boot resamples of the items, each a draw of whole clusters with replacement."""
+    rng = np.random.default_rng(seed)
+    n = len(members)
+    return [np.concatenate([members[j] for j in rng.integers(0, n, n)]) for _ in range(n_boot)]
+
+
+def _side(arrs: Sequence[dict], metric: str, idx: np.ndarray) -> float:
+    """A side's metric on the items idx: the mean over its runs (seeds) that have a value."""
+    vals = [v for v in (_metric(arr, metric, idx) for arr in arrs) if not np.isnan(v)]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def _compare(a_arr, b_arr, metric: str, full, draws, level: float) -> dict | None:
+    """metric, a, b, diff on full and its percentile CI over draws (None: a side has none)."""
+    a_val, b_val = _side(a_arr, metric, full), _side(b_arr, metric, full)
+    if np.isnan(a_val) or np.isnan(b_val):
+        return None
+    diffs = np.array([_side(a_arr, metric, idx) - _side(b_arr, metric, idx) for idx in draws])
+    diffs = diffs[~np.isnan(diffs)]
+    lo, hi = np.percentile(diffs, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
+    return {
+        "metric": metric,
+        "a": a_val,
+        "b": b_val,
+        "diff": a_val - b_val,
+        "ci_lo": float(lo),
+        "ci_hi": float(hi),
+    }
+
+
 def paired_difference(
     a_runs: Sequence[pl.DataFrame],
     b_runs: Sequence[pl.DataFrame],
@@ -96,52 +143,22 @@ def paired_difference(
     metric, a, b, diff, ci_lo, ci_hi, n_items, n_clusters."""
     a_runs = [_in_sample(d) for d in a_runs]
     b_runs = [_in_sample(d) for d in b_runs]
-    ids = set(a_runs[0]["id"].to_list())
-    for d in [*a_runs, *b_runs]:
-        ids &= set(d["id"].to_list())
-    ids = sorted(ids)
+    ids = _common_ids([*a_runs, *b_runs])
     if not ids:
         return []
-    ref = a_runs[0].filter(pl.col("id").is_in(ids)).unique("id", keep="first").sort("id")
-    clusters = groups(ref, task)
-    names = sorted(set(clusters))
-    members = [np.flatnonzero(np.array(clusters) == c) for c in names]
+    members = _cluster_members(a_runs[0], ids, task)
     a_arr = [_arrays(d, ids, task) for d in a_runs]
     b_arr = [_arrays(d, ids, task) for d in b_runs]
     metrics = FEATURE_METRICS if task == "features" else CHANGE_METRICS
-    rng = np.random.default_rng(seed)
-    draws = [
-        np.concatenate([members[j] for j in rng.integers(0, len(names), len(names))])
-        for _ in range(n_boot)
-    ]
+    draws = _bootstrap_draws(members, n_boot, seed)
     full = np.arange(len(ids))
     out = []
     for metric in metrics:
         if task == "features" and not all(metric in arr for arr in [*a_arr, *b_arr]):
             continue
-
-        def side(arrs, idx, metric=metric) -> float:
-            vals = [v for v in (_metric(arr, metric, idx) for arr in arrs) if not np.isnan(v)]
-            return float(np.mean(vals)) if vals else float("nan")
-
-        a_val, b_val = side(a_arr, full), side(b_arr, full)
-        if np.isnan(a_val) or np.isnan(b_val):
-            continue
-        diffs = np.array([side(a_arr, idx) - side(b_arr, idx) for idx in draws])
-        diffs = diffs[~np.isnan(diffs)]
-        lo, hi = np.percentile(diffs, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
-        out.append(
-            {
-                "metric": metric,
-                "a": a_val,
-                "b": b_val,
-                "diff": a_val - b_val,
-                "ci_lo": float(lo),
-                "ci_hi": float(hi),
-                "n_items": len(ids),
-                "n_clusters": len(names),
-            }
-        )
+        row = _compare(a_arr, b_arr, metric, full, draws, level)
+        if row is not None:
+            out.append(row | {"n_items": len(ids), "n_clusters": len(members)})
     return out
 
 

@@ -184,6 +184,69 @@ def end_distance_bucket(distance: int) -> str:
     return "4-5" if distance <= 5 else "6+"
 
 
+def _token_removal_logprobs(
+    model, tokenizer, text: str, ids: list[int], positions: list[int], *, batch_size, engine
+) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """y0, attribution scores, and log-probs: the clean row, then one per removed token."""
+    forward = RemovalForward(model, ids, positions)
+    full = forward(torch.ones(1, len(positions)))
+    y0 = greedy_content_tokens(full, tokenizer)[0]
+    if engine == "feature_ablation":
+        scores = removal_scores(forward, y0, batch_size=batch_size)
+    else:
+        scores = llm_attribution_scores(model, tokenizer, text, y0)
+        forward(1 - torch.eye(len(positions)))  # removal rows for the top-1 labels
+    removed = [forward.rows[(k,)] for k in range(len(positions))]
+    return y0, scores, torch.stack([full[0], *removed])
+
+
+def _hint_removal_logprobs(model, tokenizer, prompt: Prompt) -> torch.Tensor:
+    """Next-token log-probs (one row) of the prompt without its hint."""
+    hint_ids = encode(tokenizer, prompt.text.replace(prompt.hint, "", 1))
+    return next_token_logprobs(model, [hint_ids], tokenizer.pad_token_id)
+
+
+def _outcome(tokenizer, y0: int, new_id: int, logp_row: torch.Tensor) -> dict:
+    """What a removal did: whether the top-1 token changed, the new token, log p(y0)."""
+    return {
+        "changed": new_id != y0,
+        "new_token": _token_str(tokenizer, new_id),
+        "new_token_id": new_id,
+        "logp_ablated": float(logp_row[y0]),
+    }
+
+
+def _token_rows(tokenizer, base, ids, positions, logp, top1, scores, *, drop_last) -> list[dict]:
+    """One row per removed token (the last one left out with drop_last)."""
+    y0 = base["orig_token_id"]
+    rows = []
+    for k, pos in enumerate(positions):
+        if drop_last and k == len(positions) - 1:
+            continue
+        where = {
+            "unit": "token",
+            "position": k,
+            "token_index": pos,
+            "removed": _token_str(tokenizer, ids[pos]),
+        }
+        outcome = _outcome(tokenizer, y0, top1[k + 1], logp[k + 1])
+        rows.append(base | where | outcome | {"captum_score": float(scores[k])})
+    return rows
+
+
+def _hint_row(tokenizer, base: dict, prompt: Prompt, logp, top1) -> dict:
+    """The row for removing the prompt's hint (the last log-prob row)."""
+    where = {
+        "unit": "hint",
+        "position": None,
+        "token_index": None,
+        "removed": prompt.hint,
+        "hint_positions": hint_token_positions(tokenizer, prompt.text, prompt.hint),
+    }
+    outcome = _outcome(tokenizer, base["orig_token_id"], top1[-1], logp[-1])
+    return base | where | outcome | {"captum_score": None}
+
+
 def prompt_ablation_rows(
     model,
     tokenizer,
@@ -205,21 +268,11 @@ def prompt_ablation_rows(
         raise ValueError(f"unknown ablation engine {engine!r}; use one of {list(ENGINES)}")
     ids = encode(tokenizer, prompt.text)
     positions = ablatable_positions(tokenizer, ids)
-    forward = RemovalForward(model, ids, positions)
-    full = forward(torch.ones(1, len(positions)))
-    y0 = greedy_content_tokens(full, tokenizer)[0]
-    if engine == "feature_ablation":
-        scores = removal_scores(forward, y0, batch_size=batch_size)
-    else:
-        scores = llm_attribution_scores(model, tokenizer, prompt.text, y0)
-        forward(1 - torch.eye(len(positions)))  # removal rows for the top-1 labels
-    removed = [forward.rows[(k,)] for k in range(len(positions))]
-    logp = torch.stack([full[0], *removed])
-    hint_ids = None
+    y0, scores, logp = _token_removal_logprobs(
+        model, tokenizer, prompt.text, ids, positions, batch_size=batch_size, engine=engine
+    )
     if prompt.hint:
-        hint_ids = encode(tokenizer, prompt.text.replace(prompt.hint, "", 1))
-        hint_logp = next_token_logprobs(model, [hint_ids], tokenizer.pad_token_id)
-        logp = torch.cat([logp, hint_logp])
+        logp = torch.cat([logp, _hint_removal_logprobs(model, tokenizer, prompt)])
     top1 = greedy_content_tokens(logp, tokenizer)
     base = {
         "prompt_id": prompt.id,
@@ -230,42 +283,9 @@ def prompt_ablation_rows(
         "logp_orig": float(logp[0, y0]),
         "n_positions": len(positions),
     }
-    rows = []
-    for k, pos in enumerate(positions):
-        if drop_last and k == len(positions) - 1:
-            continue
-        new_id = top1[k + 1]
-        rows.append(
-            base
-            | {
-                "unit": "token",
-                "position": k,
-                "token_index": pos,
-                "removed": _token_str(tokenizer, ids[pos]),
-                "changed": new_id != y0,
-                "new_token": _token_str(tokenizer, new_id),
-                "new_token_id": new_id,
-                "logp_ablated": float(logp[k + 1, y0]),
-                "captum_score": float(scores[k]),
-            }
-        )
-    if hint_ids is not None:
-        new_id = top1[-1]
-        rows.append(
-            base
-            | {
-                "unit": "hint",
-                "position": None,
-                "token_index": None,
-                "removed": prompt.hint,
-                "hint_positions": hint_token_positions(tokenizer, prompt.text, prompt.hint),
-                "changed": new_id != y0,
-                "new_token": _token_str(tokenizer, new_id),
-                "new_token_id": new_id,
-                "logp_ablated": float(logp[-1, y0]),
-                "captum_score": None,
-            }
-        )
+    rows = _token_rows(tokenizer, base, ids, positions, logp, top1, scores, drop_last=drop_last)
+    if prompt.hint:
+        rows.append(_hint_row(tokenizer, base, prompt, logp, top1))
     return rows
 
 
