@@ -11,10 +11,11 @@ import pytest
 import yaml
 from toy_data import toy_patching_rows
 
+from selfexplain.config import load_schema
 from selfexplain.core.settings import TrainSettings
 
 REPO = Path(__file__).resolve().parents[1]
-SCHEMA = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+SCHEMA = load_schema(REPO / "workflow/schemas/config.schema.yaml")  # the registries filled in
 
 
 def test_per_task_keys_override_the_section_for_their_task_only():

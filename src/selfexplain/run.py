@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import polars as pl
 
 from selfexplain.core.layout import eval_labels
-from selfexplain.core.registry import TRAINED
+from selfexplain.core.registry import CHANGE_TASKS, TASKS, TRAINED
 from selfexplain.core.registry import variant as variant_record
 from selfexplain.core.schema import (
     PAPER_QUESTION_TASKS,
@@ -48,7 +48,6 @@ from selfexplain.evaluate.generation import (
 from selfexplain.evaluate.summary import run_summary, summary_threshold
 from selfexplain.features.injection import with_target_map
 from selfexplain.metrics import base_rate, prior_shift
-from selfexplain.tasks import CHANGE_TASKS
 from selfexplain.tasks.patching import heatmap_rows
 from selfexplain.train.launch import is_main_process, launch_train, n_processes, world_size
 from selfexplain.train.trainer import train_explainer
@@ -86,23 +85,7 @@ def train_run(
             checkpoint_dir=checkpoint_dir,
         )
     seed = int(run.seed)
-    train, val = training_rows(
-        examples,
-        run.task,
-        base_variant(run.variant),
-        seed,
-        n_train=train_settings.n_train,
-        n_variant=variant_n_train(run.variant, None),
-        val_fraction=train_settings.val_fraction,
-        n_val=train_settings.n_val,
-    )
-    injected = run.task == "features"
-    if run.task in CHANGE_TASKS:  # the labels are compact; train.*_format may differ
-        fmt = train_settings.question_format
-        injected = vector_question(run.task, fmt)
-        train, val = (
-            asked_as(rows, run.task, train_settings.answer_format, fmt) for rows in (train, val)
-        )
+    train, val, injected = run_training_rows(examples, run, train_settings)
     print(f"{len(train)} training rows, {len(val)} validation rows")
     return train_explainer(
         model_dir,
@@ -121,6 +104,31 @@ def train_run(
             train_settings.question_format if run.task in PAPER_QUESTION_TASKS else None
         ),
     )
+
+
+def run_training_rows(
+    examples: pl.DataFrame, run, train_settings: TrainSettings
+) -> tuple[pl.DataFrame, pl.DataFrame, bool]:
+    """(training rows, validation rows, whether the questions inject a vector) of one run: the
+    draw of data.draws.training_rows, change-task rows asked in train.*_format (the labels are
+    compact)."""
+    train, val = training_rows(
+        examples,
+        run.task,
+        base_variant(run.variant),
+        int(run.seed),
+        n_train=train_settings.n_train,
+        n_variant=variant_n_train(run.variant, None),
+        val_fraction=train_settings.val_fraction,
+        n_val=train_settings.n_val,
+    )
+    if not TASKS[run.task].change:  # features: the vector is the question
+        return train, val, True
+    fmt = train_settings.question_format
+    train, val = (
+        asked_as(rows, run.task, train_settings.answer_format, fmt) for rows in (train, val)
+    )
+    return train, val, vector_question(run.task, fmt)
 
 
 def asked_as(
@@ -182,44 +190,65 @@ def evaluate_run(
     heatmap_pairs: int = 0,
 ) -> pl.DataFrame:
     """Evaluation rows of one run (run: task, target, explainer, variant, seed attributes, e.g.
-    the rule's wildcards). Change tasks: every variant answers the same test rows (evaluation_rows;
-    plus, for patching, the full layer x position grid of heatmap_pairs test pairs, marked
-    in_sample False); model variants generate an answer and get a teacher-forced has-changed
-    score, constant and surface answer without a model (baselines.py), fitted on seed 0's
-    training draw. Features: evaluate.evaluate_features. The settings may be given as the
-    config's dicts."""
+    the rule's wildcards). Change tasks: every variant answers the same test rows
+    (change_test_rows); explainer variants generate an answer and get a teacher-forced
+    has-changed score, baseline variants answer without a model (data.baselines), fitted on
+    seed 0's training draw. Features: evaluate.evaluate_features. The settings may be given as
+    the config's dicts."""
 
     settings, train_settings = EvaluateSettings.of(settings), TrainSettings.of(train_settings)
     features, run = FeatureSettings.of(features), _run_fields(run)
     task, variant, seed = run.task, run.variant, int(run.seed)
     spec = variant_record(variant)
     summary = run_summary(adapter_dir)
-    n_train, threshold = summary.get("n_examples", 0), summary_threshold(summary)
-    labels = eval_labels(task, run.target, run.explainer, variant, seed, n_train)
-
-    def fitted_rows() -> pl.DataFrame:  # what the model-free baselines learn from: the
-        # trained variant's training draw of seed 0
-        return training_rows(
-            examples,
-            task,
-            TRAINED,
-            0,
-            n_train=train_settings.n_train,
-            n_variant=None,
-            val_fraction=train_settings.val_fraction,
-        )[0]
-
+    labels = eval_labels(
+        task, run.target, run.explainer, variant, seed, summary.get("n_examples", 0)
+    )
+    fitted = fitted_rows(examples, task, train_settings) if spec.fits_train_rows else None
     if task == "features":
         return evaluate_features(
             examples,
             model_dir,
             adapter_dir,
             labels=labels,
-            neighbours=fitted_rows() if spec.fits_train_rows else None,
+            neighbours=fitted,
             settings=settings,
             features=features,
         )
+    asked = apply_control(
+        change_test_rows(examples, task, settings, heatmap_pairs), task, variant, seed
+    )
+    if spec.answers == "baseline":
+        preds, scores = baseline_predictions(variant, task, fitted, asked)
+        rows = change_rows(asked, preds, scores, labels | {"n_train": len(fitted)})
+    else:
+        rows = explainer_rows(
+            asked, run, labels, summary, model_dir, adapter_dir, settings, train_settings, features
+        )
+    # the scores are log-odds fitted on balanced rows: heatmaps (every cell of a pair, mostly
+    # unchanged) are read at the train split's base rate of change (metrics.prior_shift)
+    shift = prior_shift(train_base_rate(examples))
+    return rows.with_columns(prior_threshold=pl.col("tf_threshold") + shift)
 
+
+def fitted_rows(examples: pl.DataFrame, task: str, train_settings: TrainSettings) -> pl.DataFrame:
+    """What the model-free variants learn from: the trained variant's training draw of seed 0."""
+    return training_rows(
+        examples,
+        task,
+        TRAINED,
+        0,
+        n_train=train_settings.n_train,
+        n_variant=None,
+        val_fraction=train_settings.val_fraction,
+    )[0]
+
+
+def change_test_rows(
+    examples: pl.DataFrame, task: str, settings: EvaluateSettings, heatmap_pairs: int
+) -> pl.DataFrame:
+    """A change task's test rows (evaluation_rows, in_sample True), plus for patching the full
+    layer x position grid of heatmap_pairs test pairs (in_sample False, heatmap True)."""
     test = evaluation_rows(examples, task, settings.n_test).with_columns(in_sample=True)
     if task == "patching" and heatmap_pairs:
         grid = heatmap_rows(select(examples, "test"), heatmap_pairs)
@@ -227,41 +256,45 @@ def evaluate_run(
         test = pl.concat([test, extra.with_columns(in_sample=False)]).with_columns(
             heatmap=pl.col("id").is_in(grid["id"].to_list())
         )
-    asked = apply_control(test, task, variant, seed)
-    if spec.answers == "baseline":
-        train = fitted_rows()
-        preds, scores = baseline_predictions(variant, task, train, asked)
-        rows = change_rows(asked, preds, scores, labels | {"n_train": len(train)})
-    else:
-        # an explainer trained in the paper's answer format is asked and scored in it
-        answer_format = summary.get("answer_format") or "compact"
-        question_format = summary.get("question_format") or train_settings.question_format
-        injected = vector_question(task, question_format)
-        # as the run was trained (an untrained one: the config)
-        asked = asked_as(asked, task, answer_format, question_format)
-        model, tokenizer = load_explainer(model_dir, adapter_dir)
-        injector = None
-        if injected:
-            injection = with_target_map(features.injection, model_dir, run.target, run.explainer)
-            width = len(asked["vector"][0])
-            injector = explainer_injector(model, tokenizer, adapter_dir, width, injection)
-        with as_validated(model, adapter_dir):
-            rows = evaluate_change_task(
-                model,
-                tokenizer,
-                asked,
-                labels=labels,
-                max_new_tokens=settings.max_new_tokens,
-                batch_size=settings.batch_size,
-                threshold=threshold,
-                pack=settings.pack,
-                answer_format=answer_format,
-                injector=injector,
-            )
-    # the scores are log-odds fitted on balanced rows: heatmaps (every cell of a pair, mostly
-    # unchanged) are read at the train split's base rate of change (metrics.prior_shift)
-    shift = prior_shift(train_base_rate(examples))
-    return rows.with_columns(prior_threshold=pl.col("tf_threshold") + shift)
+    return test
+
+
+def explainer_rows(
+    asked: pl.DataFrame,
+    run,
+    labels: dict,
+    summary: dict,
+    model_dir,
+    adapter_dir,
+    settings: EvaluateSettings,
+    train_settings: TrainSettings,
+    features: FeatureSettings,
+) -> pl.DataFrame:
+    """An explainer's answers and scores on a change task's rows, asked in the formats the run
+    was trained in (its summary; an untrained one: the config), its vectors injected where the
+    question format asks for them."""
+    answer_format = summary.get("answer_format") or "compact"
+    question_format = summary.get("question_format") or train_settings.question_format
+    asked = asked_as(asked, run.task, answer_format, question_format)
+    model, tokenizer = load_explainer(model_dir, adapter_dir)
+    injector = None
+    if vector_question(run.task, question_format):
+        injection = with_target_map(features.injection, model_dir, run.target, run.explainer)
+        width = len(asked["vector"][0])
+        injector = explainer_injector(model, tokenizer, adapter_dir, width, injection)
+    with as_validated(model, adapter_dir):
+        return evaluate_change_task(
+            model,
+            tokenizer,
+            asked,
+            labels=labels,
+            max_new_tokens=settings.max_new_tokens,
+            batch_size=settings.batch_size,
+            threshold=summary_threshold(summary),
+            pack=settings.pack,
+            answer_format=answer_format,
+            injector=injector,
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
