@@ -22,13 +22,9 @@ from _common import environment, print_table, timed, write_record
 from selfexplain.core.schema import read_examples, select, subsample
 from selfexplain.core.settings import TrainConfig
 from selfexplain.models import load
-from selfexplain.train.trainer import (
-    IGNORE,
-    RightPadCollator,
-    answer_loss,
-    encode_example,
-    lora_model,
-)
+from selfexplain.train.encode import IGNORE, RightPadCollator, encode_example
+from selfexplain.train.loss import answer_loss
+from selfexplain.train.weights import lora_model
 
 
 def parse_args(argv=None) -> argparse.Namespace:

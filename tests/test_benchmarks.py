@@ -15,7 +15,7 @@ import torch
 from selfexplain.core.schema import ExplainerExample, to_frame, write_parquet
 from selfexplain.core.settings import TrainConfig
 from selfexplain.models import load, resolve
-from selfexplain.train.trainer import lora_model
+from selfexplain.train.weights import lora_model
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 ENV_KEYS = {"torch", "date", "host_cpu", "threads"}

@@ -31,7 +31,8 @@ from selfexplain.features.injection import (
 from selfexplain.hooks import ResidualPatch, patch_residual
 from selfexplain.models import decoder_layers, resolve, tiny_random
 from selfexplain.tasks.features import feature_question
-from selfexplain.train.trainer import encode_example, train_explainer
+from selfexplain.train.encode import encode_example
+from selfexplain.train.trainer import train_explainer
 
 
 def block_input(model, ids, layer=0):
@@ -327,8 +328,8 @@ def test_a_fitted_map_stays_fixed_in_training_and_is_saved(tmp_path):
 def test_a_new_map_fit_does_not_resume_old_checkpoints(tmp_path, monkeypatch):
     """A run that reads through a fitted map fingerprints how the map is fitted (MAP_FIT), so
     changing the fit starts afresh; runs without a map keep their fingerprints."""
-    import selfexplain.train.trainer as trainer_module
-    from selfexplain.train.trainer import run_fingerprint
+    import selfexplain.train.checkpoints as checkpoints_module
+    from selfexplain.train.checkpoints import run_fingerprint
 
     model_dir = resolve("tiny-random-gemma", tmp_path / "models" / "gemma")
     df = pl.DataFrame(
@@ -338,6 +339,6 @@ def test_a_new_map_fit_does_not_resume_old_checkpoints(tmp_path, monkeypatch):
     cfg = TrainConfig()
     mapped, plain = {"layer": 0, "map_from": "models/llama"}, {"layer": 0}
     before = [run_fingerprint(model_dir, df, cfg, s) for s in (mapped, plain)]
-    monkeypatch.setattr(trainer_module, "MAP_FIT", "another fit")
+    monkeypatch.setattr(checkpoints_module, "MAP_FIT", "another fit")
     after = [run_fingerprint(model_dir, df, cfg, s) for s in (mapped, plain)]
     assert before[0] != after[0] and before[1] == after[1]

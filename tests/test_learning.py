@@ -133,7 +133,7 @@ def test_the_starting_score_is_never_kept_nor_stops_training():
     step nor runs out the patience: the best of the trained steps is kept."""
     from types import SimpleNamespace
 
-    from selfexplain.train.trainer import Validation
+    from selfexplain.train.validation import Validation
 
     scores = iter([0.9, 0.4, 0.5, 0.45, 0.3, 0.2])
     v = Validation(lambda model: {"auc": next(scores)}, "auc", 10, patience=2, resume=None)

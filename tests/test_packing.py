@@ -23,13 +23,9 @@ from selfexplain.packing import (
     plan_packs,
     shared_length,
 )
-from selfexplain.train.trainer import (
-    IGNORE,
-    RightPadCollator,
-    answer_loss,
-    encode_example,
-    train_explainer,
-)
+from selfexplain.train.encode import IGNORE, RightPadCollator, encode_example
+from selfexplain.train.loss import answer_loss
+from selfexplain.train.trainer import train_explainer
 
 PROMPTS = ['"The capital of France is"', '"Two plus two is"', '"The cat sat on the"']
 

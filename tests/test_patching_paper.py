@@ -232,7 +232,8 @@ def test_compact_questions_train_without_the_labels_vectors(paper_labels, tmp_pa
     """Patching labels keep each patch's vector, but a compact question names the patch in
     words: train_explainer called on such rows directly injects nothing."""
     from selfexplain.core.settings import TrainConfig
-    from selfexplain.train.trainer import train_explainer, vectors_asked
+    from selfexplain.train.rows import vectors_asked
+    from selfexplain.train.trainer import train_explainer
 
     assert paper_labels["vector"].null_count() == 0
     assert vectors_asked(paper_labels)["vector"].null_count() == len(paper_labels)

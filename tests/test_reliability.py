@@ -37,7 +37,8 @@ from selfexplain.prompts import (
 )
 from selfexplain.tasks.ablation import ablation_examples, ablation_labels
 from selfexplain.tasks.patching import filter_pairs, patching_examples, patching_labels
-from selfexplain.train.trainer import FINGERPRINT, train_explainer
+from selfexplain.train.checkpoints import FINGERPRINT
+from selfexplain.train.trainer import train_explainer
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "workflow/schemas/config.schema.yaml"

@@ -21,7 +21,7 @@ from selfexplain.token_identity import (
     score_token_identity,
     token_identity_examples,
 )
-from selfexplain.train.trainer import encode_example
+from selfexplain.train.encode import encode_example
 
 
 def test_examples_disjoint_and_vectors_are_embedding_rows(tiny_llama):

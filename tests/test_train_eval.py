@@ -11,13 +11,9 @@ from selfexplain.core.formats import format_prompt
 from selfexplain.core.settings import TrainConfig
 from selfexplain.evaluate.generation import evaluate_change_task, generate_answers, load_explainer
 from selfexplain.models import resolve
-from selfexplain.train.trainer import (
-    IGNORE,
-    RightPadCollator,
-    answer_loss,
-    encode_example,
-    train_explainer,
-)
+from selfexplain.train.encode import IGNORE, RightPadCollator, encode_example
+from selfexplain.train.loss import answer_loss
+from selfexplain.train.trainer import train_explainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -280,7 +276,7 @@ def test_tokenized_rows_are_cached_by_what_they_depend_on(tiny_llama, tmp_path):
     """tokenize_rows is a datasets map: the same rows as encode_example, kept as an Arrow file
     named by the rows, tokenizer and max_length; a second call loads it (the file is not
     written again); other settings make a new file and remove the stale one."""
-    import selfexplain.train.trainer as train
+    import selfexplain.train.encode as train
 
     _, tok = tiny_llama
     qs, ans = ["Is it so?", "What if the third token goes?"], ["unchanged", 'changes to "x"']

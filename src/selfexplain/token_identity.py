@@ -24,6 +24,7 @@ import random
 import re
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -208,8 +209,62 @@ def run_token_identity(
     if relation is None:
         relation = "self" if target_dir.name == explainer_dir.name else "other"
     injection = dict(injection or {})
-    layer = injection.get("layer", 0)
+    words = _draw_words(target_dir, n_train, n_test, n_val, seed)
+    if relation == "other":
+        injection |= _map_settings(target_dir, words)
+    generation = {"max_new_tokens": max_new_tokens, "batch_size": batch_size}
+    untrained = _score_untrained(explainer_dir, words, injection, scales, generation)
+    summary, train_seconds = _train(explainer_dir, out_dir, words, train_cfg, injection)
+    trained = _predict_trained(explainer_dir, out_dir / "adapter", words, injection, generation)
 
+    result = {"target": target_dir.name, "explainer": explainer_dir.name, "relation": relation}
+    result |= {"n_train": len(words.train), "n_test": len(words.test), "n_val": len(words.val)}
+    result |= _scores(words, trained, untrained, seed=seed, n_samples=n_samples, n_errors=n_errors)
+    result |= {"injection": trained.injection, "reference_norm": untrained.reference_norm}
+    # "best": the kept step (by the validation words' answer loss)
+    kept = ("steps", "best", "stopped_early", "validation", "train_loss", "final_logged_loss")
+    result |= {k: summary[k] for k in kept}
+    result |= {"train_seconds": train_seconds, "seconds": time.perf_counter() - start}
+    _write_json(result, json_path)
+    return result
+
+
+@dataclass
+class _Words:
+    """The drawn words' examples by split, the held-out words as scored, the vectors' width."""
+
+    train: pl.DataFrame
+    test: pl.DataFrame
+    val: pl.DataFrame
+    answers: list[str]  # the test words, stripped
+    d_in: int
+
+
+@dataclass
+class _Untrained:
+    """The untrained explainer's scores: exact match by scale (identity prompt and trained
+    question), the identity prompt's predictions by scale, the written-out word's ceiling."""
+
+    reference_norm: float
+    text_ceiling: float
+    identity: dict[str, float]
+    question: dict[str, float]
+    preds: dict[str, list[str]]
+
+
+@dataclass
+class _Trained:
+    """The trained explainer's answers on the test words and on as many training words, and
+    its injection settings (layer, scale, the injector's norm and map init)."""
+
+    preds: list[str]
+    train_preds: list[str]
+    injection: dict
+
+
+def _draw_words(target_dir: Path, n_train: int, n_test: int, n_val: int, seed: int) -> _Words:
+    """The target's token-identity examples: n_test test words, then n_val validation words,
+    then n_train training words (the target model is freed before returning)."""
     target_model, target_tok = load(target_dir)
     frame = token_identity_examples(
         target_model,
@@ -224,93 +279,118 @@ def run_token_identity(
     train = frame.filter(pl.col("split") == "train")
     test = frame.filter(pl.col("split") == "test")
     test, val = test.head(n_test), test.slice(n_test).with_columns(split=pl.lit("val"))
-    d_in = len(frame["vector"][0])
-    vectors = test["vector"].to_list()
     answers = [a.strip() for a in test["answer"].to_list()]  # the words, as scored
-    if relation == "other":  # the width map starts from the two models' shared-token
-        # embeddings, fitted without the held-out and validation words
-        injection |= {
-            "map_from": str(target_dir),
-            "map_exclude": [m["token_id"] for m in meta(test) + meta(val)],
-        }
+    return _Words(train, test, val, answers, d_in=len(frame["vector"][0]))
 
-    # untrained explainer (no adapter): the identity prompt (with the word written out: the
-    # prompt's ceiling) and the trained question, the vector at each multiple of the ref. norm
+
+def _map_settings(target_dir: Path, words: _Words) -> dict:
+    """The injection settings of another model's vectors: the width map starts from the two
+    models' shared-token embeddings, fitted without the held-out and validation words."""
+    exclude = [m["token_id"] for m in meta(words.test) + meta(words.val)]
+    return {"map_from": str(target_dir), "map_exclude": exclude}
+
+
+def _score_untrained(
+    explainer_dir: Path, words: _Words, injection: dict, scales: Sequence[float], generation: dict
+) -> _Untrained:
+    """The untrained explainer (no adapter) on the test words: the identity prompt (with the
+    word written out: the prompt's ceiling) and the trained question, the vector at each
+    multiple in ``scales`` of the reference norm at the injection layer."""
+    test, answers = words.test, words.answers
     model, tok = load_explainer(explainer_dir)
-    ref = reference_norm(model, tok, layer)
+    ref = reference_norm(model, tok, injection.get("layer", 0))
     written = [IDENTITY_PROMPT.replace(PLACEHOLDER, m["token"].lstrip()) for m in meta(test)]
-    text_ceiling = score_token_identity(
-        generate_raw(model, tok, written, max_new_tokens=max_new_tokens, batch_size=batch_size),
-        answers,
-    )
-    untrained: dict[str, dict[str, float]] = {"identity": {}, "question": {}}
-    untrained_preds: dict[str, list[str]] = {}  # identity prompt, per scale
+    text_ceiling = score_token_identity(generate_raw(model, tok, written, **generation), answers)
+    untrained = _Untrained(ref, text_ceiling, identity={}, question={}, preds={})
+    vectors = test["vector"].to_list()
     for scale in scales:
-        injector = Injector.from_settings(model, tok, d_in, injection | {"scale": scale * ref})
-        kwargs = {"max_new_tokens": max_new_tokens, "batch_size": batch_size}
-        kwargs |= {"vectors": vectors, "injector": injector}
+        injector = Injector.from_settings(
+            model, tok, words.d_in, injection | {"scale": scale * ref}
+        )
+        kwargs = generation | {"vectors": vectors, "injector": injector}
         identity = generate_raw(model, tok, [IDENTITY_PROMPT] * len(test), **kwargs)
         question = generate_answers(model, tok, [QUESTION] * len(test), **kwargs)
-        untrained["identity"][str(float(scale))] = score_token_identity(identity, answers)
-        untrained_preds[str(float(scale))] = identity
-        untrained["question"][str(float(scale))] = score_token_identity(question, answers)
+        untrained.identity[str(float(scale))] = score_token_identity(identity, answers)
+        untrained.preds[str(float(scale))] = identity
+        untrained.question[str(float(scale))] = score_token_identity(question, answers)
     del model, tok, injector
     gc.collect()
+    return untrained
 
-    adapter = out_dir / "adapter"
-    train_start = time.perf_counter()
+
+def _train(
+    explainer_dir: Path, out_dir: Path, words: _Words, train_cfg: TrainConfig, injection: dict
+) -> tuple[dict, float]:
+    """Train the adapter (out_dir/adapter; checkpoints in out_dir/checkpoints) on the training
+    words, the validation words (if any) selecting its step: (the train summary, seconds)."""
+    start = time.perf_counter()
     summary = train_explainer(
         model_path=explainer_dir,
-        examples=train,
-        out_dir=adapter,
+        examples=words.train,
+        out_dir=out_dir / "adapter",
         cfg=train_cfg,
         checkpoint_dir=out_dir / "checkpoints",
         injection=injection,
-        validation=val if len(val) else None,
+        validation=words.val if len(words.val) else None,
     )
-    train_seconds = time.perf_counter() - train_start
+    return summary, time.perf_counter() - start
 
+
+def _predict_trained(
+    explainer_dir: Path, adapter: Path, words: _Words, injection: dict, generation: dict
+) -> _Trained:
+    """The trained explainer's answers to the test words' questions and to those of the first
+    as many training words."""
+    test, train = words.test, words.train
     model, tok = load_explainer(explainer_dir, adapter)
-    injector = explainer_injector(model, tok, adapter, d_in, injection)
+    injector = explainer_injector(model, tok, adapter, words.d_in, injection)
     preds = generate_answers(
         model,
         tok,
         test["question"].to_list(),
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        vectors=vectors,
+        vectors=test["vector"].to_list(),
         injector=injector,
+        **generation,
     )
     train_preds = generate_answers(
         model,
         tok,
         train["question"].head(len(test)).to_list(),
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
         vectors=train["vector"].head(len(test)).to_list(),
         injector=injector,
+        **generation,
     )
-    spec_norm, spec_map_init = injector.spec.norm, injector.spec.map_init
-    # paired against the untrained explainer at its best norm on these same words (a choice
-    # that favours the baseline)
-    best_scale = max(untrained["identity"], key=untrained["identity"].get, default=None)
+    settings = {"layer": injection.get("layer", 0), "scale": injection.get("scale")}
+    settings |= {"norm": injector.spec.norm, "map_init": injector.spec.map_init}
+    trained = _Trained(preds, train_preds, settings)
     del model, tok, injector
     gc.collect()
+    return trained
 
-    result = {
-        "target": target_dir.name,
-        "explainer": explainer_dir.name,
-        "relation": relation,
-        "n_train": len(train),
-        "n_test": len(test),
-        "n_val": len(val),
+
+def _scores(
+    words: _Words,
+    trained: _Trained,
+    untrained: _Untrained,
+    *,
+    seed: int,
+    n_samples: int,
+    n_errors: int,
+) -> dict:
+    """The result's scores: trained and untrained exact match, samples and errors, the paired
+    trained − untrained difference and every held-out word's predictions."""
+    answers, preds, n = words.answers, trained.preds, len(words.test)
+    # paired against the untrained explainer at its best norm on these same words (a choice
+    # that favours the baseline)
+    best_scale = max(untrained.identity, key=untrained.identity.get, default=None)
+    return {
         "accuracy": score_token_identity(preds, answers),
         "train_accuracy": score_token_identity(
-            train_preds, train["answer"].head(len(test)).to_list()
+            trained.train_preds, words.train["answer"].head(n).to_list()
         ),
-        "untrained_by_scale": untrained["identity"],
-        "untrained_text_ceiling": text_ceiling,
-        "untrained_question_by_scale": untrained["question"],
+        "untrained_by_scale": untrained.identity,
+        "untrained_text_ceiling": untrained.text_ceiling,
+        "untrained_question_by_scale": untrained.question,
         "samples": [
             {"token": a, "prediction": p}
             for a, p in zip(answers[:n_samples], preds[:n_samples], strict=True)
@@ -323,27 +403,10 @@ def run_token_identity(
         "trained_minus_untrained": None
         if best_scale is None
         else {"scale": float(best_scale)}
-        | paired_hits(preds, untrained_preds[best_scale], answers, seed=seed),
+        | paired_hits(preds, untrained.preds[best_scale], answers, seed=seed),
         "per_word": [  # every held-out word: for paired comparisons across runs
             {"token": a, "prediction": p}
-            | {f"untrained_{k}": v[i] for k, v in untrained_preds.items()}
+            | {f"untrained_{k}": v[i] for k, v in untrained.preds.items()}
             for i, (a, p) in enumerate(zip(answers, preds, strict=True))
         ],
-        "injection": {
-            "layer": layer,
-            "scale": injection.get("scale"),
-            "norm": spec_norm,
-            "map_init": spec_map_init,
-        },
-        "reference_norm": ref,
-        "steps": summary["steps"],
-        "best": summary["best"],  # the kept step (by the validation words' answer loss)
-        "stopped_early": summary["stopped_early"],
-        "validation": summary["validation"],
-        "train_loss": summary["train_loss"],
-        "final_logged_loss": summary["final_logged_loss"],
-        "train_seconds": train_seconds,
-        "seconds": time.perf_counter() - start,
     }
-    _write_json(result, json_path)
-    return result

@@ -64,7 +64,27 @@ def launch_train(
     dicts or sections. ``threads``: CPU threads per worker (default: this process's torch
     threads, which the rule's script sets to the job's, divided among the workers)."""
 
-    work_dir = Path(work_dir)
+    spec = write_spec(examples, run, Path(work_dir), **kwargs)
+    if not threads:  # the job's threads (the rule's, set by its script) shared by the workers
+        import torch
+
+        threads = max(1, torch.get_num_threads() // processes)
+    cmd = torchrun_command(processes, spec)
+    print("launch:", " ".join(cmd), flush=True)
+    env = os.environ | {"OMP_NUM_THREADS": str(threads)}
+    done = subprocess.run(cmd, env=env, check=False, **_output_streams())
+    if done.returncode:
+        raise RuntimeError(
+            f"torchrun with {processes} processes failed (exit {done.returncode}); the workers' "
+            f"output is above. Spec: {spec}. To train in one process set "
+            "train.processes: 1"
+        )
+    return json.loads((Path(kwargs["out_dir"]) / SUMMARY).read_text())
+
+
+def write_spec(examples, run: dict, work_dir: Path, **kwargs) -> Path:
+    """Write the examples and the spec of train_run's arguments that each worker reads (see
+    selfexplain.run.main) into work_dir; the spec's path."""
     work_dir.mkdir(parents=True, exist_ok=True)
     examples.write_parquet(work_dir / EXAMPLES)
     spec = {
@@ -77,11 +97,12 @@ def launch_train(
         "features": FeatureSettings.of(kwargs["features"]).as_config(),
     }
     (work_dir / SPEC).write_text(json.dumps(spec, indent=1))
-    if not threads:  # the job's threads (the rule's, set by its script) shared by the workers
-        import torch
+    return work_dir / SPEC
 
-        threads = max(1, torch.get_num_threads() // processes)
-    cmd = [
+
+def torchrun_command(processes: int, spec: Path) -> list[str]:
+    """The torchrun command line that starts ``processes`` workers of selfexplain.run."""
+    return [
         sys.executable,
         "-m",
         "torch.distributed.run",
@@ -89,11 +110,14 @@ def launch_train(
         f"--nproc_per_node={processes}",
         "-m",
         "selfexplain.run",
-        str(work_dir / SPEC),
+        str(spec),
     ]
-    print("launch:", " ".join(cmd), flush=True)
-    env = os.environ | {"OMP_NUM_THREADS": str(threads)}
-    streams = {}  # the workers write where this process does (the rule's log file)
+
+
+def _output_streams() -> dict[str, int]:
+    """The file descriptors of this process's stdout and stderr, so that the workers write
+    where this process does (the rule's log file); none where they have no descriptor."""
+    streams = {}
     for name in ("stdout", "stderr"):
         stream = getattr(sys, name)
         try:
@@ -101,14 +125,20 @@ def launch_train(
             streams[name] = stream.fileno()
         except (AttributeError, OSError, ValueError):  # e.g. pytest's capture: inherit
             pass
-    done = subprocess.run(cmd, env=env, check=False, **streams)
-    if done.returncode:
-        raise RuntimeError(
-            f"torchrun with {processes} processes failed (exit {done.returncode}); the workers' "
-            f"output is above. Spec: {work_dir / SPEC}. To train in one process set "
-            "train.processes: 1"
-        )
-    return json.loads((Path(kwargs["out_dir"]) / SUMMARY).read_text())
+    return streams
+
+
+def single_process_env() -> None:
+    """Set the torch.distributed variables DeepSpeed needs when not started by a launcher."""
+    if "RANK" in os.environ:
+        return
+    import socket
+
+    with socket.socket() as sock:  # a free local port for the one-process process group
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    defaults = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
+    os.environ.update(defaults | {"MASTER_PORT": str(port)})
 
 
 def _str_or_none(path) -> str | None:
