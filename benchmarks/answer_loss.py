@@ -6,7 +6,7 @@
 One forward + backward of the pipeline's LoRA explainer (TrainConfig defaults) on one batch of
 real explainer examples (the train split of --labels, encoded and right-padded as the trainer
 does), timed --repeats times each way in the same run: the model's own loss (logits at every
-position) and selfexplain.train.trainer.answer_loss (the output layer only where an answer token is
+position) and selfexplain.train.loss.answer_loss (the output layer only where an answer token is
 predicted). Records both losses (they must agree) and the best time of each. Writes
 results/benchmarks/answer_loss_<model dir name>.json.
 """

@@ -18,7 +18,7 @@ FLOP/s is the usual 6 * params * tokens/s with params = ALL parameters of the mo
 base, embeddings and the LoRA adapter). With a frozen base the backward pass skips the base
 weights' gradients, so the matmul work actually done is nearer 4 * params per token: the
 4N figure is reported as well. The trainer computes the output layer's logits only where an
-answer token is predicted (selfexplain.train.trainer.answer_loss), so both N-based figures count
+answer token is predicted (selfexplain.train.loss.answer_loss), so both N-based figures count
 work that is not done; the record's executed_flops counts what is: 4 x non-embedding params per
 token + 4 x output-layer params per logit row. Writes results/benchmarks/train_throughput.json.
 """

@@ -6,8 +6,8 @@ from __future__ import annotations
 import polars as pl
 
 from selfexplain.core.formats import PLACEHOLDER
+from selfexplain.core.registry import CHANGE_TASKS
 from selfexplain.core.schema import has_vectors, without_vectors
-from selfexplain.tasks import CHANGE_TASKS
 
 
 def is_change_frame(examples: pl.DataFrame) -> bool:
