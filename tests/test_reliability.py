@@ -112,7 +112,7 @@ BAD_CONFIGS = {
     "unknown variant": (
         "variants",
         ["trained", "fine-tuned"],
-        ["'fine-tuned' is not allowed", "'prompt_only', 'constant', 'surface'"],
+        ["'fine-tuned' is not allowed", "'prompt_only', 'surface', 'constant'"],
     ),
     "unknown ablation kind": ("ablation.kinds", ["fact", "facts"], ["'ablation.kinds[1]'"]),
     "unknown engine": ("ablation.engine", "captum", ["feature_ablation", "llm_attribution"]),
