@@ -58,14 +58,10 @@ def setting_doc(section: type[Section], name: str) -> str:
     return field.metadata["doc"]
 
 
-def setting_default(section: type[Section], name: str) -> Any:
-    return getattr(section(), name)
-
-
 def from_setting(section: type[Section], name: str, none: str = "null") -> dict[str, Any]:
     """``default`` and ``help`` of an option that is the pipeline's setting ``section.name``: its
     default and its doc (``none``: how the command line writes a None default)."""
-    default = setting_default(section, name)
+    default = getattr(section(), name)
     shown = none if default is None else default
     doc = setting_doc(section, name).replace("%", "%%")
     return {"default": default, "help": f"{doc} (default {shown}: {section.SECTION}.{name})"}

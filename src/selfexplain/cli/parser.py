@@ -13,7 +13,6 @@ from selfexplain.cli.options import (
     from_setting,
     positive,
     positive_or_all,
-    setting_default,
     setting_doc,
     threshold_rule,
 )
@@ -153,7 +152,7 @@ def _ask_patching(tasks) -> None:
         help="patching label file whose window and layer starts the explainer was trained on "
         "(default: results/labels/patching/<target>.parquet next to the explainer)",
     )
-    window, stride = (setting_default(PatchingSettings, k) for k in ("window", "layer_stride"))
+    window, stride = PatchingSettings().window, PatchingSettings().layer_stride
     pat.add_argument(
         "--window",
         type=positive,
@@ -242,7 +241,7 @@ def _labels_ablation(tasks) -> None:
         choices=["feature_ablation", "llm_attribution"],
         **from_setting(AblationSettings, "engine"),
     )
-    drop_last = setting_default(AblationSettings, "drop_last")
+    drop_last = AblationSettings().drop_last
     abl.add_argument(
         "--keep-last",
         action="store_true",

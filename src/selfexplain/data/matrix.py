@@ -85,12 +85,12 @@ def runs(config: dict) -> list[Run]:
     the language-model controls (a record's lm_control, and the data-scaling variants) to the
     pairs whose explainer is the target; "all" runs them for every pair."""
     out = []
-    scaling = scaling_variants(config) if TRAINED in config["variants"] else []
+    variants = all_variants(config)
     every_pair = config.get("controls_for", "self") == "all"
     for task in config["tasks"]:
         for target in config["targets"]:
             for explainer in config["explainers"]:
-                for variant in list(config["variants"]) + scaling:
+                for variant in variants:
                     if not applies(task, variant):
                         continue
                     control = variant_record(variant).lm_control or is_scaling(variant)

@@ -7,9 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from selfexplain.core.layout import SUMMARY_FILE as SUMMARY
 from selfexplain.metrics import prior_shift
-
-SUMMARY = "train_summary.json"
 
 
 def run_summary(adapter_dir: str | Path | None) -> dict:
