@@ -84,8 +84,41 @@ def test_shuffle_signal_moves_questions_within_each_prompt_and_keeps_answers():
         assert sorted(new) == sorted(orig)
         prompt = json.loads(df.filter(pl.col("id").str.contains(f"/{pid}/"))["meta"][0])["prompt"]
         assert all(q.startswith(f"Prompt: {json.dumps(prompt)}") for q in new)
-    # the single-example prompt p3 still gets a question of another prompt (never its own)
-    assert out.filter(pl.col("id").str.contains("/p3/"))["question"][0] != df["question"][-1]
+    # the single-example prompt p3 cannot be shuffled: its clause is stripped, its prompt kept
+    lone = out.filter(pl.col("id").str.contains("/p3/"))["question"][0]
+    assert lone.endswith("Removed: one part.") and lone.startswith('Prompt: "a"')
+
+
+def _prompt_line(question: str) -> str:
+    return question.split("\n", 1)[0]
+
+
+def test_controls_are_asked_alike_in_training_and_test_and_never_cross_prompts():
+    """The no_signal control of a test row is decided over the whole test split (every
+    prompt with all of its rows, as training applies it before its draw), not over the
+    balanced draw: a prompt the draw leaves with one row still gets another question of the
+    same prompt. No question, in training or test, names another prompt."""
+    from selfexplain.data.draws import training_rows
+    from selfexplain.data.variants import apply_control, controlled_rows
+
+    df = ablation_frame()
+    test = df.with_columns(split=pl.lit("test"))
+    one_each = test.filter(pl.col("id").is_in(["ablation/t/p1/t0", "ablation/t/p2/t1"]))
+    asked = controlled_rows(one_each, test, "ablation", "no_signal", 3)
+    whole = apply_control(test, "ablation", "no_signal", 3)
+    expected = whole.filter(pl.col("id").is_in(one_each["id"].implode()))
+    assert asked["question"].to_list() == expected["question"].to_list()
+    assert asked["answer"].to_list() == one_each["answer"].to_list()
+    assert all(a != b for a, b in zip(asked["question"], one_each["question"], strict=True))
+    for rows in (
+        asked,
+        training_rows(
+            df, "ablation", "no_signal", 3, n_train=None, n_variant=None, val_fraction=0.0
+        )[0],
+    ):
+        for q, m in zip(rows["question"], rows["meta"], strict=True):
+            assert _prompt_line(q) == f"Prompt: {json.dumps(json.loads(m)['prompt'])}"
+    assert controlled_rows(one_each, test, "ablation", "trained", 3).equals(one_each)
 
 
 def test_shuffle_signal_is_deterministic_in_seed():

@@ -45,6 +45,24 @@ def test_bootstrap_ci_brackets_value():
     assert isinstance(rows, pl.DataFrame)
 
 
+def test_bootstrap_ci_resamples_whole_clusters():
+    """10 clusters of 20 rows, each cluster all right or all wrong (5 of each): resampling rows
+    gives a half-width near 1.96 x sqrt(.25 / 200) = 0.07, resampling clusters one near
+    1.96 x sqrt(.25 / 10) = 0.31. A cluster key per row is required."""
+    right = [(i // 20) % 2 == 0 for i in range(200)]
+    rows = pl.DataFrame({"exact_match": right})
+    clusters = [f"p{i // 20}" for i in range(200)]
+
+    def mean(r):
+        return {"em": float(r["exact_match"].mean())}
+
+    lo, hi = bootstrap_ci(rows, mean, n_boot=1000, seed=0)["em"]
+    clo, chi = bootstrap_ci(rows, mean, n_boot=1000, seed=0, clusters=clusters)["em"]
+    assert (hi - lo) / 2 < 0.1 < 0.2 < (chi - clo) / 2 < 0.4
+    with pytest.raises(ValueError, match="cluster keys"):
+        bootstrap_ci(rows, mean, clusters=clusters[:5])
+
+
 def test_answer_formats_round_trip_and_parse_either():
     from selfexplain.core.formats import COMPACT, PAPER, answer_format, format_of
 

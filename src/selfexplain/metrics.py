@@ -196,13 +196,25 @@ def bootstrap_ci(
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    clusters: Sequence[str] | None = None,
 ) -> dict[str, tuple[float, float]]:
-    """Percentile bootstrap CI of each statistic, resampling rows with replacement."""
+    """Percentile bootstrap CI of each statistic, resampling whole clusters with replacement
+    (clusters: each row's cluster, e.g. its prompt or pair: the questions of one prompt are
+    not independent); without clusters, single rows."""
     rng = np.random.default_rng(seed)
-    n = len(rows)
+    if clusters is None:
+        members = [np.array([i]) for i in range(len(rows))]
+    else:
+        if len(clusters) != len(rows):
+            raise ValueError(f"{len(clusters)} cluster keys for {len(rows)} rows")
+        index: dict[str, list[int]] = {}
+        for i, c in enumerate(clusters):
+            index.setdefault(str(c), []).append(i)
+        members = [np.array(v) for _, v in sorted(index.items())]
+    n = len(members)
     draws: dict[str, list[float]] = {}
     for _ in range(n_boot):
-        idx = rng.integers(0, n, size=n)
+        idx = np.concatenate([members[j] for j in rng.integers(0, n, size=n)]) if n else []
         for k, v in statistic(rows[idx]).items():
             draws.setdefault(k, []).append(v)
     lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100

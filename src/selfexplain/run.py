@@ -36,7 +36,7 @@ from selfexplain.core.settings import EvaluateSettings, FeatureSettings, TrainSe
 from selfexplain.data.baselines import baseline_predictions
 from selfexplain.data.draws import balanced, training_rows
 from selfexplain.data.matrix import base_variant, variant_n_train
-from selfexplain.data.variants import apply_control
+from selfexplain.data.variants import controlled_rows
 from selfexplain.evaluate.generation import (
     as_validated,
     change_rows,
@@ -215,9 +215,8 @@ def evaluate_run(
             settings=settings,
             features=features,
         )
-    asked = apply_control(
-        change_test_rows(examples, task, settings, heatmap_pairs), task, variant, seed
-    )
+    test_rows = change_test_rows(examples, task, settings, heatmap_pairs)
+    asked = controlled_rows(test_rows, select(examples, "test"), task, variant, seed)
     if spec.answers == "baseline":
         preds, scores = baseline_predictions(variant, task, fitted, asked)
         rows = change_rows(asked, preds, scores, labels | {"n_train": len(fitted)})

@@ -45,10 +45,12 @@ def shuffle_signal(
     patching row's patched vector) are permuted among the examples of the same prompt.
 
     Within each prompt the permutation has no fixed point, so every question names another
-    example's token (ablation) or (position, layer window) (patching). A prompt with a single
-    example cannot be shuffled within itself: those examples are deranged among each other
-    (they then show another prompt's question; a single one gets any other example's). Rows
-    keep their order, ids, answers and meta; the result depends only on the frame and seed.
+    example's token (ablation) or (position, layer window) (patching). No question crosses
+    prompts: a prompt with a single example cannot be shuffled, so its question loses the
+    clause instead (strip_signal, as prompt_only asks it). Apply it to whole prompts (every
+    row of a split, before any draw) so that training and test ask alike
+    (data.variants.controlled_rows). Rows keep their order, ids, answers and meta; the
+    result depends only on the frame and seed.
     """
     if task not in GROUP_KEY:
         raise ValueError(f"shuffle_signal is for {sorted(GROUP_KEY)}, not {task!r}")
@@ -57,8 +59,7 @@ def shuffle_signal(
     groups: dict[str, list[int]] = {}
     for i, m in enumerate(examples["meta"].to_list()):
         groups.setdefault(str(json.loads(m)[GROUP_KEY[task]]), []).append(i)
-    n = len(examples)
-    source = list(range(n))  # row i shows row source[i]'s question
+    source = list(range(len(examples)))  # row i shows row source[i]'s question
     singles = []
     for key in sorted(groups):
         rows = groups[key]
@@ -67,15 +68,14 @@ def shuffle_signal(
             continue
         for i, j in zip(rows, derangement(len(rows), seeded_rng(seed, key)), strict=True):
             source[i] = rows[j]
-    rng = seeded_rng(seed, "<singletons>")
-    if len(singles) >= 2:
-        for i, j in zip(singles, derangement(len(singles), rng), strict=True):
-            source[i] = singles[j]
-    elif len(singles) == 1 and n >= 2:  # the one lone example: any other's question
-        others = [j for j in range(n) if j != singles[0]]
-        source[singles[0]] = others[int(rng.integers(len(others)))]
     order = pl.Series(source, dtype=pl.UInt32)
-    return examples.with_columns(*[examples[c].gather(order) for c in columns])
+    out = examples.with_columns(*[examples[c].gather(order) for c in columns])
+    if not singles:
+        return out
+    lone = pl.Series([False] * len(out), dtype=pl.Boolean).scatter(singles, True)
+    indexed = out.with_row_index("_row")
+    stripped = strip_signal(indexed.filter(lone), task)
+    return pl.concat([indexed.filter(~lone), stripped]).sort("_row").drop("_row")
 
 
 # the clause of a question that names the removed token / patched position and layers

@@ -61,3 +61,28 @@ def apply_control(df: pl.DataFrame, task: str, name: str, seed: int) -> pl.DataF
     if control == "strip":
         return strip_signal(df, task)
     return df
+
+
+def controlled_rows(rows: pl.DataFrame, split: pl.DataFrame, task: str, name: str, seed: int):
+    """rows (drawn from split) with the questions the variant asks them: its control applied
+    over the whole split they were drawn from, every prompt with all of its rows, as training
+    applies it before its draw; then the rows picked by id. So a control's test question is
+    another question of the same prompt, as in training, however few of a prompt's rows the
+    balanced test draw kept (applied to the draw alone, a prompt left with one row would be
+    asked differently)."""
+    if variant(name).control is None:
+        return rows
+    full = apply_control(split, task, name, seed)
+    columns = [c for c in ("question", "vector") if c in rows.columns and c in full.columns]
+    asked = full.select("id", *columns)
+    missing = set(rows["id"].to_list()) - set(asked["id"].to_list())
+    if missing:
+        example = sorted(missing)[0]
+        raise ValueError(
+            f"{len(missing)} rows are not in the split they came from, e.g. {example!r}"
+        )
+    return (
+        rows.drop(columns)
+        .join(asked, on="id", how="left", maintain_order="left")
+        .select(rows.columns)
+    )

@@ -10,7 +10,9 @@ side's metric on a resample is the mean over its seeds.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
@@ -39,6 +41,8 @@ COLUMNS = [
     "ci_hi",
     "n_items",
     "n_clusters",
+    "a_seed_sd",
+    "b_seed_sd",
     "a_seeds",
     "b_seeds",
 ]
@@ -105,27 +109,124 @@ def _bootstrap_draws(members: list[np.ndarray], n_boot: int, seed: int) -> list[
     return [np.concatenate([members[j] for j in rng.integers(0, n, n)]) for _ in range(n_boot)]
 
 
+def _per_seed(arrs: Sequence[dict], metric: str, draws: Sequence[np.ndarray]) -> np.ndarray:
+    """The metric of each run (seed) on each resample of the items: (n_seeds, n_boot)."""
+    return np.array([[_metric(arr, metric, idx) for idx in draws] for arr in arrs])
+
+
+def _seed_draws(n_seeds: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_boot, n_seeds) seed indices drawn with replacement (the outer level of the
+    hierarchical bootstrap); one seed: always that seed."""
+    return rng.integers(0, n_seeds, size=(n_boot, n_seeds))
+
+
+def _side_draws(values: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """A side's metric per resample: the mean over the drawn seeds of their value on it."""
+    picked = np.take_along_axis(values.T, seeds, axis=1)  # (n_boot, n_seeds drawn)
+    with warnings.catch_warnings():  # a resample where no drawn seed has a value: nan
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(picked, axis=1)
+
+
+def _seed_sd(arrs: Sequence[dict], metric: str, full: np.ndarray) -> float:
+    """Standard deviation over a side's seeds of its metric on every item (nan: one seed)."""
+    vals = [v for v in (_metric(arr, metric, full) for arr in arrs) if not np.isnan(v)]
+    return float(np.std(vals, ddof=1)) if len(vals) >= 2 else float("nan")
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """One side a minus side b on their common items: the point values and the difference on
+    every hierarchical-bootstrap resample (seeds, then clusters)."""
+
+    metric: str
+    a: float
+    b: float
+    draws: np.ndarray
+    n_items: int
+    n_clusters: int
+    a_seed_sd: float
+    b_seed_sd: float
+
+    @property
+    def diff(self) -> float:
+        return self.a - self.b
+
+
+def _seeds_of(runs: Sequence[pl.DataFrame]) -> list:
+    return [d["seed"][0] if "seed" in d.columns and len(d) else None for d in runs]
+
+
+def contrasts(
+    a_runs: Sequence[pl.DataFrame],
+    b_runs: Sequence[pl.DataFrame],
+    task: str,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> list[Contrast]:
+    """Side a minus side b per metric, by a hierarchical bootstrap: each resample draws each
+    side's seeds with replacement (jointly when both sides have the same seeds: a control and
+    the trained variant of one seed share its training draw) and whole test clusters with
+    replacement (group_of: prompt, pair, question, feature); a side's value on a resample is
+    the mean over its drawn seeds. With one seed a side this is the cluster bootstrap."""
+    a_runs = [_in_sample(d) for d in a_runs]
+    b_runs = [_in_sample(d) for d in b_runs]
+    ids = _common_ids([*a_runs, *b_runs])
+    if not ids:
+        return []
+    members = _cluster_members(a_runs[0], ids, task)
+    a_arr = [_arrays(d, ids, task) for d in a_runs]
+    b_arr = [_arrays(d, ids, task) for d in b_runs]
+    draws = _bootstrap_draws(members, n_boot, seed)
+    rng = np.random.default_rng([seed, 1])  # seeds: a stream of their own
+    a_seeds = _seed_draws(len(a_arr), n_boot, rng)
+    paired = _seeds_of(a_runs) == _seeds_of(b_runs)
+    b_seeds = a_seeds if paired else _seed_draws(len(b_arr), n_boot, rng)
+    full = np.arange(len(ids))
+    out = []
+    for metric in FEATURE_METRICS if task == "features" else CHANGE_METRICS:
+        if task == "features" and not all(metric in arr for arr in [*a_arr, *b_arr]):
+            continue
+        a_val, b_val = _side(a_arr, metric, full), _side(b_arr, metric, full)
+        if np.isnan(a_val) or np.isnan(b_val):
+            continue
+        diffs = _side_draws(_per_seed(a_arr, metric, draws), a_seeds) - _side_draws(
+            _per_seed(b_arr, metric, draws), b_seeds
+        )
+        sds = _seed_sd(a_arr, metric, full), _seed_sd(b_arr, metric, full)
+        out.append(Contrast(metric, a_val, b_val, diffs, len(ids), len(members), *sds))
+    return out
+
+
 def _side(arrs: Sequence[dict], metric: str, idx: np.ndarray) -> float:
     """A side's metric on the items idx: the mean over its runs (seeds) that have a value."""
     vals = [v for v in (_metric(arr, metric, idx) for arr in arrs) if not np.isnan(v)]
     return float(np.mean(vals)) if vals else float("nan")
 
 
-def _compare(a_arr, b_arr, metric: str, full, draws, level: float) -> dict | None:
-    """metric, a, b, diff on full and its percentile CI over draws (None: a side has none)."""
-    a_val, b_val = _side(a_arr, metric, full), _side(b_arr, metric, full)
-    if np.isnan(a_val) or np.isnan(b_val):
-        return None
-    diffs = np.array([_side(a_arr, metric, idx) - _side(b_arr, metric, idx) for idx in draws])
-    diffs = diffs[~np.isnan(diffs)]
-    lo, hi = np.percentile(diffs, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
+def percentile_ci(draws: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The percentile interval of the bootstrap draws (nan draws left out)."""
+    draws = draws[~np.isnan(draws)]
+    if not len(draws):
+        return float("nan"), float("nan")
+    lo, hi = np.percentile(draws, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
+    return float(lo), float(hi)
+
+
+def _row(c: Contrast, level: float) -> dict:
+    lo, hi = percentile_ci(c.draws, level)
     return {
-        "metric": metric,
-        "a": a_val,
-        "b": b_val,
-        "diff": a_val - b_val,
-        "ci_lo": float(lo),
-        "ci_hi": float(hi),
+        "metric": c.metric,
+        "a": c.a,
+        "b": c.b,
+        "diff": c.diff,
+        "ci_lo": lo,
+        "ci_hi": hi,
+        "n_items": c.n_items,
+        "n_clusters": c.n_clusters,
+        "a_seed_sd": c.a_seed_sd,
+        "b_seed_sd": c.b_seed_sd,
     }
 
 
@@ -138,27 +239,56 @@ def paired_difference(
     seed: int = 0,
     level: float = 0.95,
 ) -> list[dict]:
-    """Metric of side a minus side b on their common test items, with a percentile CI from a
-    bootstrap over clusters (group_of: prompt, pair, question, feature). One dict per metric:
-    metric, a, b, diff, ci_lo, ci_hi, n_items, n_clusters."""
-    a_runs = [_in_sample(d) for d in a_runs]
-    b_runs = [_in_sample(d) for d in b_runs]
-    ids = _common_ids([*a_runs, *b_runs])
-    if not ids:
+    """Metric of side a minus side b on their common test items, with a percentile CI from the
+    hierarchical bootstrap of :func:`contrasts` (seeds, then clusters). One dict per metric:
+    metric, a, b, diff, ci_lo, ci_hi, n_items, n_clusters, a_seed_sd, b_seed_sd."""
+    return [_row(c, level) for c in contrasts(a_runs, b_runs, task, n_boot=n_boot, seed=seed)]
+
+
+def interaction(
+    cells: dict[tuple[str, str], Sequence[pl.DataFrame]],
+    task: str,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> list[dict]:
+    """Privileged access as the interaction of explainer and target: the mean over targets of
+    (the target explaining itself − the other explainers explaining it, averaged), which for
+    two models S and G is ((S→S − G→S) + (G→G − S→G)) / 2. Explainer capacity and target
+    difficulty cancel: each explainer appears once on each side. cells: (target, explainer) →
+    that cell's trained runs (seeds). Each target's contrast is bootstrapped on its own test
+    items (seeds, then clusters); the resamples are averaged. Empty unless at least two
+    targets each have a self cell and another explainer."""
+    targets = sorted(t for t, e in cells if t == e)
+    per_target: list[list[dict[str, Contrast]]] = []  # per target, per other explainer
+    for i, target in enumerate(targets):
+        others = sorted(e for t, e in cells if t == target and e != target)
+        found = [
+            contrasts(cells[target, target], cells[target, o], task, n_boot=n_boot, seed=seed + i)
+            for o in others
+        ]
+        if others and all(found):
+            per_target.append([{c.metric: c for c in cs} for cs in found])
+    if len(per_target) < 2:
         return []
-    members = _cluster_members(a_runs[0], ids, task)
-    a_arr = [_arrays(d, ids, task) for d in a_runs]
-    b_arr = [_arrays(d, ids, task) for d in b_runs]
-    metrics = FEATURE_METRICS if task == "features" else CHANGE_METRICS
-    draws = _bootstrap_draws(members, n_boot, seed)
-    full = np.arange(len(ids))
+    metrics = [
+        m for m in CHANGE_METRICS + FEATURE_METRICS if all(m in d for t in per_target for d in t)
+    ]
     out = []
     for metric in metrics:
-        if task == "features" and not all(metric in arr for arr in [*a_arr, *b_arr]):
-            continue
-        row = _compare(a_arr, b_arr, metric, full, draws, level)
-        if row is not None:
-            out.append(row | {"n_items": len(ids), "n_clusters": len(members)})
+        mine = [[d[metric] for d in t] for t in per_target]  # per target, per other
+
+        def mean(get, mine=mine):
+            return np.mean([np.mean([get(c) for c in cs], axis=0) for cs in mine], axis=0)
+
+        a, b = float(mean(lambda c: c.a)), float(mean(lambda c: c.b))
+        lo, hi = percentile_ci(mean(lambda c: c.draws), level)
+        out.append(
+            {"metric": metric, "a": a, "b": b, "diff": a - b, "ci_lo": lo, "ci_hi": hi}
+            | {"n_items": sum(cs[0].n_items for cs in mine)}
+            | {"n_clusters": sum(cs[0].n_clusters for cs in mine)}
+        )
     return out
 
 
@@ -167,9 +297,14 @@ def baselines() -> list[str]:
     return [name for name, v in VARIANTS.items() if v.compared]
 
 
+INTERACTION = "privileged access (interaction)"
+
+
 def comparisons(evals: Sequence[pl.DataFrame], *, n_boot: int = 1000) -> pl.DataFrame:
-    """Every paired comparison the runs allow: trained - each baseline (same explainer), and
-    self - other (trained, same target). Columns: COLUMNS."""
+    """Every paired comparison the runs allow: trained - each baseline (same explainer), self
+    - other (trained, same target), and, with two or more targets that each explain
+    themselves and are explained by another, the interaction (target "all"). Columns:
+    COLUMNS; CIs from the hierarchical bootstrap (seeds, then clusters)."""
     runs: dict[tuple[str, str, str, str], list[pl.DataFrame]] = {}
     for df in evals:
         if df.is_empty():
@@ -181,32 +316,18 @@ def comparisons(evals: Sequence[pl.DataFrame], *, n_boot: int = 1000) -> pl.Data
     def add(task, target, name, a_key, b_key):
         a, b = runs[a_key], runs[b_key]
         for r in paired_difference(a, b, task, n_boot=n_boot):
-            rows.append(
-                {
-                    "task": task,
-                    "target": target,
-                    "comparison": name,
-                    "a_explainer": a_key[2],
-                    "a_variant": a_key[3],
-                    "b_explainer": b_key[2],
-                    "b_variant": b_key[3],
-                }
-                | r
-                | {
-                    "a_seeds": ",".join(str(d["seed"][0]) for d in a),
-                    "b_seeds": ",".join(str(d["seed"][0]) for d in b),
-                }
-            )
+            rows.append(_labels(task, target, name, a_key[2:], b_key[2:], a, b) | r)
 
     for task, target, explainer, variant in sorted(runs):
         if variant != TRAINED:
             continue
         for baseline in baselines():
             if (task, target, explainer, baseline) in runs:
+                name = f"{TRAINED} - {baseline}"
                 add(
                     task,
                     target,
-                    f"{TRAINED} - {baseline}",
+                    name,
                     (task, target, explainer, TRAINED),
                     (task, target, explainer, baseline),
                 )
@@ -220,9 +341,44 @@ def comparisons(evals: Sequence[pl.DataFrame], *, n_boot: int = 1000) -> pl.Data
                         (task, target, explainer, TRAINED),
                         (task, target, other, TRAINED),
                     )
+    for task in sorted({k[0] for k in runs}):
+        cells = {(t, e): r for (k, t, e, v), r in runs.items() if k == task and v == TRAINED}
+        trained = [d for r in cells.values() for d in r]
+        for r in interaction(cells, task, n_boot=n_boot):
+            rows.append(
+                _labels(
+                    task,
+                    "all",
+                    INTERACTION,
+                    ("self", TRAINED),
+                    ("other", TRAINED),
+                    trained,
+                    trained,
+                )
+                | r
+            )
     schema = {c: pl.String for c in COLUMNS[:8]} | {
-        c: pl.Float64 for c in ("a", "b", "diff", "ci_lo", "ci_hi")
+        c: pl.Float64 for c in ("a", "b", "diff", "ci_lo", "ci_hi", "a_seed_sd", "b_seed_sd")
     }
     schema |= {"n_items": pl.Int64, "n_clusters": pl.Int64, "a_seeds": pl.String}
     schema |= {"b_seeds": pl.String}
     return pl.DataFrame(rows, schema=schema).select(COLUMNS)
+
+
+def _labels(task, target, name, a_who, b_who, a_runs, b_runs) -> dict:
+    """A comparison row's labelling columns: who is compared, and with which seeds."""
+
+    def seeds(runs):
+        return ",".join(sorted({str(d["seed"][0]) for d in runs}))
+
+    return {
+        "task": task,
+        "target": target,
+        "comparison": name,
+        "a_explainer": a_who[0],
+        "a_variant": a_who[1],
+        "b_explainer": b_who[0],
+        "b_variant": b_who[1],
+        "a_seeds": seeds(a_runs),
+        "b_seeds": seeds(b_runs),
+    }

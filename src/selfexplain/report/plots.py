@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import polars as pl  # noqa: E402
 
 from selfexplain.core.registry import SCALING, TRAINED, VARIANTS
+from selfexplain.data.draws import groups
 from selfexplain.features.metrics import feature_metrics
 from selfexplain.metrics import bootstrap_ci, change_metrics, heatmap_agreement, natural_prediction
 
@@ -49,11 +50,15 @@ def summarize(evals: Sequence[pl.DataFrame], *, n_boot: int = 1000, seed: int = 
         keys = {k: df[k][0] for k in GROUP}
         statistic = task_metrics(keys["task"])
         values = statistic(df)
-        cis = bootstrap_ci(df, statistic, n_boot=n_boot, seed=seed)
+        task = keys["task"]  # CIs resample whole prompts / pairs / questions / features
+        cis = bootstrap_ci(df, statistic, n_boot=n_boot, seed=seed, clusters=clusters_of(df, task))
         if heatmap := heatmap_agreement(full):  # patching: all cells of the heatmap pairs
             cells = full.filter(pl.col("heatmap"))
             values |= heatmap
-            cis |= bootstrap_ci(cells, heatmap_agreement, n_boot=n_boot, seed=seed)
+            by_pair = clusters_of(cells, task)
+            cis |= bootstrap_ci(
+                cells, heatmap_agreement, n_boot=n_boot, seed=seed, clusters=by_pair
+            )
         for metric, value in values.items():
             lo, hi = cis[metric]
             if metric == "content_match":
@@ -66,6 +71,12 @@ def summarize(evals: Sequence[pl.DataFrame], *, n_boot: int = 1000, seed: int = 
                 n = len(df)
             rows.append(keys | {"metric": metric, "value": value, "ci_lo": lo, "ci_hi": hi, "n": n})
     return pl.DataFrame(rows).sort(GROUP + ["metric"])
+
+
+def clusters_of(df: pl.DataFrame, task: str) -> list[str] | None:
+    """Each evaluation row's cluster (data.draws.group_of: prompt, pair, question, feature),
+    which the CIs resample whole; None for rows without meta (then single rows)."""
+    return groups(df, task) if "meta" in df.columns else None
 
 
 def write_table(df: pl.DataFrame, parquet: str | Path, csv: str | Path) -> None:
@@ -131,7 +142,8 @@ def layer_table(evals: Sequence[pl.DataFrame], *, n_boot: int = 1000, seed: int 
         df = df.with_columns(layers)
         for (layer,), sub in df.group_by("layer_start", maintain_order=True):
             values = change_metrics(sub)
-            cis = bootstrap_ci(sub, change_metrics, n_boot=n_boot, seed=seed)
+            by_pair = clusters_of(sub, keys["task"])
+            cis = bootstrap_ci(sub, change_metrics, n_boot=n_boot, seed=seed, clusters=by_pair)
             for metric in ("exact_match", "has_changed_f1"):
                 lo, hi = cis[metric]
                 rows.append(
