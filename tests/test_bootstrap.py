@@ -117,3 +117,13 @@ def test_comparisons_report_the_interaction_for_the_whole_matrix():
         0.0,
         0.2,
     ]
+
+
+def test_privileged_access_figure_draws_the_grid(tmp_path):
+    from selfexplain.report.plots import privileged_access_figure
+
+    rates = {("S", "S"): 0.9, ("S", "G"): 0.7, ("G", "G"): 0.8, ("G", "S"): 0.8}
+    table = comparisons([d for r in _cells(rates).values() for d in r], n_boot=50)
+    privileged_access_figure(table, tmp_path / "pa.png")
+    privileged_access_figure(table.head(0), tmp_path / "empty.png")
+    assert (tmp_path / "pa.png").stat().st_size > 5000 and (tmp_path / "empty.png").exists()

@@ -136,6 +136,7 @@ def all_outputs():
         table("compute.csv"),
         table("comparisons.csv"),
         figure("comparisons"),
+        figure("privileged_access"),
         *[figure(name) for name in MATRIX_FIGURES],
         figure("compute"),
         *[figure(f"{task}_metrics") for task in TASKS],

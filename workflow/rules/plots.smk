@@ -29,6 +29,11 @@ rule comparisons:
             caption="../report/comparisons.rst",
             category="Matrix",
         ),
+        privileged_access=report(
+            layout.figure_file("privileged_access"),
+            caption="../report/privileged_access.rst",
+            category="Matrix",
+        ),
     params:
         n_boot=from_config(config, "plot").n_boot,
     log:

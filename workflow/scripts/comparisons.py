@@ -4,11 +4,12 @@ import sys
 
 from selfexplain.core.schema import read_parquet
 from selfexplain.report.compare import comparisons
-from selfexplain.report.plots import comparisons_figure, write_table
+from selfexplain.report.plots import comparisons_figure, privileged_access_figure, write_table
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 
 table = comparisons([read_parquet(p) for p in snakemake.input], n_boot=snakemake.params.n_boot)
 write_table(table, snakemake.output.parquet, snakemake.output.csv)
 comparisons_figure(table, snakemake.output.figure)
+privileged_access_figure(table, snakemake.output.privileged_access)
 print(table)

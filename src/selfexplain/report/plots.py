@@ -10,12 +10,14 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
 from selfexplain.core.registry import SCALING, TRAINED, VARIANTS
 from selfexplain.data.draws import groups
 from selfexplain.features.metrics import feature_metrics
 from selfexplain.metrics import bootstrap_ci, change_metrics, heatmap_agreement, natural_prediction
+from selfexplain.report.compare import INTERACTION
 
 GROUP = ["task", "target", "explainer", "relation", "variant", "n_train", "seed"]
 # the metrics plotted per task (the table holds every metric of the task's aggregator)
@@ -498,6 +500,57 @@ def curve_table(summaries: Sequence[tuple[dict, dict]]) -> pl.DataFrame:
         "best": pl.Boolean,
     }
     return pl.DataFrame(rows, schema=schema)
+
+
+def privileged_access_figure(table: pl.DataFrame, path: str | Path) -> None:
+    """The paper's privileged-access figure, from the comparisons table (compare.comparisons):
+    per task, the explainer (rows) x target (columns) grid of trained explainers' balanced
+    accuracy (the per-target self - other rows give each cell; mean over seeds), each
+    target's self - other and the interaction ((S->S - G->S) + (G->G - S->G)) / 2 with their
+    hierarchical-bootstrap 95% CIs in the title."""
+    metric = "balanced_accuracy"
+    rows = table.filter(pl.col("metric") == metric)
+    self_other = rows.filter(pl.col("comparison") == "self - other")
+    if self_other.is_empty():
+        return _empty_figure(
+            path,
+            "no self - other comparison: the matrix needs a target\n"
+            "explained by itself and by another explainer",
+        )
+    tasks = sorted(set(self_other["task"]))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 4.0), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        sub = self_other.filter(pl.col("task") == task)
+        cells = {}
+        for r in sub.iter_rows(named=True):
+            cells[(r["a_explainer"], r["target"])] = r["a"]
+            cells[(r["b_explainer"], r["target"])] = r["b"]
+        names = sorted({e for e, _ in cells} | {t for _, t in cells})
+        grid = np.full((len(names), len(names)), np.nan)
+        for (e, t), v in cells.items():
+            grid[names.index(e), names.index(t)] = v
+        ax.imshow(grid, vmin=0.5, vmax=1.0, cmap="viridis")
+        for i in range(len(names)):
+            for j in range(len(names)):
+                if not np.isnan(grid[i, j]):
+                    ax.text(j, i, f"{grid[i, j]:.3f}", ha="center", va="center", color="w")
+        ax.set_xticks(range(len(names)), names, fontsize=8)
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+        ax.set_xlabel("target", fontsize=8)
+        ax.set_ylabel("explainer", fontsize=8)
+        lines = [f"{task}: {metric}"]
+        for r in sub.iter_rows(named=True):
+            lines.append(f"self - other on {r['target']}: {_ci_text(r)}")
+        inter = rows.filter((pl.col("task") == task) & (pl.col("comparison") == INTERACTION))
+        if len(inter):
+            lines.append(f"interaction: {_ci_text(inter.row(0, named=True))}")
+        ax.set_title("\n".join(lines), fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _ci_text(row: dict) -> str:
+    return f"{row['diff']:+.3f} [{row['ci_lo']:+.3f}, {row['ci_hi']:+.3f}]"
 
 
 MATRIX_FIGURES = {
