@@ -205,17 +205,32 @@ def test_matrix_runs_cover_every_pair_variant_and_seed():
 
 
 def test_controls_for_self_keeps_the_lm_controls_to_self_pairs():
-    """controls_for self: other pairs keep trained (all seeds) and the model-free baselines;
-    untrained, no_signal and data-scaling runs only where the explainer is the target."""
+    """controls_for self: other pairs keep trained (all seeds), the data-scaling runs (the
+    trained recipe on fewer rows: the scaling curve has self and other) and the model-free
+    baselines; untrained and no_signal run only where the explainer is the target."""
     cfg = matrix_config(variants=["trained", "untrained", "no_signal", "surface"])
     cfg["tasks"] = ["ablation"]
     mine = runs(cfg | {"controls_for": "self"})
     assert set(mine) < set(runs(cfg))
     other = {(r.variant, r.seed) for r in mine if r.relation == "other"}
-    assert other == {("trained", 0), ("trained", 1), ("trained", 2), ("surface", 0)}
+    scaling = {(f"n{n}", s) for n in (10, 20, 40) for s in variant_seeds(cfg, "n10")}
+    assert other == {("trained", 0), ("trained", 1), ("trained", 2), ("surface", 0)} | scaling
     self_variants = {r.variant for r in mine if r.relation == "self"}
     assert self_variants == {"trained", "untrained", "no_signal", "surface", "n10", "n20", "n40"}
     assert runs({k: v for k, v in cfg.items() if k != "controls_for"}) == mine  # the default
+
+
+def test_single_target_tasks_run_the_first_target_only():
+    """single_target_tasks: those tasks run the first target; the others every target."""
+    from selfexplain.data.matrix import targets_for
+
+    cfg = matrix_config(variants=["trained"])
+    cfg["tasks"] = ["ablation", "patching"]
+    cfg["single_target_tasks"] = ["ablation"]
+    assert targets_for(cfg, "ablation") == ["a"] and targets_for(cfg, "patching") == ["a", "b"]
+    by_task = {(r.task, r.target) for r in runs(cfg)}
+    assert by_task == {("ablation", "a"), ("patching", "a"), ("patching", "b")}
+    assert targets_for(cfg | {"single_target_tasks": []}, "ablation") == ["a", "b"]
 
 
 def job_counts(output: str) -> dict[str, int]:
@@ -241,6 +256,7 @@ def test_dag_expands_to_the_matrix(tmp_path):
                 "tasks": ["ablation", "patching", "features"],
                 "targets": ["tl", "tg"],
                 "explainers": ["tl", "tg"],
+                "single_target_tasks": [],
                 "variants": ["trained", "untrained", "no_signal", "nearest_neighbour"],
                 "seeds": [0, 1, 2],
                 "control_seeds": [0],

@@ -37,6 +37,7 @@ def load_schema(path: str | Path) -> dict:
     props["tasks"]["items"]["enum"] = list(TASKS)
     props["variants"]["items"]["enum"] = list(VARIANTS)
     props["train"]["properties"]["per_task"]["propertyNames"]["enum"] = list(TASKS)
+    props["single_target_tasks"]["items"]["enum"] = list(TASKS)
     return schema
 
 

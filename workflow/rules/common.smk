@@ -6,7 +6,7 @@ from selfexplain.config import apply_offline, check_config, coerce_config
 from selfexplain.core import layout
 from selfexplain.core.layout import Run, is_local, model_marker
 from selfexplain.core.settings import TrainSettings, from_config
-from selfexplain.data.matrix import all_variants, is_trained, runs, trained_variants
+from selfexplain.data.matrix import all_variants, is_trained, runs, targets_for, trained_variants
 
 # --config passes nested values as text: read them by the schema's types (in place). Then
 # readable errors (naming key, value, allowed values), then snakemake fills defaults.
@@ -89,7 +89,7 @@ def export_settings(wildcards):
 
 def dataset_dirs():
     """Every (task, target) dataset export (rule export_datasets)."""
-    return [layout.dataset_dir(task, t) for task in TASKS for t in config["targets"]]
+    return [layout.dataset_dir(task, t) for task in TASKS for t in targets_for(config, task)]
 
 
 def released_files():
@@ -144,13 +144,13 @@ def all_outputs():
     if train_runs():
         outputs += [table("learning_curves.csv"), figure("learning_curves")]
     if "features" in TASKS:
-        outputs += [layout.sae_stats_file(t) for t in config["targets"]]
+        outputs += [layout.sae_stats_file(t) for t in targets_for(config, "features")]
         outputs += token_identity_files()
     if "patching" in TASKS:
         outputs += [
             table("patching_layers.csv"),
             figure("patching_layers"),
-            *[figure(f"patching_heatmaps_{t}") for t in config["targets"]],
+            *[figure(f"patching_heatmaps_{t}") for t in targets_for(config, "patching")],
         ]
     return outputs
 
@@ -161,19 +161,24 @@ MATRIX_FIGURES = ["self_vs_other", "baselines", "scaling"]
 
 def benchmark_files():
     """The benchmark file of every job that declares one (the compute table reads them all)."""
-    per_target = [f"label_{task}" for task in TASKS if task != "features"]
+    per_target = [(f"label_{task}", task) for task in TASKS if task != "features"]
     if "features" in TASKS:
-        per_target += ["collect_activations", "train_sae", "describe_features", "label_features"]
+        per_target += [
+            (rule, "features")
+            for rule in ("collect_activations", "train_sae", "describe_features", "label_features")
+        ]
     used = set(config["targets"]) | set(config["explainers"])
     if "features" in TASKS:
         used |= {describer_model()} - {None}  # an hf describer's model is materialised too
     used = sorted(used)
     files = [layout.benchmark_file("get_model", m) for m in used]
-    files += [layout.benchmark_file(r, t) for r in per_target for t in config["targets"]]
+    files += [
+        layout.benchmark_file(r, t) for r, task in per_target for t in targets_for(config, task)
+    ]
     if "features" in TASKS:  # the token identity check of every (target, explainer) pair
         files += [
             layout.benchmark_file("token_identity", t, e)
-            for t in config["targets"]
+            for t in targets_for(config, "features")
             for e in config["explainers"]
         ]
     for run in runs(config):
@@ -263,5 +268,7 @@ def token_identity_settings():
 def token_identity_files():
     """The token identity results of every (target, explainer) pair (for rule all)."""
     return [
-        layout.token_identity_file(t, e) for t in config["targets"] for e in config["explainers"]
+        layout.token_identity_file(t, e)
+        for t in targets_for(config, "features")
+        for e in config["explainers"]
     ]

@@ -79,21 +79,30 @@ def variant_seeds(config: dict, variant: str) -> list[int]:
     return seeds[:1]
 
 
+def targets_for(config: dict, task: str) -> list[str]:
+    """The targets a task runs: the first target for a task in single_target_tasks, else every
+    target."""
+    targets = list(config["targets"])
+    return targets[:1] if task in (config.get("single_target_tasks") or []) else targets
+
+
 def runs(config: dict) -> list[Run]:
     """Every evaluation of the experiment, in a fixed order (a trained variant also needs one
     training job); layout.Run gives each its paths. controls_for "self" (the default) keeps
     the language-model controls (a record's lm_control, and the data-scaling variants) to the
-    pairs whose explainer is the target; "all" runs them for every pair."""
+    pairs whose explainer is the target; "all" runs them for every pair. The data-scaling
+    variants are the trained recipe on fewer rows, not a control: every pair runs them, so
+    the scaling curve has self and other."""
     out = []
     variants = all_variants(config)
     every_pair = config.get("controls_for", "self") == "all"
     for task in config["tasks"]:
-        for target in config["targets"]:
+        for target in targets_for(config, task):
             for explainer in config["explainers"]:
                 for variant in variants:
                     if not applies(task, variant):
                         continue
-                    control = variant_record(variant).lm_control or is_scaling(variant)
+                    control = variant_record(variant).lm_control
                     if control and not every_pair and explainer != target:
                         continue
                     for seed in variant_seeds(config, variant):
