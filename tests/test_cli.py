@@ -585,7 +585,7 @@ def test_defaults_are_the_pipelines_settings():
         s.batch_size,
         s.engine,
     )
-    assert abl["keep_last"] == (not s.drop_last)
+    assert abl["keep_last"] == (not s.drop_last) and abl["holdout"] == s.holdout
     pat, s = _defaults(["labels", "patching", *out]), PatchingSettings()
     for key in ("window", "layer_stride", "max_positions", "max_pairs", "holdout"):
         assert pat[key] == getattr(s, key), key

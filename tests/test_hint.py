@@ -126,7 +126,7 @@ def test_examples_split_by_prompt_deterministically():
         assert ex.id == f"hint/tiny/{row['prompt_id']}"
         assert ex.task == "hint"
         assert ex.split == split_of(row["prompt_id"], 0.3, 0)
-        assert ex.meta == row
+        assert ex.meta == row | {"split_group": row["prompt_id"]}  # no subject: its prompt
         parsed = parse_change(ex.answer)
         assert parsed.valid and parsed.changed == row["changed"]
         assert parsed.new_token == (" A" if row["changed"] else None)

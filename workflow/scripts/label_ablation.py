@@ -35,5 +35,6 @@ else:
         engine=s.engine,
         drop_last=s.drop_last,
         test_fraction=s.test_fraction,
+        holdout=s.holdout,
     )
 write_parquet(frame, snakemake.output[0])

@@ -47,6 +47,7 @@ def _ablation_labels(model, tokenizer, prompts: list, name: str, args) -> pl.Dat
         engine=args.engine,
         drop_last=not args.keep_last,
         test_fraction=args.test_fraction,
+        holdout=args.holdout,
     )
 
 

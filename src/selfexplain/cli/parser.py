@@ -241,6 +241,9 @@ def _labels_ablation(tasks) -> None:
         choices=["feature_ablation", "llm_attribution"],
         **from_setting(AblationSettings, "engine"),
     )
+    abl.add_argument(
+        "--holdout", choices=["fact", "prompt"], **from_setting(AblationSettings, "holdout")
+    )
     drop_last = AblationSettings().drop_last
     abl.add_argument(
         "--keep-last",
@@ -281,7 +284,9 @@ def _labels_patching(tasks) -> None:
         "--max-pairs", type=positive, metavar="N", **from_setting(PatchingSettings, "max_pairs")
     )
     pat.add_argument(
-        "--holdout", choices=["prompt", "layer"], **from_setting(PatchingSettings, "holdout")
+        "--holdout",
+        choices=["entity", "relation", "prompt", "layer"],
+        **from_setting(PatchingSettings, "holdout"),
     )
 
 

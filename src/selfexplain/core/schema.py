@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -109,6 +110,49 @@ def held_out(keys: Iterable, test_fraction: float, seed: int, salt: str = "") ->
     k = min(max(1, round(test_fraction * len(keys))), len(keys) - 1)
     order = sorted(keys, key=lambda key: hashlib.sha256(f"{seed}:{salt}{key}".encode()).digest())
     return set(order[:k])
+
+
+def held_out_groups(group_of: Mapping[str, str], test_fraction: float, seed: int) -> set[str]:
+    """Whole groups for the test split: group_of maps each unit (a pair) to its group (its
+    entity component, its relation). In a seeded order, each group is taken while the held-out
+    units stay within round(test_fraction * units) (held_out's count: so that singleton groups
+    named by their unit give held_out's choice); at least one group, never all of two or more."""
+    sizes = Counter(group_of.values())
+    if len(sizes) < 2:
+        return set()
+    n = len(group_of)
+    target = min(max(1, round(test_fraction * n)), n - 1)
+    order = sorted(sizes, key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).digest())
+    chosen, taken = set(), 0
+    for group in order:
+        if taken + sizes[group] <= target:
+            chosen.add(group)
+            taken += sizes[group]
+    if not chosen:  # every group is larger than the target: the first smallest one
+        chosen.add(min(order, key=lambda g: sizes[g]))
+    return chosen
+
+
+def linked_groups(links: Mapping[str, Iterable[str]]) -> dict[str, str]:
+    """Connected components of units linked by shared keys (pairs by their subjects): each unit
+    mapped to its component's name, the component's first unit (by str); a unit without keys is
+    a component of its own (union-find)."""
+    parent: dict[tuple[str, str], tuple[str, str]] = {}
+
+    def root(node: tuple[str, str]) -> tuple[str, str]:
+        parent.setdefault(node, node)
+        while parent[node] != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    for unit, keys in links.items():
+        for key in keys:
+            parent[root(("key", str(key)))] = root(("unit", str(unit)))
+    names: dict[tuple[str, str], str] = {}
+    for unit in sorted(links, key=str):
+        names.setdefault(root(("unit", str(unit))), str(unit))
+    return {unit: names[root(("unit", str(unit)))] for unit in links}
 
 
 def subsample(

@@ -109,7 +109,14 @@ class AblationSettings(Section):
     kinds: list[str] = _field(
         ["fact", "arithmetic", "agreement", "copying"], doc="prompt kinds generated"
     )
-    test_fraction: float = _field(0.2, doc="fraction of prompts held out for the test split")
+    holdout: str = _field(
+        "fact",
+        doc="test split holds out whole facts (fact: no test prompt states a training "
+        "prompt's fact; prompts without one by prompt) or prompts (prompt)",
+    )
+    test_fraction: float = _field(
+        0.2, doc="fraction of facts (or prompts) held out for the test split"
+    )
     engine: str = _field(
         "feature_ablation", doc="feature_ablation (batched removals) or llm_attribution (Captum)"
     )
@@ -134,7 +141,14 @@ class HintSettings(Section):
         "generated", doc="generated (the generator) or mmlu (hinted MMLU questions)"
     )
     dataset: str | None = _field(None, doc="mmlu: a dataset id or local path (null: cais/mmlu)")
-    test_fraction: float = _field(0.3, doc="fraction of prompts held out for the test split")
+    holdout: str = _field(
+        "subject",
+        doc="test split holds out whole subjects (subject: every question about one) or "
+        "(relation, subject) questions (question)",
+    )
+    test_fraction: float = _field(
+        0.3, doc="fraction of subjects (or questions) held out for the test split"
+    )
     batch_size: int = _field(32, doc="prompts per step")
     labels_from: dict[str, str] = _field(
         {}, doc="{target: dataset}: import the paper's released labels (selfexplain.hub.released)"
@@ -162,7 +176,11 @@ class PatchingSettings(Section):
     window: int = _field(4, doc="consecutive layers patched together (1 = a single layer)")
     layer_stride: int = _field(4, doc="window starts 0, stride, 2*stride, ...")
     max_positions: int | None = _field(12, doc="positions per pair (null = every position)")
-    holdout: str = _field("prompt", doc="test split holds out whole pairs (prompt) or layers")
+    holdout: str = _field(
+        "entity",
+        doc="test split holds out whole components of pairs linked by a subject (entity: no "
+        "subject of a test pair in training), relations, pairs (prompt) or layer windows (layer)",
+    )
     test_fraction: float = _field(0.3, doc="fraction of kept pairs held out for the test split")
     batch_size: int = _field(64, doc="patched rows per forward")
     heatmap_pairs: int = _field(3, doc="test pairs whose every cell is evaluated for heatmaps")

@@ -27,6 +27,15 @@ def groups(df: pl.DataFrame, task: str) -> list[str]:
     return [group_of(task, m, i) for m, i in zip(meta(df), df["id"], strict=True)]
 
 
+def split_groups(df: pl.DataFrame, task: str) -> list[str]:
+    """What the test split held out, for every row: meta "split_group" (written with the
+    examples: a fact, a subject, a component of pairs), else the row's cluster (group_of)."""
+    return [
+        str(m["split_group"]) if m.get("split_group") else group_of(task, m, i)
+        for m, i in zip(meta(df), df["id"], strict=True)
+    ]
+
+
 def strata(df: pl.DataFrame, task: str) -> list[str]:
     """The balancing key of each row: has-changed, and for ablation the prompt kind too."""
     out = []
@@ -60,12 +69,14 @@ def balanced(df: pl.DataFrame, task: str, n: int | None, seed: int) -> pl.DataFr
 def train_validation(
     examples: pl.DataFrame, task: str, val_fraction: float
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The train split divided into training and validation rows by whole groups (fixed, not
-    seeded: every run of a task validates on the same groups)."""
+    """The train split divided into training and validation rows by whole split groups (the
+    units the test split holds out: split_groups), so validation shares no fact, subject or
+    pair with training as the test split does; fixed, not seeded: every run of a task
+    validates on the same groups."""
     train = select(examples, "train")
     if not val_fraction:
         return train, train.head(0)
-    is_val = [split_of(f"val:{g}", val_fraction, 0) == "test" for g in groups(train, task)]
+    is_val = [split_of(f"val:{g}", val_fraction, 0) == "test" for g in split_groups(train, task)]
     mask = pl.Series(is_val, dtype=pl.Boolean)
     return train.filter(~mask), train.filter(mask)
 

@@ -22,14 +22,15 @@ from tqdm.auto import tqdm
 from selfexplain.core.formats import change_answer
 from selfexplain.core.schema import ExplainerExample, split_of, to_frame
 from selfexplain.forward import PrefixCache, next_token_logprobs, prefix_chunks
+from selfexplain.prompts import TEXT_WORDS, Prompt
 
 if TYPE_CHECKING:
     import polars as pl
 
-    from selfexplain.prompts import Prompt
-
 
 ENGINES = ("feature_ablation", "llm_attribution")
+# the test split holds out whole facts (fact_key; prompts without one by prompt) or prompts
+HOLDOUTS = ("fact", "prompt")
 
 
 class TokenRemovalInput(TextTokenInput):
@@ -277,6 +278,7 @@ def prompt_ablation_rows(
     base = {
         "prompt_id": prompt.id,
         "kind": prompt.kind,
+        "fact": fact_key(prompt),
         "prompt": prompt.text,
         "orig_token": _token_str(tokenizer, y0),
         "orig_token_id": y0,
@@ -316,6 +318,52 @@ def ablation_labels(
     return rows
 
 
+def _arithmetic_fact(meta: dict) -> str:
+    a, b, op = meta["a"], meta["b"], meta["op"]
+    if op in ("+", "*"):  # 3 + 4 and four plus three are one fact
+        a, b = sorted((a, b))
+    return f"arithmetic:{a} {op} {b} = {meta['answer']}"
+
+
+# kind -> (the meta keys its fact needs, the fact)
+_FACTS = {
+    "fact": (("relation", "subject"), lambda m: f"fact:{m['relation']}:{m['subject']}"),
+    "hint_mcq": (("relation", "subject"), lambda m: f"fact:{m['relation']}:{m['subject']}"),
+    "arithmetic": (("op", "a", "b", "answer"), _arithmetic_fact),
+    "agreement": (("subject",), lambda m: f"agreement:{m['subject']}"),
+    "copying": (("form", "answer"), lambda m: f"copying:{m['form']}:{m['answer']}"),
+}
+
+
+def fact_key(prompt: Prompt) -> str | None:
+    """The fact a generated prompt states, the unit the fact holdout keeps on one side of the
+    split (prompts.py's generators write the meta it reads):
+    fact, hint_mcq: "fact:<relation>:<subject>" (one fact, as a completion or a question);
+    arithmetic: "arithmetic:<a> <op> <b> = <answer>" (operands sorted for + and *; one fact in
+    digits, words or a question; count: a = the start, b = the step);
+    agreement: "agreement:<subject>" (the inflected head noun, which fixes the verb);
+    copying: "copying:<form>:<answer>" (the copied word in one layout);
+    text: "text:<the first words>" (the start of the sentence every such prefix is cut from).
+    None where the meta does not name it (user prompts: they are held out by prompt id)."""
+    meta = prompt.meta or {}
+    if prompt.kind == "text" and "next_word" in meta:
+        return "text:" + " ".join(prompt.text.split()[: TEXT_WORDS[0]])
+    keys, fact = _FACTS.get(prompt.kind, ((), None))
+    if fact is None or any(meta.get(k) is None for k in keys):
+        return None
+    return fact(meta)
+
+
+def split_group(row: dict, holdout: str = "fact") -> str:
+    """What an ablation row's split holds out: its prompt's fact (holdout "fact"; its prompt
+    when it has none) or its prompt (holdout "prompt")."""
+    if holdout not in HOLDOUTS:
+        raise ValueError(f"ablation holdout must be one of {list(HOLDOUTS)}, got {holdout!r}")
+    if holdout == "fact" and row.get("fact"):
+        return str(row["fact"])
+    return str(row["prompt_id"])
+
+
 def ablation_question(row: dict) -> str:
     """Natural-language question about one removal, in a fixed template. The line that names
     the removal comes last, so every question of a prompt shares everything before it (packed
@@ -334,22 +382,30 @@ def ablation_question(row: dict) -> str:
 
 
 def ablation_examples(
-    rows: Iterable[dict], target: str, *, test_fraction: float = 0.2, seed: int = 0
+    rows: Iterable[dict],
+    target: str,
+    *,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    holdout: str = "fact",
 ) -> list[ExplainerExample]:
-    """Explainer examples from label rows, split train/test by prompt."""
+    """Explainer examples from label rows, split train/test by fact (holdout "fact": no test
+    prompt states a fact of a training prompt) or by prompt; each row's meta gets the unit held
+    out as "split_group" (the validation carve-out keeps it too: data.draws)."""
     out = []
     for row in rows:
         suffix = "hint" if row["unit"] == "hint" else f"t{row['token_index']}"
+        group = split_group(row, holdout)
         out.append(
             ExplainerExample(
                 id=f"ablation/{target}/{row['prompt_id']}/{suffix}",
                 task="ablation",
                 target=target,
-                split=split_of(row["prompt_id"], test_fraction, seed),
+                split=split_of(group, test_fraction, seed),
                 question=ablation_question(row),
                 answer=change_answer(row["changed"], row["new_token"]),
                 vector=None,
-                meta=row,
+                meta=row | {"split_group": group},
             )
         )
     return out
@@ -365,16 +421,19 @@ def label(
     engine: str = "feature_ablation",
     drop_last: bool = False,
     test_fraction: float = 0.2,
+    holdout: str = "fact",
 ) -> pl.DataFrame:
     """The ablation labelling recipe (rule label_ablation and ``selfexplain labels ablation``):
-    label rows of every prompt on the target, then explainer examples (split by prompt) as a
-    frame of the shared schema."""
+    label rows of every prompt on the target, then explainer examples (split by fact or by
+    prompt: holdout) as a frame of the shared schema."""
     prompts = list(prompts)
+    split_group({"prompt_id": ""}, holdout)  # refuse an unknown holdout before any forward
     rows = ablation_labels(
         model, tokenizer, prompts, batch_size=batch_size, engine=engine, drop_last=drop_last
     )
     print(f"{len(rows)} labels from {len(prompts)} prompts")
-    return to_frame(ablation_examples(rows, target, test_fraction=test_fraction))
+    examples = ablation_examples(rows, target, test_fraction=test_fraction, holdout=holdout)
+    return to_frame(examples)
 
 
 def surface_features(meta: dict) -> dict[str, str]:

@@ -93,32 +93,57 @@ def hint_question(row: dict) -> str:
     )
 
 
+# the test split holds out whole subjects or (relation, subject) questions (split_group)
+HOLDOUTS = ("subject", "question")
+
+
 def question_key(row: dict) -> str:
-    """The held-out unit of a hint row: its (relation, subject) question, else its prompt."""
+    """The question of a hint row: its (relation, subject), else its prompt (the cluster of the
+    controls and the CIs; the question holdout)."""
     if row.get("relation") and row.get("subject"):
         return f"{row['relation']}:{row['subject']}"
     return str(row["prompt_id"])
 
 
+def split_group(row: dict, holdout: str = "subject") -> str:
+    """What a hint row's split holds out: its subject (holdout "subject": every question about
+    it, in any relation), or its (relation, subject) question (holdout "question"); a row
+    without them (a user prompt), its prompt."""
+    if holdout not in HOLDOUTS:
+        raise ValueError(f"hint holdout must be one of {list(HOLDOUTS)}, got {holdout!r}")
+    if holdout == "subject" and row.get("subject"):
+        return f"subject:{row['subject']}"
+    return question_key(row)
+
+
 def hint_examples(
-    rows: Iterable[dict], target: str, *, test_fraction: float = 0.3, seed: int = 0
+    rows: Iterable[dict],
+    target: str,
+    *,
+    test_fraction: float = 0.3,
+    seed: int = 0,
+    holdout: str = "subject",
 ) -> list[ExplainerExample]:
-    """Explainer examples from hint label rows, split train/test by question: the generator
-    reuses each (relation, subject) question with other options, hints and layouts, so all
-    prompts of one question land on the same side (user prompts without them: by prompt)."""
-    return [
-        ExplainerExample(
-            id=f"hint/{target}/{row['prompt_id']}",
-            task="hint",
-            target=target,
-            split=split_of(question_key(row), test_fraction, seed),
-            question=hint_question(row),
-            answer=change_answer(row["changed"], row["new_token"]),
-            vector=None,
-            meta=row,
+    """Explainer examples from hint label rows, split train/test by subject (default: no test
+    prompt asks about a subject of a training prompt) or by (relation, subject) question; the
+    generator reuses each question with other options, hints and layouts. Each row's meta gets
+    the unit held out as "split_group" (the validation carve-out keeps it too: data.draws)."""
+    out = []
+    for row in rows:
+        group = split_group(row, holdout)
+        out.append(
+            ExplainerExample(
+                id=f"hint/{target}/{row['prompt_id']}",
+                task="hint",
+                target=target,
+                split=split_of(group, test_fraction, seed),
+                question=hint_question(row),
+                answer=change_answer(row["changed"], row["new_token"]),
+                vector=None,
+                meta=row | {"split_group": group},
+            )
         )
-        for row in rows
-    ]
+    return out
 
 
 def label(
@@ -129,11 +154,15 @@ def label(
     *,
     batch_size: int = 32,
     test_fraction: float = 0.3,
+    holdout: str = "subject",
 ) -> pl.DataFrame:
     """The hint labelling recipe (rule label_hint): label rows of every prompt on the target,
-    then explainer examples (split by question) as a frame of the shared schema."""
+    then explainer examples (split by subject or question: holdout) as a frame of the shared
+    schema."""
+    split_group({"prompt_id": ""}, holdout)  # refuse an unknown holdout before any forward
     rows = hint_rows(model, tokenizer, prompts, batch_size=batch_size)
-    return to_frame(hint_examples(rows, target, test_fraction=test_fraction))
+    examples = hint_examples(rows, target, test_fraction=test_fraction, holdout=holdout)
+    return to_frame(examples)
 
 
 def surface_features(meta: dict) -> dict[str, str]:

@@ -21,7 +21,14 @@ import torch
 from tqdm.auto import tqdm
 
 from selfexplain.core.formats import change_answer
-from selfexplain.core.schema import ExplainerExample, held_out, meta, to_frame
+from selfexplain.core.schema import (
+    ExplainerExample,
+    held_out,
+    held_out_groups,
+    linked_groups,
+    meta,
+    to_frame,
+)
 from selfexplain.forward import PrefixCache, next_token_logprobs, prefix_chunks
 from selfexplain.hooks import ResidualPatch, capture_residual, patch_residual, replay_blocks
 from selfexplain.models import decoder_layers
@@ -38,7 +45,9 @@ POSITION_KINDS = ("subject", "relation", "option", "other")
 # From this prompt length on, patched forwards skip the unchanged prefix and the blocks below the
 # window (measured on SmolLM2, 2 CPU threads: 1.5x faster at 49 tokens, 1.4x slower at 6).
 PREFIX_MIN_TOKENS = 16
-HOLDOUTS = ("prompt", "layer")
+# entity: no subject of a test pair (clean or counterfactual) in a training pair; relation: no
+# relation of a test pair in training; prompt: whole pairs; layer: whole layer windows
+HOLDOUTS = ("entity", "relation", "prompt", "layer")
 
 _OPTION_LINE = re.compile(r"^[A-Z][.)] .*$", re.MULTILINE)
 _QUESTION_LINE = re.compile(r"^Question: *(.*)$", re.MULTILINE)
@@ -193,6 +202,8 @@ class PatchingSetup:
             "clean": clean.text,
             "counterfactual": counterfactual.text,
             "relation": clean.meta.get("relation"),
+            "subject": clean.meta.get("subject"),
+            "cf_subject": counterfactual.meta.get("subject"),
             "orig_token": tokenizer.decode([self.orig_id]),
             "orig_token_id": self.orig_id,
             "cf_token": tokenizer.decode([self.cf_id]),
@@ -391,27 +402,54 @@ def held_out_layers(starts: Iterable[int], test_fraction: float, seed: int) -> s
     return held_out(starts, test_fraction, seed, salt="layer")
 
 
+def pair_groups(rows: Iterable[dict], holdout: str) -> dict[str, str]:
+    """Each pair's split group (what the test split holds out whole): "entity", the connected
+    component of the pairs linked by a shared subject, clean or counterfactual (a pair without
+    subjects, a user pair, is its own); "relation", its relation (else itself); "prompt" and
+    "layer", the pair itself."""
+    if holdout not in HOLDOUTS:
+        raise ValueError(f"holdout must be one of {list(HOLDOUTS)}, got {holdout!r}")
+    by_pair = {r["pair_id"]: r for r in rows}
+    if holdout == "entity":
+        subjects = {
+            p: [s for s in (r.get("subject"), r.get("cf_subject")) if s] for p, r in by_pair.items()
+        }
+        return linked_groups(subjects)
+    if holdout == "relation":
+        return {p: str(r.get("relation") or p) for p, r in by_pair.items()}
+    return {p: p for p in by_pair}
+
+
+def held_out_pairs(groups: dict[str, str], holdout: str, test_fraction: float, seed: int) -> set:
+    """The held-out pairs: exactly round(test_fraction * pairs) for "prompt", whole groups
+    about as many for "entity" and "relation" (schema.held_out_groups)."""
+    if holdout == "prompt":
+        return held_out(groups, test_fraction, seed)
+    chosen = held_out_groups(groups, test_fraction, seed)
+    return {p for p, g in groups.items() if g in chosen}
+
+
 def patching_examples(
     rows: Iterable[dict],
     target: str,
     *,
     test_fraction: float = 0.2,
     seed: int = 0,
-    holdout: str = "prompt",
+    holdout: str = "entity",
 ) -> list[ExplainerExample]:
-    """Explainer examples from label rows, split train/test by pair (holdout="prompt": exactly
-    round(test_fraction * pairs) held-out pairs) or by whole window starts (holdout="layer")."""
-    if holdout not in HOLDOUTS:
-        raise ValueError(f"holdout must be one of {list(HOLDOUTS)}, got {holdout!r}")
+    """Explainer examples from label rows, split train/test by whole groups of pairs (holdout:
+    pair_groups) or by whole window starts ("layer"). Each row's meta gets its pair's group as
+    "split_group" (the validation carve-out keeps it too: data.draws)."""
     rows = list(rows)
+    groups = pair_groups(rows, holdout)
     test_layers = held_out_layers({r["layer_start"] for r in rows}, test_fraction, seed)
-    test_pairs = held_out({r["pair_id"] for r in rows}, test_fraction, seed)
+    held = held_out_pairs(groups, holdout, test_fraction, seed) if holdout != "layer" else set()
     out = []
     for row in rows:
-        if holdout == "prompt":
-            split = "test" if row["pair_id"] in test_pairs else "train"
-        else:
+        if holdout == "layer":
             split = "test" if row["layer_start"] in test_layers else "train"
+        else:
+            split = "test" if row["pair_id"] in held else "train"
         out.append(
             ExplainerExample(
                 id=(
@@ -424,7 +462,8 @@ def patching_examples(
                 question=patching_question(row),
                 answer=change_answer(row["changed"], row["new_token"]),
                 vector=row.get("vector"),
-                meta={k: v for k, v in row.items() if k != "vector"},
+                meta={k: v for k, v in row.items() if k != "vector"}
+                | {"split_group": groups[row["pair_id"]]},
             )
         )
     return out
@@ -442,16 +481,17 @@ def label(
     max_positions: int | None = None,
     batch_size: int = 64,
     test_fraction: float = 0.2,
-    holdout: str = "prompt",
+    holdout: str = "entity",
     source: str = "pairs",
     advice: str | None = None,
 ) -> pl.DataFrame:
     """The patching labelling recipe (rule label_patching and ``selfexplain labels patching``):
     keep the usable pairs (equal length, different outputs; the first max_pairs), patch every
     layer window (``window`` layers, capped at the target's depth; starts every
-    ``layer_stride``) at every position, then explainer examples (split by pair or by layer
-    window) as a frame of the shared schema. ``source`` names the pairs (and ``advice`` says
-    what to change) in the error raised when no pair is usable."""
+    ``layer_stride``) at every position, then explainer examples (split by holdout:
+    pair_groups, or layer windows) as a frame of the shared schema. ``source`` names the pairs
+    (and ``advice`` says what to change) in the error raised when no pair is usable."""
+    pair_groups([], holdout)  # refuse an unknown holdout before any forward
     kept = filter_pairs(model, tokenizer, pairs)[:max_pairs]
     print(f"{len(kept)} of {len(pairs)} pairs kept (equal length, different outputs)")
     if not kept:
@@ -474,6 +514,8 @@ def label(
     )
     print(f"{len(rows)} labels: window {window}, layer starts {starts}")
     examples = patching_examples(rows, target, test_fraction=test_fraction, holdout=holdout)
+    n_test = len({e.meta["pair_id"] for e in examples if e.split == "test"})
+    print(f"test split ({holdout} holdout): {n_test} of {len(kept)} pairs")
     return to_frame(examples)
 
 
