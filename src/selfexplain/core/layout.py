@@ -99,6 +99,11 @@ def table_file(name: str) -> str:
     return f"{RESULTS}/tables/{name}"
 
 
+def reference_dir(name: str) -> str:
+    """The committed copy of one configuration's small outputs (report.reference)."""
+    return f"{RESULTS}/reference/{name}"
+
+
 def figure_file(name: str) -> str:
     """results/figures/<name>.png."""
     return f"{RESULTS}/figures/{name}.png"
