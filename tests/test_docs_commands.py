@@ -190,6 +190,9 @@ def dry_run(command: str, tmp_path: Path) -> tuple[list[str], list[str]]:
         rest = args if prog == "selfexplain" else args[2:]
         head = [sys.executable, "-m", "selfexplain.cli"]
         return [*head, *_leading_words(rest), "--help"], _options(rest)
+    if len(args) > 1 and args[0] == "-m" and args[1].startswith("selfexplain."):
+        module, rest = args[1], args[2:]  # a library module's own entry point
+        return [sys.executable, "-m", module, *_leading_words(rest), "--help"], _options(rest)
     if prog == sys.executable and args and args[0].startswith("benchmarks/"):
         script, rest = args[0], args[1:]
         return [prog, script, *_leading_words(rest), "--help"], _options(rest)
