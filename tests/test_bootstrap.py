@@ -127,3 +127,20 @@ def test_privileged_access_figure_draws_the_grid(tmp_path):
     privileged_access_figure(table, tmp_path / "pa.png")
     privileged_access_figure(table.head(0), tmp_path / "empty.png")
     assert (tmp_path / "pa.png").stat().st_size > 5000 and (tmp_path / "empty.png").exists()
+
+
+def test_surface_hard_slice_compares_trained_with_constant_where_surface_is_wrong():
+    """The surface classifier is wrong on the first 20 of 40 items; there the trained
+    explainer is right on every item (balanced accuracy 1) and the constant answer at chance
+    (0.5): trained - constant (surface-hard) is +0.5 on 20 items."""
+    clusters = [f"c{i}" for i in range(40)]
+    trained = _eval(clusters, [True] * 40)
+    constant = _eval(clusters, [i % 2 == 0 for i in range(40)], variant="constant")
+    constant = constant.with_columns(tf_score=pl.lit(0.0), tf_threshold=pl.lit(-1.0))
+    surface = _eval(clusters, [i >= 20 for i in range(40)], variant="surface")
+    flip = pl.Series([i < 20 for i in range(40)])
+    surface = surface.with_columns(pred_changed=pl.col("gold_changed") ^ flip)
+    table = comparisons([trained, constant, surface], n_boot=100)
+    hard = table.filter(pl.col("comparison") == "trained - constant (surface-hard)")
+    ba = hard.filter(pl.col("metric") == "balanced_accuracy").row(0, named=True)
+    assert ba["n_items"] == 20 and ba["diff"] == pytest.approx(0.5)

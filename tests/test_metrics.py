@@ -1,3 +1,4 @@
+import numpy as np
 import polars as pl
 import pytest
 
@@ -121,3 +122,29 @@ def test_with_answer_format_rewrites_answers_and_the_instruction():
     bad = df.with_columns(pl.Series("question", ["no instruction here", "x"]))
     with pytest.raises(ValueError, match="no 'Answer"):
         with_answer_format(bad, "paper")
+
+
+def test_natural_metrics_reweight_balanced_rows_to_the_base_rate():
+    """10 changed rows answered right and 10 unchanged answered wrong ("changed" every time),
+    at a natural rate of change of 0.2: exact match 0.2 x 1 + 0.8 x 0 = 0.2; has-changed F1
+    changed: precision 0.2, recall 1 -> 1/3, unchanged 0 -> macro 1/6. The rate comes from
+    base_rate, or from prior_threshold - tf_threshold (= log(0.8 / 0.2)) in older files."""
+    from selfexplain.metrics import natural_metrics, natural_rate
+
+    rows = pl.DataFrame(
+        {
+            "gold_changed": [True] * 10 + [False] * 10,
+            "pred_changed": [True] * 20,
+            "exact_match": [True] * 10 + [False] * 10,
+            "base_rate": [0.2] * 20,
+        }
+    )
+    m = natural_metrics(rows)
+    assert m["exact_match_natural"] == pytest.approx(0.2)
+    assert m["has_changed_f1_natural"] == pytest.approx(1 / 6)
+    older = rows.drop("base_rate").with_columns(
+        tf_threshold=pl.lit(0.5), prior_threshold=pl.lit(0.5 + np.log(4))
+    )
+    assert natural_rate(older) == pytest.approx(0.2)
+    assert natural_metrics(older) == pytest.approx(m)
+    assert natural_metrics(rows.drop("base_rate")) == {}

@@ -117,18 +117,87 @@ def score_change_rows(gold_answers: Sequence[str], predictions: Sequence[str]) -
 def change_metrics(rows: pl.DataFrame) -> dict[str, float]:
     """Aggregate metrics of per-example rows from score_change_rows; with a teacher-forced
     score column (tf_score, see scoring.py) also the has-changed AUC and the balanced accuracy of
-    tf_score > tf_threshold (the run's validation-calibrated threshold; 0 without one)."""
+    tf_score > tf_threshold (the run's validation-calibrated threshold; 0 without one); with a
+    natural rate of change (natural_rate) also the paper's metrics at that rate
+    (natural_metrics)."""
     changed = rows.filter(pl.col("gold_changed"))
     tf = {}
     if "tf_score" in rows.columns and rows["tf_score"].null_count() < len(rows):
         gold, score = rows["gold_changed"].to_list(), rows["tf_score"].to_numpy()
         cut = rows["tf_threshold"].to_numpy() if "tf_threshold" in rows.columns else 0.0
         tf = {"auc": auc(gold, score), "balanced_accuracy": balanced_accuracy(gold, score > cut)}
-    return tf | {
-        "exact_match": float(rows["exact_match"].mean()) if len(rows) else float("nan"),
-        "has_changed_f1": macro_f1(rows["gold_changed"].to_list(), rows["pred_changed"].to_list()),
-        "content_match": float(changed["content_match"].mean()) if len(changed) else float("nan"),
-        "valid": float(rows["valid"].mean()) if len(rows) else float("nan"),
+    return (
+        tf
+        | natural_metrics(rows)
+        | {
+            "exact_match": float(rows["exact_match"].mean()) if len(rows) else float("nan"),
+            "has_changed_f1": macro_f1(
+                rows["gold_changed"].to_list(), rows["pred_changed"].to_list()
+            ),
+            "content_match": float(changed["content_match"].mean())
+            if len(changed)
+            else float("nan"),
+            "valid": float(rows["valid"].mean()) if len(rows) else float("nan"),
+        }
+    )
+
+
+def natural_rate(rows: pl.DataFrame) -> float | None:
+    """The rate of change of the target's natural test distribution behind balanced rows: the
+    ``base_rate`` column evaluate writes (the train split's share of changed answers), or in
+    older evaluation files the same rate read back from ``prior_threshold - tf_threshold``
+    (= prior_shift(rate)); None without either."""
+    cols = set(rows.columns)
+    if "base_rate" in cols and len(rows) and rows["base_rate"].null_count() == 0:
+        return float(rows["base_rate"][0])
+    if {"prior_threshold", "tf_threshold"} <= cols and len(rows):
+        if rows["prior_threshold"].null_count() == 0 and rows["tf_threshold"].null_count() == 0:
+            shift = float(rows["prior_threshold"][0] - rows["tf_threshold"][0])
+            return float(1 / (1 + np.exp(shift)))
+    return None
+
+
+def class_weights(gold: np.ndarray, rate: float) -> np.ndarray:
+    """Weights that give the changed rows a total share ``rate`` (the natural distribution)
+    and the unchanged rows the rest: reweighting a balanced sample of each class to the
+    target's base rate. Ones when the rows hold one class only."""
+    gold = np.asarray(gold, dtype=bool)
+    p = gold.mean() if len(gold) else 0.0
+    if p in (0.0, 1.0):
+        return np.ones(len(gold))
+    return np.where(gold, rate / p, (1 - rate) / (1 - p))
+
+
+def weighted_macro_f1(gold: np.ndarray, pred: Sequence[bool | None], w: np.ndarray) -> float:
+    """macro_f1 with a weight per row (an unparseable prediction, None, is wrong)."""
+    gold = np.asarray(gold, dtype=bool)
+    pred = np.array([-1 if p is None else int(bool(p)) for p in pred])
+    scores = []
+    for cls in (1, 0):
+        tp = w[(gold == cls) & (pred == cls)].sum()
+        n_pred, n_gold = w[pred == cls].sum(), w[gold == cls].sum()
+        if n_gold == 0 and n_pred == 0:
+            continue
+        precision = tp / n_pred if n_pred else 0.0
+        recall = tp / n_gold if n_gold else 0.0
+        scores.append(0.0 if tp == 0 else 2 * precision * recall / (precision + recall))
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def natural_metrics(rows: pl.DataFrame) -> dict[str, float]:
+    """The paper's metrics at the target's natural rate of change, from balanced rows
+    reweighted per class (class_weights at natural_rate): exact match and has-changed macro F1
+    of the generated answers. Content match (changed rows only) needs no reweighting. Empty
+    without a natural rate."""
+    rate = natural_rate(rows)
+    if rate is None or not len(rows):
+        return {}
+    gold = rows["gold_changed"].to_numpy().astype(bool)
+    w = class_weights(gold, rate)
+    em = rows["exact_match"].to_numpy().astype(float)
+    return {
+        "exact_match_natural": float((w * em).sum() / w.sum()),
+        "has_changed_f1_natural": weighted_macro_f1(gold, rows["pred_changed"].to_list(), w),
     }
 
 

@@ -225,9 +225,12 @@ def evaluate_run(
             asked, run, labels, summary, model_dir, adapter_dir, settings, train_settings, features
         )
     # the scores are log-odds fitted on balanced rows: heatmaps (every cell of a pair, mostly
-    # unchanged) are read at the train split's base rate of change (metrics.prior_shift)
-    shift = prior_shift(train_base_rate(examples))
-    return rows.with_columns(prior_threshold=pl.col("tf_threshold") + shift)
+    # unchanged) are read at the train split's base rate of change (metrics.prior_shift), and
+    # the paper's metrics are reweighted to it (metrics.natural_metrics)
+    rate = train_base_rate(examples)
+    return rows.with_columns(
+        prior_threshold=pl.col("tf_threshold") + prior_shift(rate), base_rate=pl.lit(rate)
+    )
 
 
 def fitted_rows(examples: pl.DataFrame, task: str, train_settings: TrainSettings) -> pl.DataFrame:

@@ -19,11 +19,17 @@ import polars as pl
 
 from selfexplain.core.registry import TRAINED, VARIANTS
 from selfexplain.data.draws import groups
-from selfexplain.metrics import auc
+from selfexplain.metrics import auc, class_weights, natural_rate, weighted_macro_f1
 
 # metrics compared: change tasks (teacher-forced balanced accuracy and AUC, generated exact
 # match) and features (per-item similarity and simulation)
-CHANGE_METRICS = ("balanced_accuracy", "auc", "exact_match")
+CHANGE_METRICS = (
+    "balanced_accuracy",
+    "auc",
+    "exact_match",
+    "exact_match_natural",
+    "has_changed_f1_natural",
+)
 FEATURE_METRICS = ("similarity", "simulation")
 COLUMNS = [
     "task",
@@ -56,6 +62,8 @@ def _arrays(df: pl.DataFrame, ids: Sequence[str], task: str) -> dict[str, np.nda
     out = {
         "gold": df["gold_changed"].to_numpy().astype(bool),
         "exact_match": df["exact_match"].to_numpy().astype(float),
+        "answered": df["pred_changed"].to_list() if "pred_changed" in df.columns else None,
+        "rate": natural_rate(df),
     }
     if "tf_score" in df.columns and df["tf_score"].null_count() == 0:
         out["score"] = df["tf_score"].to_numpy().astype(float)
@@ -71,6 +79,13 @@ def _metric(arr: dict[str, np.ndarray], metric: str, idx: np.ndarray) -> float:
         return float(vals.mean()) if len(vals) else float("nan")
     if metric == "exact_match":
         return float(arr["exact_match"][idx].mean())
+    if metric.endswith("_natural"):  # the paper's metrics, reweighted to the natural rate
+        if arr["rate"] is None or arr["answered"] is None:
+            return float("nan")
+        w = class_weights(arr["gold"][idx], arr["rate"])
+        if metric == "exact_match_natural":
+            return float((w * arr["exact_match"][idx]).sum() / w.sum())
+        return weighted_macro_f1(arr["gold"][idx], [arr["answered"][i] for i in idx], w)
     if "score" not in arr:
         return float("nan")
     gold, score = arr["gold"][idx], arr["score"][idx]
@@ -298,12 +313,31 @@ def baselines() -> list[str]:
 
 
 INTERACTION = "privileged access (interaction)"
+SURFACE_HARD = "trained - constant (surface-hard)"
+
+
+def surface_hard(runs: dict, cell: tuple[str, str, str]) -> list[str] | None:
+    """The test items of a cell (task, target, explainer) that the surface classifier gets
+    wrong (its answer's has-changed differs from the gold): where an explainer that reads the
+    target, not the question's wording, shows. None without trained, constant and surface runs
+    of the cell or on a task without has-changed answers."""
+    keys = [(*cell, v) for v in (TRAINED, "constant", "surface")]
+    if cell[0] == "features" or not all(k in runs for k in keys):
+        return None
+    surface = _in_sample(runs[keys[2]][0])
+    wrong = surface.filter(pl.col("pred_changed").ne_missing(pl.col("gold_changed")))
+    return wrong["id"].to_list()
+
+
+def _only(df: pl.DataFrame, ids: list[str]) -> pl.DataFrame:
+    return df.filter(pl.col("id").is_in(ids))
 
 
 def comparisons(evals: Sequence[pl.DataFrame], *, n_boot: int = 1000) -> pl.DataFrame:
     """Every paired comparison the runs allow: trained - each baseline (same explainer), self
-    - other (trained, same target), and, with two or more targets that each explain
-    themselves and are explained by another, the interaction (target "all"). Columns:
+    - other (trained, same target), trained - constant on the surface-hard items
+    (surface_hard), and, with two or more targets that each explain themselves and are
+    explained by another, the interaction (target "all"). Columns:
     COLUMNS; CIs from the hierarchical bootstrap (seeds, then clusters)."""
     runs: dict[tuple[str, str, str, str], list[pl.DataFrame]] = {}
     for df in evals:
@@ -331,6 +365,15 @@ def comparisons(evals: Sequence[pl.DataFrame], *, n_boot: int = 1000) -> pl.Data
                     (task, target, explainer, TRAINED),
                     (task, target, explainer, baseline),
                 )
+        hard = surface_hard(runs, (task, target, explainer))
+        if hard is not None:
+            a, b = (
+                [_only(d, hard) for d in runs[task, target, explainer, v]]
+                for v in (TRAINED, "constant")
+            )
+            for r in paired_difference(a, b, task, n_boot=n_boot):
+                who = (explainer, TRAINED), (explainer, "constant")
+                rows.append(_labels(task, target, SURFACE_HARD, *who, a, b) | r)
         if explainer == target:
             for other in sorted({k[2] for k in runs if k[:2] == (task, target)} - {target}):
                 if (task, target, other, TRAINED) in runs:
