@@ -1,18 +1,15 @@
 """Residual-stream activations of one target on the corpus windows (safetensors)."""
 
-import sys
 from pathlib import Path
 
-import torch
-
+from selfexplain.core.job import job
 from selfexplain.core.settings import FeatureSettings
 from selfexplain.features.activations import collect_activations, default_layer, token_windows
 from selfexplain.features.corpus import corpus_documents
 from selfexplain.features.sae import save_activations
 from selfexplain.models import decoder_layers, load
 
-sys.stderr = sys.stdout = open(snakemake.log[0], "w")
-torch.set_num_threads(snakemake.threads)
+job(snakemake)
 
 s = FeatureSettings.from_dict(snakemake.params.settings)
 model, tokenizer = load(Path(snakemake.input.model).parent)

@@ -1,12 +1,11 @@
 """Paired comparisons of variants on the same test items (clustered bootstrap CIs)."""
 
-import sys
-
+from selfexplain.core.job import job
 from selfexplain.core.schema import read_parquet
 from selfexplain.report.compare import comparisons
 from selfexplain.report.plots import comparisons_figure, privileged_access_figure, write_table
 
-sys.stderr = sys.stdout = open(snakemake.log[0], "w")
+job(snakemake, torch_threads=False)
 
 table = comparisons([read_parquet(p) for p in snakemake.input], n_boot=snakemake.params.n_boot)
 write_table(table, snakemake.output.parquet, snakemake.output.csv)

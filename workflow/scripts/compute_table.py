@@ -1,11 +1,10 @@
 """Wall time and peak memory per rule family, from the jobs' benchmark files."""
 
-import sys
-
+from selfexplain.core.job import job
 from selfexplain.report.plots import compute_figure
 from selfexplain.report.tables import compute_table, read_benchmarks
 
-sys.stderr = sys.stdout = open(snakemake.log[0], "w")
+job(snakemake, torch_threads=False)
 
 table = compute_table(read_benchmarks(snakemake.input))
 table.write_csv(snakemake.output.table)

@@ -1,10 +1,8 @@
 """Top-activating contexts, top tokens and logit effect of every live latent, and a description."""
 
-import sys
 from pathlib import Path
 
-import torch
-
+from selfexplain.core.job import job
 from selfexplain.core.schema import write_parquet
 from selfexplain.core.settings import FeatureSettings, GeneratorSettings
 from selfexplain.features.describe import describe_records
@@ -13,8 +11,7 @@ from selfexplain.features.sae import load_activations, load_sae
 from selfexplain.models import load
 from selfexplain.tasks.features import select_features
 
-sys.stderr = sys.stdout = open(snakemake.log[0], "w")
-torch.set_num_threads(snakemake.threads)
+job(snakemake)
 
 s = FeatureSettings.from_dict(snakemake.params.settings)
 describer = GeneratorSettings.from_dict(snakemake.params.describer)  # model: its directory

@@ -1,16 +1,13 @@
 """Answer the test questions with one explainer variant (or baseline) and score each answer."""
 
-import sys
 from pathlib import Path
 
-import torch
-
+from selfexplain.core.job import job
 from selfexplain.core.schema import read_examples, write_parquet
 from selfexplain.core.settings import EvaluateSettings, FeatureSettings, TrainSettings
 from selfexplain.run import evaluate_run
 
-sys.stderr = sys.stdout = open(snakemake.log[0], "w")
-torch.set_num_threads(snakemake.threads)
+job(snakemake)
 
 adapter = snakemake.input.get("adapter")
 rows = evaluate_run(

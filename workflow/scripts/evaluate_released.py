@@ -1,16 +1,12 @@
 """Score one released explainer of the paper (config released:) on its target's test split."""
 
-import sys
-
-import torch
-
 from selfexplain.core.formats import VECTOR_TOKEN
+from selfexplain.core.job import job
 from selfexplain.core.layout import eval_labels
 from selfexplain.core.schema import read_examples
 from selfexplain.hub.released_eval import evaluate_released, write_released
 
-sys.stderr = sys.stdout = open(snakemake.log[0], "w")
-torch.set_num_threads(snakemake.threads)
+job(snakemake)
 
 spec = snakemake.params.spec
 name = snakemake.wildcards.name

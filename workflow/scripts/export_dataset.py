@@ -1,12 +1,11 @@
 """Export one task's explainer examples on one target as a Hugging Face dataset directory with
 a dataset card (selfexplain.hub.export.export_dataset)."""
 
-import sys
-
+from selfexplain.core.job import job
 from selfexplain.core.schema import read_examples
 from selfexplain.hub.export import export_dataset
 
-sys.stderr = sys.stdout = open(snakemake.log[0], "w")
+job(snakemake, torch_threads=False)
 
 out = export_dataset(
     read_examples(snakemake.input[0]),

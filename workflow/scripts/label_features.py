@@ -1,15 +1,15 @@
 """Feature explainer examples (shared schema): decoder vector, question, description, split."""
 
-import sys
 from pathlib import Path
 
+from selfexplain.core.job import job
 from selfexplain.core.schema import read_parquet, to_frame, write_parquet
 from selfexplain.core.settings import FeatureSettings
 from selfexplain.features.records import records_from_frame
 from selfexplain.features.sae import load_activations, load_sae
 from selfexplain.tasks.features import feature_examples
 
-sys.stderr = sys.stdout = open(snakemake.log[0], "w")
+job(snakemake, torch_threads=False)
 
 s = FeatureSettings.from_dict(snakemake.params.settings)
 records = records_from_frame(read_parquet(snakemake.input.descriptions))

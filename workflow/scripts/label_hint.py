@@ -2,16 +2,13 @@
 selfexplain.tasks.hint.label, or, when hint.labels_from names a released label set for the
 target, selfexplain.hub.released.import_labels."""
 
-import sys
 from pathlib import Path
 
-import torch
-
+from selfexplain.core.job import job
 from selfexplain.core.schema import write_parquet
 from selfexplain.core.settings import HintSettings
 
-sys.stderr = sys.stdout = open(snakemake.log[0], "w")
-torch.set_num_threads(snakemake.threads)
+job(snakemake)
 
 s = HintSettings.from_dict(snakemake.params.settings)
 target = snakemake.wildcards.target

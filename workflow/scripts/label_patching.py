@@ -3,16 +3,13 @@ selfexplain.tasks.patching.label, the recipe `selfexplain labels patching` runs 
 patching.labels_from names a released label set for the target,
 selfexplain.hub.released.import_labels."""
 
-import sys
 from pathlib import Path
 
-import torch
-
+from selfexplain.core.job import job
 from selfexplain.core.schema import write_parquet
 from selfexplain.core.settings import PatchingSettings
 
-sys.stderr = sys.stdout = open(snakemake.log[0], "w")
-torch.set_num_threads(snakemake.threads)
+job(snakemake)
 
 s = PatchingSettings.from_dict(snakemake.params.settings)
 target = snakemake.wildcards.target

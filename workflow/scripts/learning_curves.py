@@ -1,11 +1,10 @@
 """Validation learning curves of every trained run (from train_summary.json)."""
 
-import sys
-
+from selfexplain.core.job import job
 from selfexplain.core.layout import parse_summary_file
 from selfexplain.report.plots import curve_table, learning_curves_figure, read_json
 
-sys.stderr = sys.stdout = open(snakemake.log[0], "w")
+job(snakemake, torch_threads=False)
 
 summaries = []
 for path in snakemake.input:

@@ -1,12 +1,11 @@
 """Write the hint prompts: the user's file (validated, a hint on every line), hinted MMLU
 questions (hint.source: mmlu) or the generator."""
 
-import sys
-
+from selfexplain.core.job import job
 from selfexplain.core.settings import HintSettings
 from selfexplain.prompts import hint_prompts, read_prompts_jsonl, write_prompts_jsonl
 
-sys.stderr = sys.stdout = open(snakemake.log[0], "w")
+job(snakemake, torch_threads=False)
 
 settings = HintSettings.from_dict(snakemake.params.settings)
 if settings.prompts_file:

@@ -1,12 +1,11 @@
 """Write the patching prompt pairs: the user's file (validated), multiple-choice pairs from
 CounterFact (patching.source: counterfact) or the built-in generator."""
 
-import sys
-
+from selfexplain.core.job import job
 from selfexplain.core.settings import PatchingSettings
 from selfexplain.prompts import counterfactual_pairs, read_pairs_jsonl, write_pairs_jsonl
 
-sys.stderr = sys.stdout = open(snakemake.log[0], "w")
+job(snakemake, torch_threads=False)
 
 settings = PatchingSettings.from_dict(snakemake.params.settings)
 if settings.pairs_file:

@@ -1,12 +1,11 @@
 """Write the ablation prompts: the user's file (validated), hinted MMLU questions
 (ablation.source: mmlu) or the built-in generators."""
 
-import sys
-
+from selfexplain.core.job import job
 from selfexplain.core.settings import AblationSettings
 from selfexplain.prompts import ablation_prompts, read_prompts_jsonl, write_prompts_jsonl
 
-sys.stderr = sys.stdout = open(snakemake.log[0], "w")
+job(snakemake, torch_threads=False)
 
 settings = AblationSettings.from_dict(snakemake.params.settings)
 if settings.prompts_file:

@@ -1,13 +1,12 @@
 """Bar chart of one task's metrics per (explainer, variant) with 95% CIs."""
 
-import sys
-
 import polars as pl
 
+from selfexplain.core.job import job
 from selfexplain.core.schema import read_parquet
 from selfexplain.report.plots import PLOT_METRICS, metric_bars
 
-sys.stderr = sys.stdout = open(snakemake.log[0], "w")
+job(snakemake, torch_threads=False)
 
 task = snakemake.wildcards.task
 table = read_parquet(snakemake.input[0]).filter(

@@ -1,11 +1,10 @@
 """Collect every evaluation into one tidy metric table with bootstrap CIs."""
 
-import sys
-
+from selfexplain.core.job import job
 from selfexplain.core.schema import read_parquet
 from selfexplain.report.plots import summarize, write_table
 
-sys.stderr = sys.stdout = open(snakemake.log[0], "w")
+job(snakemake, torch_threads=False)
 
 evals = [read_parquet(p) for p in snakemake.input]
 table = summarize(evals, n_boot=snakemake.params.n_boot)

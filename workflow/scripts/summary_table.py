@@ -1,12 +1,11 @@
 """Mean over seeds and 95% CI (over seeds, or bootstrap over examples for one seed)."""
 
-import sys
-
+from selfexplain.core.job import job
 from selfexplain.core.schema import read_parquet
 from selfexplain.report.plots import write_table
 from selfexplain.report.tables import seed_summary
 
-sys.stderr = sys.stdout = open(snakemake.log[0], "w")
+job(snakemake, torch_threads=False)
 
 summary = seed_summary(read_parquet(snakemake.input[0]))
 write_table(summary, snakemake.output.parquet, snakemake.output.csv)

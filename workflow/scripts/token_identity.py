@@ -1,15 +1,12 @@
 """Token identity check: can the explainer name the target word whose embedding is injected?"""
 
-import sys
 from pathlib import Path
 
-import torch
-
+from selfexplain.core.job import job
 from selfexplain.core.settings import TrainSettings
 from selfexplain.token_identity import run_token_identity
 
-sys.stderr = sys.stdout = open(snakemake.log[0], "w")
-torch.set_num_threads(snakemake.threads)
+job(snakemake)
 
 p = snakemake.params
 cfg = TrainSettings.from_dict(dict(p.train) | p.overrides).config(seed=0)

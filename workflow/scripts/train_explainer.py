@@ -1,17 +1,14 @@
 """Fine-tune one explainer (LoRA) on the train split of one task's labels, validating as it
 goes (selfexplain.run.train_run: the draw, the validation split, the controls)."""
 
-import sys
 from pathlib import Path
 
-import torch
-
+from selfexplain.core.job import job
 from selfexplain.core.schema import read_examples
 from selfexplain.core.settings import FeatureSettings, TrainSettings
 from selfexplain.run import train_run
 
-sys.stderr = sys.stdout = open(snakemake.log[0], "w")
-torch.set_num_threads(snakemake.threads)
+job(snakemake)
 
 summary = train_run(
     read_examples(snakemake.input.labels),

@@ -1,11 +1,9 @@
 """Train a TopK SAE on one target's activations (or load an external one); report its quality."""
 
 import json
-import sys
 from pathlib import Path
 
-import torch
-
+from selfexplain.core.job import job
 from selfexplain.core.settings import FeatureSettings
 from selfexplain.features.sae import (
     SAEConfig,
@@ -18,8 +16,7 @@ from selfexplain.features.sae import (
     train_sae,
 )
 
-sys.stderr = sys.stdout = open(snakemake.log[0], "w")
-torch.set_num_threads(snakemake.threads)
+job(snakemake)
 
 s = FeatureSettings.from_dict(snakemake.params.settings)
 windows, acts, layer = load_activations(snakemake.input.activations)
