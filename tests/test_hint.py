@@ -11,7 +11,7 @@ from selfexplain.prompts import HINT_FORMS, N_SHOTS, STRONG_HINTS, Prompt, hint_
 from selfexplain.tasks import ablation, hint, patching
 from selfexplain.tasks.ablation import encode, end_distance_bucket, token_class
 from selfexplain.tasks.hint import (
-    as_chat,
+    chat_text,
     chosen_letter,
     hint_examples,
     hint_question,
@@ -21,6 +21,7 @@ from selfexplain.tasks.hint import (
     letter_mass,
     letter_token_ids,
     option_letters,
+    without_hint,
 )
 
 MODELS = ["tiny_llama", "tiny_gemma"]
@@ -169,21 +170,22 @@ def test_hint_forms_keep_a_removable_hint():
         hint_prompts(1, form="loud")
 
 
-def test_as_chat_wraps_the_prompt_in_the_user_turn(model_tok):
+def test_chat_rows_read_the_prompt_in_the_chat_template(model_tok, monkeypatch):
     model, tok = model_tok
     prompt = hint_prompts(1)[0]
-    chat = as_chat(tok, prompt)
-    assert prompt.text in chat.text and chat.hint == prompt.hint and chat.meta == prompt.meta
-    ids = encode(tok, chat.text)
-    assert ids.count(tok.bos_token_id) <= 1  # the template's BOS is not doubled
-    (row,) = hint_rows(model, tok, [chat])
-    assert row["prompt"] == chat.text
-
-
-def test_hint_rows_need_a_hint(tiny_llama):
-    model, tok = tiny_llama
-    with pytest.raises(ValueError, match="no hint"):
-        hint_rows(model, tok, [Prompt("p0", "custom", "The capital of France is")])
+    text = chat_text(tok, prompt.text)
+    assert prompt.text in text and text != prompt.text
+    assert encode(tok, text).count(tok.bos_token_id) <= 1  # the template's BOS is not doubled
+    (row,) = hint_rows(model, tok, [prompt], chat=True)
+    assert row["prompt"] == prompt.text and row["chat"] is True
+    _, logp = _greedy(model, tok, text)
+    assert row["letter_logprobs"] == pytest.approx(_letters(tok, logp), abs=1e-4)
+    _, logp = _greedy(model, tok, chat_text(tok, without_hint(prompt)))
+    assert row["letter_logprobs_ablated"] == pytest.approx(_letters(tok, logp), abs=1e-4)
+    # a target without a chat template (a base model) reads the prompt raw
+    monkeypatch.setattr(tok, "chat_template", None)
+    (raw,) = hint_rows(model, tok, [prompt], chat=True)
+    assert raw["chat"] is False and [raw] == hint_rows(model, tok, [prompt]) != [row]
 
 
 # --------------------------------------------------------------------------- examples

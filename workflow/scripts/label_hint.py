@@ -32,5 +32,6 @@ else:
         target,
         batch_size=s.batch_size,
         test_fraction=s.test_fraction,
+        chat=s.chat,
     )
 write_parquet(frame, snakemake.output[0])

@@ -6,6 +6,7 @@ without the hint)."""
 from __future__ import annotations
 
 import gc
+import sys
 
 from selfexplain.cli.answers import answer, answer_records, finish
 from selfexplain.cli.locate import ask_models
@@ -19,11 +20,15 @@ from selfexplain.cli.render import (
     text_table,
 )
 from selfexplain.core.formats import hint_messages, parse_change
+from selfexplain.core.schema import meta, read_parquet
+from selfexplain.core.settings import HintSettings
 from selfexplain.evaluate.summary import run_summary
 from selfexplain.models import load
 from selfexplain.prompts import Prompt, read_prompts_jsonl
 from selfexplain.tasks.hint import (
+    chat_text,
     chosen_letter,
+    has_chat_template,
     hint_question,
     hint_rows,
     hinted_letter,
@@ -57,11 +62,12 @@ def _hint_prompts(args) -> list[Prompt]:
     return prompts
 
 
-def _rows_without_truth(model, tokenizer, prompts: list[Prompt], batch_size: int) -> list[dict]:
+def _rows_without_truth(model, tokenizer, prompts: list[Prompt], args, chat: bool) -> list[dict]:
     """The fields hint_question needs (the option chosen with the hint), as hint_rows computes
     them, without the hint-less forwards."""
     letters = [option_letters(p) for p in prompts]
-    scores, _ = option_logprobs(model, tokenizer, [p.text for p in prompts], letters, batch_size)
+    texts = [chat_text(tokenizer, p.text) if chat else p.text for p in prompts]
+    scores, _ = option_logprobs(model, tokenizer, texts, letters, args.batch_size)
     rows = []
     for prompt, options, with_hint in zip(prompts, letters, scores, strict=True):
         hinted = hinted_letter(prompt, options)
@@ -79,6 +85,17 @@ def _rows_without_truth(model, tokenizer, prompts: list[Prompt], batch_size: int
     return rows
 
 
+def trained_in_chat(info, labels: str | None = None) -> bool:
+    """Whether the target read the prompts of the explainer's labels in its chat template: the
+    label file it trained on (``labels``, or the one next to results/), else the pipeline's
+    default (hint.chat)."""
+    path = info.labels_path(labels)
+    if path is None or not path.is_file():
+        return HintSettings().chat
+    rows = meta(read_parquet(path).head(1))
+    return bool(rows and rows[0].get("chat"))
+
+
 def _questions(info, rows: list[dict]) -> list[str]:
     """The questions in the format the explainer was trained on (train.question_format)."""
     if run_summary(info.adapter).get("question_format") == "paper":
@@ -91,10 +108,13 @@ def cmd_ask_hint(args) -> int:
     info, target_dir, explainer_model = ask_models(args, "hint")
     truth = not args.no_truth
     model, tokenizer = load(target_dir)
+    chat = trained_in_chat(info, args.labels) and has_chat_template(tokenizer)
+    where = "in the target's chat template" if chat else "as raw text"
+    print(f"prompts read {where}, as in the explainer's labels (hint.chat)", file=sys.stderr)
     if truth:
-        rows = hint_rows(model, tokenizer, prompts, batch_size=args.batch_size)
+        rows = hint_rows(model, tokenizer, prompts, batch_size=args.batch_size, chat=chat)
     else:
-        rows = _rows_without_truth(model, tokenizer, prompts, args.batch_size)
+        rows = _rows_without_truth(model, tokenizer, prompts, args, chat)
     del model, tokenizer  # free the target before the explainer is loaded
     gc.collect()
 

@@ -11,7 +11,6 @@ of the next token would measure the answer's formatting, not the answer.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import math
@@ -157,11 +156,16 @@ def option_logprobs(
     return scores, [tokenizer.decode([t]) for t in top1]
 
 
-def hint_rows(model, tokenizer, prompts: Sequence[Prompt], *, batch_size: int = 32) -> list[dict]:
+def hint_rows(
+    model, tokenizer, prompts: Sequence[Prompt], *, batch_size: int = 32, chat: bool = False
+) -> list[dict]:
     """Label rows for removing the hint of each prompt, batch_size prompts per step (their
     prompts, then their hint-less prompts, in forwards of batch_size sequences): the option
     chosen with and without the hint, their letters' log-probs, and the greedy next tokens
-    (next_token, next_token_ablated: what the answer's formatting is)."""
+    (next_token, next_token_ablated: what the answer's formatting is). chat: the target reads
+    each prompt as the user turn of its chat template (chat_text) where it has one, raw where
+    not (row "chat": whether it did); the rows keep the prompt itself."""
+    chat = chat and has_chat_template(tokenizer)
     prompts = list(prompts)
     ablated = [without_hint(p) for p in prompts]  # check every prompt before any forward
     letters = [option_letters(p) for p in prompts]
@@ -171,10 +175,13 @@ def hint_rows(model, tokenizer, prompts: Sequence[Prompt], *, batch_size: int = 
         chunk = prompts[start : start + batch_size]
         n, options = len(chunk), letters[start : start + batch_size]
         texts = [p.text for p in chunk] + ablated[start : start + n]
+        if chat:
+            texts = [chat_text(tokenizer, t) for t in texts]
         scores, greedy = option_logprobs(model, tokenizer, texts, options * 2, batch_size)
         for i, prompt in enumerate(chunk):
             row = _label_row(prompt, options[i], scores[i], scores[n + i])
             row["next_token"], row["next_token_ablated"] = greedy[i], greedy[n + i]
+            row["chat"] = chat
             rows.append(row)
     return rows
 
@@ -230,10 +237,12 @@ def label(
     *,
     batch_size: int = 32,
     test_fraction: float = 0.3,
+    chat: bool = False,
 ) -> pl.DataFrame:
-    """The hint labelling recipe (rule label_hint): label rows of every prompt on the target,
-    then explainer examples (split by question) as a frame of the shared schema."""
-    rows = hint_rows(model, tokenizer, prompts, batch_size=batch_size)
+    """The hint labelling recipe (rule label_hint): label rows of every prompt on the target
+    (chat: read in its chat template, hint.chat), then explainer examples (split by question)
+    as a frame of the shared schema."""
+    rows = hint_rows(model, tokenizer, prompts, batch_size=batch_size, chat=chat)
     return to_frame(hint_examples(rows, target, test_fraction=test_fraction))
 
 
@@ -255,13 +264,18 @@ def surface_features(meta: dict) -> dict[str, str]:
     }
 
 
-def as_chat(tokenizer, prompt: Prompt) -> Prompt:
-    """The prompt as the user turn of the target's chat template, the assistant's turn opened
-    (its hint unchanged, so still removable); a leading BOS the template writes is left to the
-    tokenizer, which adds its own."""
-    messages = [{"role": "user", "content": prompt.text}]
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+def has_chat_template(tokenizer) -> bool:
+    """Whether the tokenizer has a chat template (a base model's often has none)."""
+    return getattr(tokenizer, "chat_template", None) is not None
+
+
+def chat_text(tokenizer, text: str) -> str:
+    """text as the user turn of the target's chat template, the assistant's turn opened (a
+    hint inside stays a removable substring); a leading BOS the template writes is left to the
+    tokenizer when it adds its own."""
+    messages = [{"role": "user", "content": text}]
+    out = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     bos = tokenizer.bos_token
-    if bos and text.startswith(bos) and encode(tokenizer, "x")[:1] == [tokenizer.bos_token_id]:
-        text = text[len(bos) :]
-    return dataclasses.replace(prompt, text=text)
+    if bos and out.startswith(bos) and encode(tokenizer, "x")[:1] == [tokenizer.bos_token_id]:
+        out = out[len(bos) :]
+    return out
