@@ -89,7 +89,14 @@ def test_ablation_labels(bench, workspace):
 
 def test_hint_following(bench, workspace):
     out = workspace / "out" / "hint_following.json"
-    args = ["--model", f"tiny={workspace / 'model'}", "--forms", "plain,strong", "--chat"]
+    args = [
+        "--model",
+        f"tiny={workspace / 'model'}",
+        "--forms",
+        "plain,strong",
+        "--read",
+        "raw,chat",
+    ]
     rec = bench("hint_following").main([*args, "--n", "3", "--threads", "1", "--out", str(out)])
     rec = _check(out, rec, {"results"})
     got = [(r["model"], r["form"], r["chat"]) for r in rec["results"]]
@@ -97,6 +104,7 @@ def test_hint_following(bench, workspace):
     for r in rec["results"]:
         assert r["n"] == 3 and 0 <= r["follow_rate"] <= r["change_rate"] <= 1
         assert 0 < r["letter_mass_without"] <= 1
+        assert r["change_ci"][0] <= r["change_rate"] <= r["change_ci"][1]
 
 
 def test_train_throughput(bench, workspace):

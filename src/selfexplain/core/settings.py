@@ -134,7 +134,7 @@ class HintSettings(Section):
         "generated", doc="generated (the generator) or mmlu (hinted MMLU questions)"
     )
     form: str = _field(
-        "plain", doc="generated prompts: plain, strong, few_shot or few_shot_strong (prompts)"
+        "strong", doc="generated prompts: plain, strong, few_shot or few_shot_strong (prompts)"
     )
     chat: bool = _field(
         True, doc="the target reads each prompt as a user turn of its chat template"
