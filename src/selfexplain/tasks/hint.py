@@ -6,7 +6,8 @@ prompt and the prompt with its hint substring deleted (its first occurrence). Th
 answer is the option letter it rates highest at the answer position (letter_logprobs: each
 letter's log-prob, the larger of its two spellings "C" and " C"), not its greedy next token:
 a small model's greedy token on a hint-less prompt is often a space or a newline, so a label
-of the next token would measure the answer's formatting, not the answer.
+of the next token would measure the answer's formatting, not the answer. With chat (hint.chat)
+the target reads each prompt as the user turn of its chat template, where it has one.
 """
 
 from __future__ import annotations
