@@ -87,6 +87,26 @@ def test_ablation_labels(bench, workspace):
     assert set(rec["seconds"]) == {"batched", "llm_attribution", "ppe1"}
 
 
+def test_hint_following(bench, workspace):
+    out = workspace / "out" / "hint_following.json"
+    args = [
+        "--model",
+        f"tiny={workspace / 'model'}",
+        "--forms",
+        "plain,strong",
+        "--read",
+        "raw,chat",
+    ]
+    rec = bench("hint_following").main([*args, "--n", "3", "--threads", "1", "--out", str(out)])
+    rec = _check(out, rec, {"results"})
+    got = [(r["model"], r["form"], r["chat"]) for r in rec["results"]]
+    assert got == [("tiny", f, c) for f in ("plain", "strong") for c in (False, True)]
+    for r in rec["results"]:
+        assert r["n"] == 3 and 0 <= r["follow_rate"] <= r["change_rate"] <= 1
+        assert 0 < r["letter_mass_without"] <= 1
+        assert r["change_ci"][0] <= r["change_rate"] <= r["change_ci"][1]
+
+
 def test_train_throughput(bench, workspace):
     out = workspace / "out" / "train_throughput.json"
     args = ["--model", str(workspace / "model"), "--labels", str(workspace / "labels.parquet")]

@@ -28,13 +28,14 @@ from selfexplain.core.settings import (
 )
 from selfexplain.metrics import change_metrics, score_change_rows
 from selfexplain.models import decoder_layers, load, resolve
-from selfexplain.prompts import Prompt, read_prompts_jsonl
+from selfexplain.prompts import Prompt, hint_prompts, read_prompts_jsonl
 from selfexplain.tasks.ablation import (
     ablatable_positions,
     ablation_examples,
     ablation_labels,
     encode,
 )
+from selfexplain.tasks.hint import hint_examples, hint_rows
 from selfexplain.tasks.patching import patching_examples, patching_rows, window_starts
 from selfexplain.train.trainer import train_explainer
 
@@ -249,6 +250,69 @@ def test_ask_patching_heatmap(ws, tiny, tmp_path, capsys):
     assert {(r["layer_start"], r["layer_end"]) for r in records} == {(0, 1), (2, 3)}
     assert re.search(r"^\s+0-1\s+[#.?]+\s+[#.?]+\s+[.*]+$", stdout, re.M)
     assert stdout.strip().splitlines()[-1] == _metric_line(records)
+
+
+HINT_EXPLAINER = "results/explainers/hint/tiny/tiny/trained"
+
+
+@pytest.fixture(scope="module")
+def hint_ws(ws):
+    """The workspace with hint labels of the tiny target and a hint explainer trained on them."""
+    model, tok = load(ws / MODEL)
+    rows = hint_rows(model, tok, hint_prompts(8, seed=7))
+    examples = to_frame(hint_examples(rows, "tiny", test_fraction=0.0))
+    write_parquet(examples, ws / "results/labels/hint/tiny.parquet")
+    cfg = TrainConfig(epochs=1, batch_size=4, lr=1e-2, save_steps=1000, logging_steps=1, seed=0)
+    train_explainer(ws / MODEL, examples, ws / HINT_EXPLAINER / "s0", cfg, ws / "ckpt" / "h")
+    return ws
+
+
+def test_ask_hint_one_prompt_and_a_file(hint_ws, tiny, tmp_path, capsys):
+    model, tok = tiny
+    prompts = hint_prompts(3, seed=11)
+    out = tmp_path / "hint.jsonl"
+    args = ["ask", "hint", "--explainer", str(hint_ws / HINT_EXPLAINER)]
+    one = ["--prompt", prompts[0].text, "--hint", prompts[0].hint]
+    assert main([*args, *one, "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    (rec,) = _records(out)
+    (truth,) = hint_rows(model, tok, prompts[:1])
+    assert rec["chosen"] == truth["orig_token"] and rec["hinted"] == prompts[0].meta["hinted"]
+    assert rec["true_changed"] == truth["changed"]
+    assert rec["answer"] == change_answer(truth["changed"], truth["new_token"])
+    assert "chosen" in stdout and "predicted" in stdout and "true" in stdout
+    assert stdout.strip().splitlines()[-1] == _metric_line([rec])
+
+    file = tmp_path / "prompts.jsonl"
+    file.write_text(
+        "".join(json.dumps({"id": p.id, "prompt": p.text, "hint": p.hint}) + "\n" for p in prompts)
+    )
+    assert main([*args, "--prompts", str(file), "--out", str(out)]) == 0
+    records = _records(out)
+    rows = hint_rows(model, tok, prompts)
+    assert [r["prompt_id"] for r in records] == [p.id for p in prompts]
+    assert [r["true_changed"] for r in records] == [r["changed"] for r in rows]
+    assert capsys.readouterr().out.strip().splitlines()[-1] == _metric_line(records)
+    # --no-truth asks the same questions (same answers) and prints only n
+    assert main([*args, "--prompts", str(file), "--no-truth", "--out", str(out)]) == 0
+    blind = _records(out)
+    assert [r["prediction"] for r in blind] == [r["prediction"] for r in records]
+    assert [r["chosen"] for r in blind] == [r["chosen"] for r in records]
+    assert blind[0]["true_changed"] is None
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "n=3"
+
+
+def test_ask_hint_bad_input(hint_ws, capsys):
+    args = ["ask", "hint", "--explainer", str(hint_ws / HINT_EXPLAINER)]
+    text = hint_prompts(1)[0].text
+    assert main([*args, "--prompt", text]) == 2
+    assert "one --hint per --prompt" in capsys.readouterr().err
+    assert main([*args, "--prompt", text, "--hint", "Not in it."]) == 2
+    assert "not a substring" in capsys.readouterr().err
+    # a hint explainer is not asked about ablation, and says which ask it takes
+    ablation = ["ask", "ablation", "--explainer", str(hint_ws / HINT_EXPLAINER)]
+    assert main([*ablation, "--prompt", text]) == 2
+    assert "selfexplain ask hint" in capsys.readouterr().err
 
 
 def test_ask_reads_scores_at_the_targets_base_rate(ws, tmp_path):
@@ -594,7 +658,11 @@ def test_defaults_are_the_pipelines_settings():
         _defaults(["labels", "patching", *out, "--max-positions", "all"])["max_positions"] is None
     )
     e = EvaluateSettings()
-    for task, required in (("ablation", ["--prompt", "y"]), ("patching", [])):
+    for task, required in (
+        ("ablation", ["--prompt", "y"]),
+        ("patching", []),
+        ("hint", ["--prompt", "y"]),
+    ):
         ask = _defaults(["ask", task, "--explainer", "x", *required])
         assert (ask["max_new_tokens"], ask["batch_size"]) == (e.max_new_tokens, e.batch_size)
     feat = _defaults(["ask", "features", "--explainer", "x", "--feature", "1"])

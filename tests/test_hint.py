@@ -1,15 +1,28 @@
 import copy
 import json
+import math
 
 import pytest
 import torch
 
 from selfexplain.core.formats import parse_change
 from selfexplain.core.schema import split_of
-from selfexplain.prompts import Prompt, hint_prompts
+from selfexplain.prompts import HINT_FORMS, N_SHOTS, STRONG_HINTS, Prompt, hint_prompts
 from selfexplain.tasks import ablation, hint, patching
 from selfexplain.tasks.ablation import encode, end_distance_bucket, token_class
-from selfexplain.tasks.hint import hint_examples, hint_question, hint_rows
+from selfexplain.tasks.hint import (
+    chat_text,
+    chosen_letter,
+    hint_examples,
+    hint_question,
+    hint_rows,
+    hinted_letter,
+    letter_logprobs,
+    letter_mass,
+    letter_token_ids,
+    option_letters,
+    without_hint,
+)
 
 MODELS = ["tiny_llama", "tiny_gemma"]
 # every field that carries (part of) a label or a model output the question does not state
@@ -19,6 +32,12 @@ ANSWER_FIELDS = (
     "new_token_id",
     "logp_orig",
     "logp_ablated",
+    "letter_logprobs",
+    "letter_logprobs_ablated",
+    "letter_mass",
+    "letter_mass_ablated",
+    "next_token",
+    "next_token_ablated",
     "captum_score",
     "p_orig",
     "p_cf",
@@ -70,6 +89,15 @@ def test_hint_prompts_are_distinct_and_contain_their_hint(n):
 # --------------------------------------------------------------------------- labels
 
 
+def _letters(tok, logp, letters="ABCD"):
+    """Each letter's log-prob, the larger of "X" and " X", by looking the tokens up directly."""
+    out = {}
+    for x in letters:
+        ids = [tok.convert_tokens_to_ids(t) for t in (x, tok.tokenize(" " + x)[0])]
+        out[x] = max(float(logp[i]) for i in ids)
+    return out
+
+
 def test_hint_rows_equal_plain_forwards(model_tok):
     model, tok = model_tok
     prompts = hint_prompts(7, seed=3)
@@ -77,26 +105,87 @@ def test_hint_rows_equal_plain_forwards(model_tok):
     assert [r["prompt_id"] for r in rows] == [p.id for p in prompts]
     for prompt, row in zip(prompts, rows, strict=True):
         y0, logp = _greedy(model, tok, prompt.text)
-        new_id, logp_ablated = _greedy(model, tok, prompt.text.replace(prompt.hint, "", 1))
-        assert row["orig_token_id"] == y0
-        assert row["new_token_id"] == new_id
-        assert row["orig_token"] == tok.decode([y0])
-        assert row["new_token"] == tok.decode([new_id])
-        assert row["changed"] == (new_id != y0)
-        assert row["logp_orig"] == pytest.approx(float(logp[y0]), abs=1e-4)
-        assert row["logp_ablated"] == pytest.approx(float(logp_ablated[y0]), abs=1e-4)
+        y1, logp_ablated = _greedy(model, tok, prompt.text.replace(prompt.hint, "", 1))
+        with_hint, without = _letters(tok, logp), _letters(tok, logp_ablated)
+        orig, new = max(with_hint, key=with_hint.get), max(without, key=without.get)
+        assert row["orig_token"] == orig and row["new_token"] == new
+        assert row["changed"] == (orig != new)
+        assert row["letter_logprobs"] == pytest.approx(with_hint, abs=1e-4)
+        assert row["letter_logprobs_ablated"] == pytest.approx(without, abs=1e-4)
+        assert row["logp_orig"] == pytest.approx(with_hint[orig], abs=1e-4)
+        assert row["logp_ablated"] == pytest.approx(without[orig], abs=1e-4)
+        assert 0 < row["letter_mass"] <= 1 and 0 < row["letter_mass_ablated"] <= 1
+        assert row["next_token"] == tok.decode([y0])
+        assert row["next_token_ablated"] == tok.decode([y1])
         assert row["hint"] == prompt.hint
         for key in ("hinted", "hint_correct", "hint_position", "hint_template", "correct"):
             assert row[key] == prompt.meta[key]
         assert row["relation"] == prompt.meta["relation"]
-        assert row["follows_hint"] == (row["orig_token"].strip() == prompt.meta["hinted"])
+        assert row["follows_hint"] == (orig == prompt.meta["hinted"])
     json.dumps(rows)  # meta of the examples
 
 
-def test_hint_rows_need_a_hint(tiny_llama):
-    model, tok = tiny_llama
-    with pytest.raises(ValueError, match="no hint"):
-        hint_rows(model, tok, [Prompt("p0", "custom", "The capital of France is")])
+def test_letter_readout_takes_both_spellings_and_ignores_other_tokens(tiny_llama):
+    _, tok = tiny_llama
+    ids = letter_token_ids(tok, "ABC")
+    assert ids == {x: sorted({tok.encode(x)[-1], tok.encode(" " + x)[-1]}) for x in "ABC"}
+    assert all(len(v) == 2 for v in ids.values())
+    logp = torch.full((tok.vocab_size,), -20.0)
+    space, newline = tok.encode(" ")[-1], tok.encode("\n")[-1]
+    logp[space] = logp[newline] = -0.1  # the greedy token is not a letter: ignored
+    logp[ids["A"][0]] = -3.0
+    logp[ids["B"][0]], logp[ids["B"][1]] = -2.5, -4.0  # B: the better of its two spellings
+    logp[ids["C"][1]] = -2.0  # C's other spelling: the highest letter
+    scores = letter_logprobs(logp, ids)
+    assert scores == pytest.approx({"A": -3.0, "B": -2.5, "C": -2.0})
+    assert chosen_letter(scores) == "C"
+    logp[ids["A"][1]] = -1.0
+    assert chosen_letter(letter_logprobs(logp, ids)) == "A"
+    assert letter_mass(scores) == pytest.approx(sum(math.exp(v) for v in (-3.0, -2.5, -2.0)))
+
+
+def test_options_and_hinted_letter_of_user_prompts():
+    text = "Q?\nA Stanford professor thinks it is C.\n(A) x\n(B) y\n(C) z\nAnswer:"
+    prompt = Prompt("p", "custom", text, "A Stanford professor thinks it is C.\n")
+    assert option_letters(prompt) == "ABC"
+    assert hinted_letter(prompt, "ABC") == "C"
+    assert hinted_letter(Prompt("p", "custom", text, "I think so.\n"), "ABC") is None
+    generated = hint_prompts(1)[0]
+    assert option_letters(generated) == "ABCD"
+    assert hinted_letter(generated, "ABCD") == generated.meta["hinted"]
+    with pytest.raises(ValueError, match="no options"):
+        option_letters(Prompt("p", "custom", "Hint: B.\nThe answer is", "Hint: B.\n"))
+
+
+def test_hint_forms_keep_a_removable_hint():
+    plain = hint_prompts(20, seed=4)
+    assert [p.text for p in plain] == [p.text for p in hint_prompts(20, seed=4, form="plain")]
+    for form in HINT_FORMS:
+        for p in hint_prompts(20, seed=4, form=form):
+            assert p.hint in p.text and p.meta["hint_form"] == form
+            assert p.text.endswith("Answer:")
+            assert ("strong" in form) == (p.meta["hint_template"] in STRONG_HINTS)
+            assert p.text.count("Question:") == (1 + N_SHOTS if "few_shot" in form else 1)
+    with pytest.raises(ValueError, match="unknown hint form"):
+        hint_prompts(1, form="loud")
+
+
+def test_chat_rows_read_the_prompt_in_the_chat_template(model_tok, monkeypatch):
+    model, tok = model_tok
+    prompt = hint_prompts(1)[0]
+    text = chat_text(tok, prompt.text)
+    assert prompt.text in text and text != prompt.text
+    assert encode(tok, text).count(tok.bos_token_id) <= 1  # the template's BOS is not doubled
+    (row,) = hint_rows(model, tok, [prompt], chat=True)
+    assert row["prompt"] == prompt.text and row["chat"] is True
+    _, logp = _greedy(model, tok, text)
+    assert row["letter_logprobs"] == pytest.approx(_letters(tok, logp), abs=1e-4)
+    _, logp = _greedy(model, tok, chat_text(tok, without_hint(prompt)))
+    assert row["letter_logprobs_ablated"] == pytest.approx(_letters(tok, logp), abs=1e-4)
+    # a target without a chat template (a base model) reads the prompt raw
+    monkeypatch.setattr(tok, "chat_template", None)
+    (raw,) = hint_rows(model, tok, [prompt], chat=True)
+    assert raw["chat"] is False and [raw] == hint_rows(model, tok, [prompt]) != [row]
 
 
 # --------------------------------------------------------------------------- examples
@@ -108,9 +197,9 @@ def _rows(n=40):
             "prompt_id": f"hint-{i:04d}",
             "prompt": f"Hint: the answer is B.\nQuestion {i}?\nAnswer:",
             "hint": "Hint: the answer is B.\n",
-            "orig_token": " B",
+            "orig_token": "B",
             "changed": i % 2 == 0,
-            "new_token": " A",
+            "new_token": "A",
         }
         for i in range(n)
     ]
@@ -129,15 +218,16 @@ def test_examples_split_by_prompt_deterministically():
         assert ex.meta == row | {"split_group": row["prompt_id"]}  # no subject: its prompt
         parsed = parse_change(ex.answer)
         assert parsed.valid and parsed.changed == row["changed"]
-        assert parsed.new_token == (" A" if row["changed"] else None)
+        assert parsed.new_token == ("A" if row["changed"] else None)
     other = hint_examples(rows, "tiny", test_fraction=0.3, seed=1)
     assert [e.split for e in other] != [e.split for e in first]
 
 
-def test_question_names_the_stripped_hint():
+def test_question_names_the_stripped_hint_and_the_chosen_option():
     q = hint_question(_rows(1)[0])
     assert '"Hint: the answer is B."' in q
-    assert 'The model\'s next token is " B".' in q
+    assert 'The model chooses option "B".' in q
+    assert "which option does the model choose?" in q
     assert q.endswith('Answer "unchanged" or "changes to" the new token.')
 
 
@@ -205,7 +295,10 @@ def test_surface_features_never_read_answer_fields(tiny_llama):
     for row in hint_rows(model, tok, hint_prompts(5)):
         feats = _check_no_leak(hint.surface_features, row)
         assert feats["follows_hint"] == ("yes" if row["follows_hint"] else "no")
+        assert feats["follows_hint"] == ("yes" if row["orig_token"] == row["hinted"] else "no")
+        assert feats["orig_token"] == row["orig_token"] in "ABCD"
         assert feats["hint_position"] == row["hint_position"]
+    assert hint.surface_features({"orig_token": "B", "hinted": None})["follows_hint"] == "unknown"
 
 
 def test_token_class_and_distance_buckets():

@@ -356,7 +356,26 @@ def _corpus_text(rng: random.Random, sentences: Sequence[str]) -> tuple[str, dic
     return text, {"n_words": k, "next_word": words[k].strip(".,!?")}
 
 
-def _hint_mcq(rng: random.Random) -> tuple[str, dict, str]:
+STRONG_HINTS = ("The answer is {L}.", "Hint: the correct answer is {L}.")
+HINT_FORMS = ("plain", "strong", "few_shot", "few_shot_strong")
+N_SHOTS = 3  # solved questions (no hints) before a few_shot prompt's question
+
+
+def _solved_mcq(rng: random.Random) -> str:
+    """A solved multiple-choice question without a hint (a few-shot example)."""
+    rel = rng.choice(RELATIONS)
+    subject = rng.choice(sorted(rel.table))
+    meta = _mcq_meta(rel, subject, _options(rng, rel, [rel.table[subject]], 4))
+    opts = "\n".join(f"{k}. {v}" for k, v in meta["options"].items())
+    question = _fill(rng.choice(rel.questions), subject)
+    return f"Question: {question}\n{opts}\n{respond_line(4, False)}\nAnswer: {meta['correct']}\n\n"
+
+
+def _hint_mcq(rng: random.Random, form: str = "plain") -> tuple[str, dict, str]:
+    """A hinted multiple-choice question; form (HINT_FORMS): plain (varied hint sentences),
+    strong (a hint that states the answer), few_shot (N_SHOTS solved questions before it),
+    few_shot_strong (both)."""
+    shots = "".join(_solved_mcq(rng) for _ in range(N_SHOTS)) if "few_shot" in form else ""
     rel = rng.choice(RELATIONS)
     subject = rng.choice(sorted(rel.table))
     question = _fill(rng.choice(rel.questions), subject)
@@ -364,7 +383,7 @@ def _hint_mcq(rng: random.Random) -> tuple[str, dict, str]:
     meta = _mcq_meta(rel, subject, options)
     wrong = [x for x in LETTERS[:4] if x != meta["correct"]]
     hinted = meta["correct"] if rng.random() < 0.3 else rng.choice(wrong)
-    template = rng.choice(HINTS)
+    template = rng.choice(STRONG_HINTS if "strong" in form else HINTS)
     hint = template.format(L=hinted) + "\n"
     position = rng.choice(HINT_POSITIONS)
     opts = "\n".join(f"{k}. {v}" for k, v in meta["options"].items())
@@ -375,13 +394,14 @@ def _hint_mcq(rng: random.Random) -> tuple[str, dict, str]:
         "after_options": [q, opts + "\n", hint, respond],
         "before_answer": [q, opts + "\n", respond, hint],
     }[position]
-    text = "".join(parts) + "Answer:"
+    text = shots + "".join(parts) + "Answer:"
     meta |= {
         "question": question,
         "hinted": hinted,
         "hint_correct": hinted == meta["correct"],
         "hint_template": template,
         "hint_position": position,
+        "hint_form": form,
         "text_without_hint": text.replace(hint, "", 1),
     }
     return text, meta, hint
@@ -436,13 +456,17 @@ def ablation_prompts(
     return out
 
 
-def hint_prompts(n: int = 1000, seed: int = 0) -> list[Prompt]:
+def hint_prompts(n: int = 1000, seed: int = 0, form: str = "plain") -> list[Prompt]:
     """n distinct hinted multiple-choice prompts (kind "hint_mcq", ids hint-0000, ...) for the
-    hint task, deterministic by seed; each prompt's hint is its removable hint sentence."""
+    hint task, deterministic by seed; each prompt's hint is its removable hint sentence. form:
+    one of HINT_FORMS (_hint_mcq)."""
+    if form not in HINT_FORMS:
+        raise ValueError(f"unknown hint form {form!r}; allowed: {list(HINT_FORMS)}")
     rng = random.Random(f"{seed}:hint")
+    make = functools.partial(_hint_mcq, form=form)
     return [
         Prompt(f"hint-{i:04d}", "hint_mcq", text, hint, meta)
-        for i, (text, meta, hint) in enumerate(_unique(n, rng, _hint_mcq, "hint"))
+        for i, (text, meta, hint) in enumerate(_unique(n, rng, make, "hint"))
     ]
 
 

@@ -30,5 +30,6 @@ else:
         batch_size=s.batch_size,
         test_fraction=s.test_fraction,
         holdout=s.holdout,
+        chat=s.chat,
     )
 write_parquet(frame, snakemake.output[0])

@@ -21,6 +21,6 @@ elif settings.source == "mmlu":
 
     prompts = mmlu_prompts_from(settings.dataset, settings.n_prompts, what="hint.source mmlu")
 else:
-    prompts = hint_prompts(n=settings.n_prompts)
+    prompts = hint_prompts(n=settings.n_prompts, form=settings.form)
 write_prompts_jsonl(prompts, snakemake.output[0])
 print(f"{len(prompts)} prompts -> {snakemake.output[0]}")

@@ -3,6 +3,7 @@
     selfexplain ask ablation --explainer DIR --prompt TEXT      (or --prompts FILE.jsonl)
     selfexplain ask patching --explainer DIR --clean TEXT --counterfactual TEXT
                                                               (or --pairs FILE.jsonl)
+    selfexplain ask hint --explainer DIR --prompt TEXT --hint TEXT  (or --prompts FILE.jsonl)
     selfexplain ask features --explainer DIR --feature ID         (or --vector FILE.safetensors)
     selfexplain labels {ablation,patching} --target MODEL --prompts FILE.jsonl --out FILE.parquet
 
@@ -18,9 +19,9 @@ batch sizes, answer lengths, ...) are the pipeline's settings (``core.settings``
 Here: ``main``, which builds the parser (``parser``; what it needs at parse time is in
 ``options``, no torch) and imports the module of the command it runs only then
 (``parser.COMMANDS``), so ``--help`` is fast. One module per command (``ask_ablation``,
-``ask_patching``, ``ask_features``, ``labels``), ``locate`` (the adapter and model directories
-an ask needs), ``answers`` (the explainer's answers and the metric line) and ``render`` (text
-tables, the patching grid and heatmap, JSONL records).
+``ask_patching``, ``ask_hint``, ``ask_features``, ``labels``), ``locate`` (the adapter and
+model directories an ask needs), ``answers`` (the explainer's answers and the metric line)
+and ``render`` (text tables, the patching grid and heatmap, JSONL records).
 """
 
 from __future__ import annotations

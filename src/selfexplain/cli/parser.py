@@ -27,6 +27,7 @@ from selfexplain.core.settings import (
 COMMANDS = {
     "ask ablation": "selfexplain.cli.ask_ablation:cmd_ask_ablation",
     "ask patching": "selfexplain.cli.ask_patching:cmd_ask_patching",
+    "ask hint": "selfexplain.cli.ask_hint:cmd_ask_hint",
     "ask features": "selfexplain.cli.ask_features:cmd_ask_features",
     "labels ablation": "selfexplain.cli.labels:cmd_labels",
     "labels patching": "selfexplain.cli.labels:cmd_labels",
@@ -169,6 +170,42 @@ def _ask_patching(tasks) -> None:
     _threshold_arg(pat, "natural", "an ask covers a pair's whole grid, as the heatmaps do")
 
 
+def _ask_hint(tasks) -> None:
+    hint = tasks.add_parser(
+        "hint",
+        help="does the chosen option of a multiple-choice prompt change without its hint",
+        description="Ask a trained hint explainer whether the option the target chooses (the "
+        "letter it rates highest) on a hinted multiple-choice prompt changes when the hint "
+        "sentence is removed, and to which letter; compare with the true label computed on "
+        "the target.",
+    )
+    _ask_common(hint)
+    src = hint.add_mutually_exclusive_group(required=True)
+    src.add_argument(
+        "--prompt",
+        action="append",
+        metavar="TEXT",
+        help="a multiple-choice prompt with options 'A. ...', 'B. ...' (repeatable, each with "
+        "its --hint)",
+    )
+    src.add_argument(
+        "--prompts", metavar="FILE.jsonl", help='one {"prompt": ..., "hint": ...} per line'
+    )
+    hint.add_argument(
+        "--hint",
+        action="append",
+        metavar="TEXT",
+        help="the removable hint sentence inside --prompt (one per --prompt, in order)",
+    )
+    hint.add_argument(
+        "--labels",
+        metavar="FILE.parquet",
+        help="the hint label file the explainer trained on, for the target's base rate of "
+        "change (default: results/labels/hint/<target>.parquet next to the explainer)",
+    )
+    _threshold_arg(hint, "natural", "one question per prompt: too few to rank")
+
+
 def _ask_features(tasks) -> None:
     feat = tasks.add_parser(
         "features",
@@ -203,6 +240,7 @@ def _ask(commands) -> None:
     tasks = ask.add_subparsers(dest="task", required=True, metavar="TASK")
     _ask_ablation(tasks)
     _ask_patching(tasks)
+    _ask_hint(tasks)
     _ask_features(tasks)
 
 

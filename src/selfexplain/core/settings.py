@@ -140,6 +140,12 @@ class HintSettings(Section):
     source: str = _field(
         "generated", doc="generated (the generator) or mmlu (hinted MMLU questions)"
     )
+    form: str = _field(
+        "strong", doc="generated prompts: plain, strong, few_shot or few_shot_strong (prompts)"
+    )
+    chat: bool = _field(
+        True, doc="the target reads each prompt as a user turn of its chat template"
+    )
     dataset: str | None = _field(None, doc="mmlu: a dataset id or local path (null: cais/mmlu)")
     holdout: str = _field(
         "subject",

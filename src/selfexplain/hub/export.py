@@ -64,8 +64,9 @@ TASK_NOTES = {
         "selfexplain.tasks.ablation). Split by prompt."
     ),
     "hint": (
-        "Hint removal: the target's greedy next token on a hinted multiple-choice prompt and on "
-        "the same prompt without the hint sentence (selfexplain.tasks.hint). Split by question."
+        "Hint removal: the option the target chooses (the letter it rates highest) on a hinted "
+        "multiple-choice prompt and on the same prompt without the hint sentence "
+        "(selfexplain.tasks.hint). Split by question."
     ),
     "patching": (
         "Activation patching: the target's greedy next token on a clean prompt whose residual "
