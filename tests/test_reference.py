@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 
 import polars as pl
+import pytest
 
 from selfexplain.report.reference import kept_files, write_reference
 
@@ -60,3 +61,25 @@ def test_reference_copies_small_outputs_and_names_the_commit(tmp_path):
         ["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True
     )
     assert f"`{head.stdout.strip()}`" in (out / "README.md").read_text()
+
+
+def test_reference_of_a_run_in_progress_tables_the_finished_cells(tmp_path):
+    from test_matrix import change_eval
+
+    res = tmp_path / "results"
+    for explainer, correct in (("a", 8), ("b", 5)):
+        path = res / f"eval/patching/a/{explainer}/trained/s0.parquet"
+        path.parent.mkdir(parents=True)
+        rows = change_eval("patching", "a", explainer, "trained", 0, 40, correct)
+        pairs = [f'{{"pair_id": "p{i // 2}"}}' for i in range(len(rows))]
+        rows.with_columns(meta=pl.Series(pairs)).write_parquet(path)
+    out = write_reference("demo", "x", res, tmp_path / "ref", finished=True)
+    table = pl.read_csv(out / "tables/comparisons_finished.csv")
+    em = table.filter(
+        (pl.col("comparison") == "self - other") & (pl.col("metric") == "exact_match")
+    )
+    assert em["diff"][0] == pytest.approx(0.3)
+    metrics = pl.read_csv(out / "tables/all_metrics_finished.csv")
+    assert set(metrics["explainer"]) == {"a", "b"}
+    assert (out / "figures/privileged_access_finished.png").exists()
+    assert "2 evaluations finished" in (out / "README.md").read_text()

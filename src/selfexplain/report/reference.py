@@ -10,6 +10,7 @@ made from, the command, and the job times per rule. Run it as the cells finish: 
 what exists and can be re-run.
 
     python -m selfexplain.report.reference NAME --command "snakemake ..." [--results results]
+        [--finished]  # a run in progress: tables of the cells finished so far
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ import subprocess
 from pathlib import Path
 
 from selfexplain.core.layout import RESULTS, SUMMARY_FILE, reference_dir
+from selfexplain.core.schema import read_parquet
+from selfexplain.report.compare import comparisons
+from selfexplain.report.plots import privileged_access_figure, summarize, write_table
 from selfexplain.report.tables import compute_table, read_benchmarks
 
 # what a reference keeps, as globs under results/
@@ -72,9 +76,32 @@ def job_times(files: list[Path], results: Path) -> str:
     return "\n".join(lines) + f"\n\nSum of job wall times: {total / 3600:.2f} h.\n"
 
 
-def write_reference(name: str, command: str, results: str | Path = RESULTS, out=None) -> Path:
+def finished_tables(results: Path, out: Path, n_boot: int = 1000) -> int:
+    """For a run in progress: the metric table and the comparisons (and the privileged-access
+    figure) of the evaluations finished so far, as out/tables/*_finished.{csv,parquet} and
+    out/figures/privileged_access_finished.png (the pipeline's own tables need every cell).
+    Returns how many evaluations they read."""
+    evals = [read_parquet(p) for p in sorted((results / "eval").glob("**/*.parquet"))]
+    evals = [e for e in evals if len(e)]
+    if not evals:
+        return 0
+    tables = out / "tables"
+    write_table(
+        summarize(evals, n_boot=n_boot),
+        *(tables / f"all_metrics_finished.{e}" for e in ("parquet", "csv")),
+    )
+    table = comparisons(evals, n_boot=n_boot)
+    write_table(table, *(tables / f"comparisons_finished.{e}" for e in ("parquet", "csv")))
+    privileged_access_figure(table, out / "figures" / "privileged_access_finished.png")
+    return len(evals)
+
+
+def write_reference(
+    name: str, command: str, results: str | Path = RESULTS, out=None, *, finished: bool = False
+) -> Path:
     """Copy the kept files of results into the reference directory of name (replacing what
-    an earlier call copied) and write its README. Returns the directory."""
+    an earlier call copied) and write its README; finished: also the tables of the cells
+    finished so far (finished_tables). Returns the directory."""
     results = Path(results)
     out = Path(out) if out is not None else Path(reference_dir(name))
     files = kept_files(results)
@@ -101,6 +128,14 @@ def write_reference(name: str, command: str, results: str | Path = RESULTS, out=
     ]
     if skipped:
         readme += ["", "Not copied (over 5 MB): " + ", ".join(f"`{p}`" for p in skipped)]
+    if finished:
+        n = finished_tables(results, out)
+        readme += [
+            "",
+            f"A run in progress: `tables/*_finished.*` and `figures/privileged_access_finished.png`"
+            f" are computed from the {n} evaluations finished when this was copied (the same"
+            " functions as rules summarize and comparisons: clustered and hierarchical CIs).",
+        ]
     readme += ["", "## Job times", "", job_times(files, results)]
     out.mkdir(parents=True, exist_ok=True)
     (out / "README.md").write_text("\n".join(readme))
@@ -112,8 +147,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("name", help="the reference's name: results/reference/NAME")
     p.add_argument("--command", required=True, help="the command that made the run")
     p.add_argument("--results", default=RESULTS, help="the run's results directory")
+    p.add_argument(
+        "--finished",
+        action="store_true",
+        help="a run in progress: also compute the metric and comparison tables of the "
+        "evaluations finished so far",
+    )
     args = p.parse_args(argv)
-    out = write_reference(args.name, args.command, args.results)
+    out = write_reference(args.name, args.command, args.results, finished=args.finished)
     print(f"wrote {out}")
 
 
