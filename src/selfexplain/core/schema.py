@@ -16,6 +16,7 @@ from selfexplain.core.formats import (
     COMPACT,
     PLACEHOLDER,
     answer_format,
+    change_answer,
     hint_messages,
     parse_change,
     patching_question,
@@ -45,6 +46,25 @@ class ExplainerExample:
     answer: str
     vector: list[float] | None = None
     meta: dict = field(default_factory=dict)
+
+
+def change_example(
+    example_id: str, row: dict, question: str, split: str, group: str
+) -> ExplainerExample:
+    """A change-task example from one label row (task and target from its id,
+    "<task>/<target>/..."): its answer from the row's changed / new_token, its vector (if the
+    row has one) kept out of meta, and the unit it was held out with as meta "split_group"."""
+    task, target = example_id.split("/")[:2]
+    return ExplainerExample(
+        id=example_id,
+        task=task,
+        target=target,
+        split=split,
+        question=question,
+        answer=change_answer(row["changed"], row["new_token"]),
+        vector=row.get("vector"),
+        meta={k: v for k, v in row.items() if k != "vector"} | {"split_group": group},
+    )
 
 
 def to_frame(examples: Iterable[ExplainerExample]) -> pl.DataFrame:

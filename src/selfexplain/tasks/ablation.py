@@ -19,8 +19,7 @@ import torch
 from captum.attr import FeatureAblation, LLMAttribution, TextTokenInput
 from tqdm.auto import tqdm
 
-from selfexplain.core.formats import change_answer
-from selfexplain.core.schema import ExplainerExample, split_of, to_frame
+from selfexplain.core.schema import ExplainerExample, change_example, split_of, to_frame
 from selfexplain.forward import PrefixCache, next_token_logprobs, prefix_chunks
 from selfexplain.prompts import TEXT_WORDS, Prompt
 
@@ -396,18 +395,9 @@ def ablation_examples(
     for row in rows:
         suffix = "hint" if row["unit"] == "hint" else f"t{row['token_index']}"
         group = split_group(row, holdout)
-        out.append(
-            ExplainerExample(
-                id=f"ablation/{target}/{row['prompt_id']}/{suffix}",
-                task="ablation",
-                target=target,
-                split=split_of(group, test_fraction, seed),
-                question=ablation_question(row),
-                answer=change_answer(row["changed"], row["new_token"]),
-                vector=None,
-                meta=row | {"split_group": group},
-            )
-        )
+        example_id = f"ablation/{target}/{row['prompt_id']}/{suffix}"
+        split = split_of(group, test_fraction, seed)
+        out.append(change_example(example_id, row, ablation_question(row), split, group))
     return out
 
 

@@ -22,8 +22,7 @@ from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
-from selfexplain.core.formats import change_answer
-from selfexplain.core.schema import ExplainerExample, split_of, to_frame
+from selfexplain.core.schema import ExplainerExample, change_example, split_of, to_frame
 from selfexplain.forward import next_token_logprobs
 from selfexplain.tasks.ablation import encode, greedy_content_tokens
 
@@ -240,18 +239,9 @@ def hint_examples(
     out = []
     for row in rows:
         group = split_group(row, holdout)
-        out.append(
-            ExplainerExample(
-                id=f"hint/{target}/{row['prompt_id']}",
-                task="hint",
-                target=target,
-                split=split_of(group, test_fraction, seed),
-                question=hint_question(row),
-                answer=change_answer(row["changed"], row["new_token"]),
-                vector=None,
-                meta=row | {"split_group": group},
-            )
-        )
+        split = split_of(group, test_fraction, seed)
+        example_id = f"hint/{target}/{row['prompt_id']}"
+        out.append(change_example(example_id, row, hint_question(row), split, group))
     return out
 
 

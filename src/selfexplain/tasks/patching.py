@@ -20,9 +20,9 @@ import polars as pl
 import torch
 from tqdm.auto import tqdm
 
-from selfexplain.core.formats import change_answer
 from selfexplain.core.schema import (
     ExplainerExample,
+    change_example,
     held_out,
     held_out_groups,
     linked_groups,
@@ -450,22 +450,12 @@ def patching_examples(
             split = "test" if row["layer_start"] in test_layers else "train"
         else:
             split = "test" if row["pair_id"] in held else "train"
-        out.append(
-            ExplainerExample(
-                id=(
-                    f"patching/{target}/{row['pair_id']}/w{row['window']}"
-                    f"/l{row['layer_start']}/t{row['position']}"
-                ),
-                task="patching",
-                target=target,
-                split=split,
-                question=patching_question(row),
-                answer=change_answer(row["changed"], row["new_token"]),
-                vector=row.get("vector"),
-                meta={k: v for k, v in row.items() if k != "vector"}
-                | {"split_group": groups[row["pair_id"]]},
-            )
+        example_id = (
+            f"patching/{target}/{row['pair_id']}/w{row['window']}"
+            f"/l{row['layer_start']}/t{row['position']}"
         )
+        question = patching_question(row)
+        out.append(change_example(example_id, row, question, split, groups[row["pair_id"]]))
     return out
 
 
