@@ -12,17 +12,7 @@ from selfexplain.core.formats import PAPER, AnswerFormat, format_of, parse_chang
 
 def macro_f1(gold: Sequence[bool], pred: Sequence[bool | None]) -> float:
     """Macro F1 over the classes changed/unchanged; an unparseable prediction (None) is wrong."""
-    scores = []
-    for cls in (True, False):
-        tp = sum(1 for g, p in zip(gold, pred, strict=True) if g == cls and p == cls)
-        n_pred = sum(1 for p in pred if p == cls)
-        n_gold = sum(1 for g in gold if g == cls)
-        if n_gold == 0 and n_pred == 0:
-            continue
-        precision = tp / n_pred if n_pred else 0.0
-        recall = tp / n_gold if n_gold else 0.0
-        scores.append(0.0 if tp == 0 else 2 * precision * recall / (precision + recall))
-    return float(np.mean(scores)) if scores else float("nan")
+    return weighted_macro_f1(np.asarray(gold, dtype=bool), pred, np.ones(len(gold)))
 
 
 def auc(gold: Sequence[bool], score: Sequence[float]) -> float:
