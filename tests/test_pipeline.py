@@ -78,9 +78,10 @@ def test_dag_runs_end_to_end_on_tiny_model(tmp_path):
     variants = ["constant", "no_signal", "surface", "trained"]
     assert sorted(change["variant"].unique()) == variants
     metrics = {"auc", "balanced_accuracy", "exact_match", "has_changed_f1", "content_match"}
-    assert set(change["metric"]) == metrics | {"valid", "heatmap_agreement"}
+    natural = {"exact_match_natural", "has_changed_f1_natural"}  # at the base rate of change
+    assert set(change["metric"]) == metrics | natural | {"valid", "heatmap_agreement"}
     # tasks x explainers x variants x metrics, + patching's heatmap agreement per run
-    assert len(change) == 2 * 2 * 4 * 6 + 2 * 4
+    assert len(change) == 2 * 2 * 4 * 8 + 2 * 4
     heat_rows = change.filter(pl.col("metric") == "heatmap_agreement")
     assert set(heat_rows["task"]) == {"patching"} and heat_rows["value"].is_between(0, 1).all()
     hint = table.filter(pl.col("task") == "hint")
