@@ -4,8 +4,10 @@ prompt / pair / question.
 Every variant of a task is scored on the same test rows (run.evaluation_rows), so a
 difference between two variants is measured item by item. The CI resamples whole clusters (the
 questions of one prompt are not independent), recomputes each metric for both sides on the
-resampled items and takes percentiles of the difference. With several seeds on a side, that
-side's metric on a resample is the mean over its seeds.
+resampled items and takes percentiles of the difference. The bootstrap is hierarchical: each
+resample first draws each side's seeds with replacement, and a side's value is the mean over
+the drawn seeds (contrasts). Privileged access is read per target (self - other) and as the
+explainer x target interaction (interaction), which cancels explainer capacity.
 """
 
 from __future__ import annotations
