@@ -249,6 +249,25 @@ def heatmap_agreement(rows: pl.DataFrame) -> dict[str, float]:
     return {"heatmap_agreement": float((predicted == cells["gold_changed"]).mean())}
 
 
+def cluster_members(keys: Sequence) -> list[np.ndarray]:
+    """For each cluster (sorted by its key as text), the indices of its rows."""
+    index: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        index.setdefault(str(key), []).append(i)
+    return [np.array(rows) for _, rows in sorted(index.items())]
+
+
+def cluster_resamples(members: list[np.ndarray], n_boot: int, seed: int) -> list[np.ndarray]:
+    """n_boot resamples of the rows, each a draw of whole clusters with replacement."""
+    rng = np.random.default_rng(seed)
+    n = len(members)
+    empty = np.array([], dtype=int)
+    return [
+        np.concatenate([members[j] for j in rng.integers(0, n, n)]) if n else empty
+        for _ in range(n_boot)
+    ]
+
+
 def bootstrap_ci(
     rows: pl.DataFrame,
     statistic: Callable[[pl.DataFrame], dict[str, float]],
@@ -260,20 +279,14 @@ def bootstrap_ci(
     """Percentile bootstrap CI of each statistic, resampling whole clusters with replacement
     (clusters: each row's cluster, e.g. its prompt or pair: the questions of one prompt are
     not independent); without clusters, single rows."""
-    rng = np.random.default_rng(seed)
+    if clusters is not None and len(clusters) != len(rows):
+        raise ValueError(f"{len(clusters)} cluster keys for {len(rows)} rows")
     if clusters is None:
         members = [np.array([i]) for i in range(len(rows))]
     else:
-        if len(clusters) != len(rows):
-            raise ValueError(f"{len(clusters)} cluster keys for {len(rows)} rows")
-        index: dict[str, list[int]] = {}
-        for i, c in enumerate(clusters):
-            index.setdefault(str(c), []).append(i)
-        members = [np.array(v) for _, v in sorted(index.items())]
-    n = len(members)
+        members = cluster_members(clusters)
     draws: dict[str, list[float]] = {}
-    for _ in range(n_boot):
-        idx = np.concatenate([members[j] for j in rng.integers(0, n, size=n)]) if n else []
+    for idx in cluster_resamples(members, n_boot, seed):
         for k, v in statistic(rows[idx]).items():
             draws.setdefault(k, []).append(v)
     lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100

@@ -21,7 +21,14 @@ import polars as pl
 
 from selfexplain.core.registry import TRAINED, VARIANTS
 from selfexplain.data.draws import groups
-from selfexplain.metrics import auc, class_weights, natural_rate, weighted_macro_f1
+from selfexplain.metrics import (
+    auc,
+    class_weights,
+    cluster_members,
+    cluster_resamples,
+    natural_rate,
+    weighted_macro_f1,
+)
 
 # metrics compared: change tasks (teacher-forced balanced accuracy and AUC, generated exact
 # match) and features (per-item similarity and simulation)
@@ -114,16 +121,7 @@ def _common_ids(runs: Sequence[pl.DataFrame]) -> list[str]:
 def _cluster_members(ref: pl.DataFrame, ids: list[str], task: str) -> list[np.ndarray]:
     """For each cluster (sorted by name), the indices into ids of its items."""
     ref = ref.filter(pl.col("id").is_in(ids)).unique("id", keep="first").sort("id")
-    clusters = groups(ref, task)
-    names = sorted(set(clusters))
-    return [np.flatnonzero(np.array(clusters) == c) for c in names]
-
-
-def _bootstrap_draws(members: list[np.ndarray], n_boot: int, seed: int) -> list[np.ndarray]:
-    """n_boot resamples of the items, each a draw of whole clusters with replacement."""
-    rng = np.random.default_rng(seed)
-    n = len(members)
-    return [np.concatenate([members[j] for j in rng.integers(0, n, n)]) for _ in range(n_boot)]
+    return cluster_members(groups(ref, task))
 
 
 def _per_seed(arrs: Sequence[dict], metric: str, draws: Sequence[np.ndarray]) -> np.ndarray:
@@ -145,10 +143,12 @@ def _side_draws(values: np.ndarray, seeds: np.ndarray) -> np.ndarray:
         return np.nanmean(picked, axis=1)
 
 
-def _seed_sd(arrs: Sequence[dict], metric: str, full: np.ndarray) -> float:
-    """Standard deviation over a side's seeds of its metric on every item (nan: one seed)."""
+def _on_all_items(arrs: Sequence[dict], metric: str, full: np.ndarray) -> tuple[float, float]:
+    """A side's metric on every item, the mean over its seeds that have a value, and its
+    standard deviation over them (nan with one seed)."""
     vals = [v for v in (_metric(arr, metric, full) for arr in arrs) if not np.isnan(v)]
-    return float(np.std(vals, ddof=1)) if len(vals) >= 2 else float("nan")
+    mean = float(np.mean(vals)) if vals else float("nan")
+    return mean, float(np.std(vals, ddof=1)) if len(vals) >= 2 else float("nan")
 
 
 @dataclass(frozen=True)
@@ -195,7 +195,7 @@ def contrasts(
     members = _cluster_members(a_runs[0], ids, task)
     a_arr = [_arrays(d, ids, task) for d in a_runs]
     b_arr = [_arrays(d, ids, task) for d in b_runs]
-    draws = _bootstrap_draws(members, n_boot, seed)
+    draws = cluster_resamples(members, n_boot, seed)
     rng = np.random.default_rng([seed, 1])  # seeds: a stream of their own
     a_seeds = _seed_draws(len(a_arr), n_boot, rng)
     paired = _seeds_of(a_runs) == _seeds_of(b_runs)
@@ -205,21 +205,14 @@ def contrasts(
     for metric in FEATURE_METRICS if task == "features" else CHANGE_METRICS:
         if task == "features" and not all(metric in arr for arr in [*a_arr, *b_arr]):
             continue
-        a_val, b_val = _side(a_arr, metric, full), _side(b_arr, metric, full)
+        (a_val, a_sd), (b_val, b_sd) = (_on_all_items(x, metric, full) for x in (a_arr, b_arr))
         if np.isnan(a_val) or np.isnan(b_val):
             continue
         diffs = _side_draws(_per_seed(a_arr, metric, draws), a_seeds) - _side_draws(
             _per_seed(b_arr, metric, draws), b_seeds
         )
-        sds = _seed_sd(a_arr, metric, full), _seed_sd(b_arr, metric, full)
-        out.append(Contrast(metric, a_val, b_val, diffs, len(ids), len(members), *sds))
+        out.append(Contrast(metric, a_val, b_val, diffs, len(ids), len(members), a_sd, b_sd))
     return out
-
-
-def _side(arrs: Sequence[dict], metric: str, idx: np.ndarray) -> float:
-    """A side's metric on the items idx: the mean over its runs (seeds) that have a value."""
-    vals = [v for v in (_metric(arr, metric, idx) for arr in arrs) if not np.isnan(v)]
-    return float(np.mean(vals)) if vals else float("nan")
 
 
 def percentile_ci(draws: np.ndarray, level: float = 0.95) -> tuple[float, float]:
